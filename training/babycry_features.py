@@ -11,6 +11,7 @@ All arithmetic is float64; results are returned as float32.
 """
 from __future__ import annotations
 
+import functools
 import math
 import tomllib
 from dataclasses import dataclass
@@ -112,15 +113,35 @@ class FeatureRecipe:
         return t
 
 
+@functools.lru_cache(maxsize=32)
+def _mel_basis(sample_rate: int, r: FeatureRecipe) -> np.ndarray:
+    return librosa.filters.mel(sr=sample_rate, n_fft=r.n_fft, n_mels=r.n_mels, fmin=r.fmin,
+                               fmax=r.fmax, htk=r.htk,
+                               norm="slaney" if r.mel_norm == "slaney" else None,
+                               dtype=np.float64)
+
+
 def mel_power(y: np.ndarray, sample_rate: int, r: FeatureRecipe) -> np.ndarray:
-    """librosa.feature.melspectrogram in float64: [n_mels, frames]."""
+    """librosa.feature.melspectrogram in float64: [..., n_mels, frames].
+
+    Same steps as librosa.feature.melspectrogram (|stft|**power, then the mel basis
+    applied with the same einsum), with the mel basis cached and any leading batch axes
+    allowed; tests check it against librosa.feature.melspectrogram itself.
+    """
     y = np.asarray(y, dtype=np.float64)
+    stft = librosa.stft(y, n_fft=r.n_fft, hop_length=r.hop_length, win_length=r.win_length,
+                        window=r.window, center=r.center, pad_mode=r.pad_mode)
+    s = np.abs(stft) ** r.power
+    return np.einsum("...ft,mf->...mt", s, _mel_basis(sample_rate, r), optimize=True)
+
+
+def mel_power_reference(y: np.ndarray, sample_rate: int, r: FeatureRecipe) -> np.ndarray:
+    """librosa.feature.melspectrogram itself (slow; for tests)."""
     return librosa.feature.melspectrogram(
-        y=y, sr=sample_rate, n_fft=r.n_fft, hop_length=r.hop_length, win_length=r.win_length,
-        window=r.window, center=r.center, pad_mode=r.pad_mode, power=r.power,
-        n_mels=r.n_mels, fmin=r.fmin, fmax=r.fmax, htk=r.htk,
-        norm="slaney" if r.mel_norm == "slaney" else None, dtype=np.float64,
-    )
+        y=np.asarray(y, dtype=np.float64), sr=sample_rate, n_fft=r.n_fft,
+        hop_length=r.hop_length, win_length=r.win_length, window=r.window, center=r.center,
+        pad_mode=r.pad_mode, power=r.power, n_mels=r.n_mels, fmin=r.fmin, fmax=r.fmax,
+        htk=r.htk, norm="slaney" if r.mel_norm == "slaney" else None, dtype=np.float64)
 
 
 def to_db(s: np.ndarray, r: FeatureRecipe) -> np.ndarray:
@@ -161,6 +182,17 @@ def feature_stages(y: np.ndarray, sample_rate: int, table: Mapping[str, Any]
 def features(y: np.ndarray, sample_rate: int, table: Mapping[str, Any]) -> np.ndarray:
     """The normalised feature matrix [n_mels, frames] as float32."""
     return feature_stages(y, sample_rate, table)[1].astype(np.float32)
+
+
+def features_batch(ys: np.ndarray, sample_rate: int, table: Mapping[str, Any]) -> np.ndarray:
+    """features() for a batch of equal-length signals [b, n] -> [b, n_mels, frames] float32.
+    dB reference (max) and normalisation are per signal, exactly as in features()."""
+    r = FeatureRecipe.from_table(table, sample_rate)
+    mel = mel_power(np.asarray(ys, dtype=np.float64), sample_rate, r)
+    out = np.empty(mel.shape, dtype=np.float32)
+    for i in range(mel.shape[0]):
+        out[i] = normalize(to_db(mel[i], r), r.normalize).astype(np.float32)
+    return out
 
 
 def fit_window(y: np.ndarray, n_samples: int) -> np.ndarray:

@@ -26,12 +26,16 @@ class SmallCNN(nn.Module):
     """
 
     def __init__(self, channels: list[int], n_classes: int, in_shift: float = 0.0,
-                 in_scale: float = 1.0, dropout: float = 0.2):
+                 in_scale: float = 1.0, dropout: float = 0.2, stem_stride: int = 1):
         super().__init__()
-        layers: list[nn.Module] = []
-        cin = 1
-        for i, c in enumerate(channels):
-            layers += conv_block(cin, c, pool=i < len(channels) - 1)
+        k = 3 if stem_stride == 1 else 5
+        layers: list[nn.Module] = [nn.Conv2d(1, channels[0], k, stride=stem_stride,
+                                             padding=k // 2, bias=False),
+                                   nn.BatchNorm2d(channels[0]), nn.ReLU(inplace=True)]
+        cin = channels[0]
+        for c in channels[1:]:
+            layers.append(nn.MaxPool2d(2))
+            layers += conv_block(cin, c, pool=False)
             cin = c
         self.features = nn.Sequential(*layers)
         self.dropout = nn.Dropout(dropout)
@@ -55,7 +59,7 @@ def detector_net() -> SmallCNN:
 
 def reason_net() -> SmallCNN:
     # input [1, 1, 64, 219]: standardised log-mel
-    return SmallCNN([16, 32, 64, 64], 8, dropout=0.3)
+    return SmallCNN([16, 32, 48, 64], 8, dropout=0.3, stem_stride=2)
 
 
 class TinyOld(nn.Module):

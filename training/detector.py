@@ -1,0 +1,331 @@
+"""Cry detector: windows, augmentation, group CV, stream false alarms, export, report."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+import babycry_features as bf
+import data as D
+import metrics as MT
+import models as M
+import recipes as R
+import trainutil as TU
+
+SR = R.SAMPLE_RATE
+WIN = int(R.DETECTOR_WINDOW_S * SR)      # 8000 samples
+HOP = SR // 2                            # the daemon runs the detector every 0.5 s
+N_SPLITS = 5
+SEEDS = (0,)
+EPOCHS = 8
+SAMPLES_PER_EPOCH = 12000
+PAUSE_DB = 20.0        # cry-recording windows this far below the recording's loudest are pauses
+RULES = [(1, 1), (2, 2), (2, 3), (3, 4), (3, 5), (4, 6)]
+DEFAULT_RULE = (3, 4)
+THRESHOLDS = np.round(np.arange(0.05, 1.0, 0.025), 3)
+FA_TARGET = 1.0        # false episodes per hour of the negative stream
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def frame_starts(n: int) -> np.ndarray:
+    if n <= WIN:
+        return np.array([0])
+    return np.arange(0, n - WIN + 1, HOP)
+
+
+def windows_of(y: np.ndarray) -> np.ndarray:
+    y = y.astype(np.float64)
+    if len(y) < WIN:
+        y = bf.fit_window(y, WIN)
+    st = frame_starts(len(y))
+    return np.stack([y[s:s + WIN] for s in st])
+
+
+def rms_db(w: np.ndarray) -> np.ndarray:
+    return 10 * np.log10(np.mean(w ** 2, axis=-1) + 1e-12)
+
+
+def feats(ws: np.ndarray) -> np.ndarray:
+    out = []
+    for i in range(0, len(ws), 512):
+        out.append(bf.features_batch(ws[i:i + 512], SR, R.DETECTOR_FEATURES))
+    return np.concatenate(out) if out else np.zeros((0, 40, 63), np.float32)
+
+
+def assign_folds(items: list[D.Item], seed: int) -> np.ndarray:
+    """Donate-a-cry: stratified (cry / not cry) group k-fold on the uploader group;
+    negatives: stratified (category) group k-fold on their recording/voice group."""
+    fold = np.zeros(len(items), dtype=np.int64)
+    dac = [i for i, it in enumerate(items) if it.source == "donateacry"]
+    neg = [i for i, it in enumerate(items) if it.source == "negatives"]
+    fold[dac] = D.group_folds([items[i].is_cry for i in dac], [items[i].group for i in dac], N_SPLITS, seed)
+    fold[neg] = D.group_folds([items[i].label for i in neg], [items[i].group for i in neg], N_SPLITS, seed)
+    D.assert_no_group_leak(fold, [it.group for it in items])
+    return fold
+
+
+def build_windows(items, audio, fold, seed: int):
+    """Base windows of every item plus one augmented copy of each training-usable window.
+
+    Augmentation backgrounds are drawn from non-cry windows of the SAME fold as the item,
+    so no held-out audio ever reaches training. Returns dict of arrays."""
+    path = D.CACHE / f"detector-windows-s{seed}.npz"
+    if path.exists():
+        z = np.load(path)
+        return {k: z[k] for k in z.files}
+    rng = np.random.default_rng(seed)
+    base_w, base_item, base_start, base_active = [], [], [], []
+    for i, y in enumerate(audio):
+        ws = windows_of(y)
+        db = rms_db(ws)
+        active = db >= db.max() - PAUSE_DB
+        base_w.append(ws.astype(np.float32))
+        base_item += [i] * len(ws)
+        base_start += list(frame_starts(max(len(y), WIN)))
+        base_active += list(active)
+    base_w = np.concatenate(base_w)
+    base_item = np.array(base_item)
+    base_start = np.array(base_start)
+    base_active = np.array(base_active)
+    is_cry_item = np.array([it.is_cry for it in items])
+    cry = is_cry_item[base_item]
+    wfold = fold[base_item]
+    # background pools per fold: non-cry windows
+    pools = {f: np.where((~cry) & (wfold == f))[0] for f in range(N_SPLITS)}
+
+    def scale_db(w, gain_db):
+        return np.clip(w * 10 ** (gain_db / 20.0), -1.0, 1.0)
+
+    aug_w, aug_src, aug_label = [], [], []
+    for j in range(len(base_w)):
+        if cry[j] and not base_active[j]:
+            continue
+        bg = base_w[rng.choice(pools[wfold[j]])].astype(np.float64)
+        w = base_w[j].astype(np.float64)
+        if cry[j]:
+            # cry under speech/music/household/room sounds at 0-20 dB SNR, then a gain
+            snr = rng.uniform(0.0, 20.0)
+            ps, pb = np.mean(w ** 2) + 1e-12, np.mean(bg ** 2) + 1e-12
+            mix = w + bg * np.sqrt(ps / (pb * 10 ** (snr / 10.0)))
+            mix = scale_db(mix, rng.uniform(-25.0, 6.0))
+        else:
+            # another non-cry sound at -10..10 dB relative, then a gain
+            rel = rng.uniform(-10.0, 10.0)
+            ps, pb = np.mean(w ** 2) + 1e-12, np.mean(bg ** 2) + 1e-12
+            mix = w + bg * np.sqrt(ps / pb) * 10 ** (rel / 20.0) * (rng.random() < 0.5)
+            mix = scale_db(mix, rng.uniform(-25.0, 10.0))
+        aug_w.append(mix.astype(np.float32))
+        aug_src.append(j)
+        aug_label.append(int(cry[j]))
+    log(f"detector: {len(base_w)} base windows, {len(aug_w)} augmented; computing features")
+    out = {
+        "base_x": feats(base_w), "base_item": base_item, "base_start": base_start,
+        "base_active": base_active, "aug_x": feats(np.stack(aug_w)),
+        "aug_src": np.array(aug_src), "aug_label": np.array(aug_label),
+    }
+    np.savez(path, **out)
+    return out
+
+
+def stream_for_fold(items, audio, fold, f: int, seed: int):
+    """A continuous stream of the held-out non-cry recordings of fold f (negatives/ and
+    rejected Donate-a-cry files), concatenated in a seeded random order."""
+    idx = [i for i, it in enumerate(items) if fold[i] == f and not it.is_cry]
+    rng = np.random.default_rng(1000 + seed * 10 + f)
+    idx = list(rng.permutation(idx))
+    y = np.concatenate([audio[i].astype(np.float64) for i in idx])
+    owner = np.concatenate([np.full(len(audio[i]), i) for i in idx])
+    ws = windows_of(y)
+    st = frame_starts(len(y))
+    # the category at the centre of each window
+    cats = [items[owner[min(s + WIN // 2, len(y) - 1)]].label if items[owner[min(s + WIN // 2, len(y) - 1)]].source == "negatives"
+            else "rejected_donateacry" for s in st]
+    return feats(ws.astype(np.float64)), np.array(cats), len(y) / SR / 3600.0
+
+
+def rule_fires(pos: np.ndarray, k: int, n: int) -> np.ndarray:
+    """Boolean per hop: at least k of the last n windows positive."""
+    c = np.cumsum(np.concatenate([[0], pos.astype(np.int64)]))
+    idx = np.arange(1, len(pos) + 1)
+    lo = np.maximum(0, idx - n)
+    return (c[idx] - c[lo]) >= k
+
+
+def episodes(fire: np.ndarray) -> np.ndarray:
+    """Indices where a new episode starts (rising edges)."""
+    prev = np.concatenate([[False], fire[:-1]])
+    return np.where(fire & ~prev)[0]
+
+
+def recording_detect(p: np.ndarray, t: float, k: int, n: int) -> tuple[bool, float | None]:
+    fire = rule_fires(p >= t, k, n)
+    if not fire.any():
+        return False, None
+    first = int(np.argmax(fire))
+    return True, (first * HOP + WIN) / SR   # seconds after recording start when confirmed
+
+
+def run(root: Path, reports: Path, models_dir: Path, version: str) -> dict:
+    TU.set_threads()
+    items = D.read_donateacry(root) + D.read_negatives(root)
+    audio = D.load_audio(root, items)
+    is_cry = np.array([it.is_cry for it in items])
+    log(f"detector: {len(items)} recordings ({is_cry.sum()} cries), "
+        f"{sum(len(a) for a in audio) / SR / 3600:.2f} h")
+    seed = SEEDS[0]
+    fold = assign_folds(items, seed)
+    W = build_windows(items, audio, fold, seed)
+    bx, bitem, bact = W["base_x"], W["base_item"], W["base_active"]
+    blabel = is_cry[bitem].astype(np.int64)
+    bfold = fold[bitem]
+    ax, alabel, afold = W["aug_x"], W["aug_label"], fold[bitem[W["aug_src"]]]
+    train_ok = ~(blabel.astype(bool) & ~bact)   # drop pauses inside cry recordings
+
+    def cfg_for(labels):
+        cnt = np.bincount(labels, minlength=2).astype(np.float64)
+        sw = (1.0 / cnt)[labels]
+        return TU.TrainConfig(epochs=EPOCHS, batch_size=64, lr=3e-3, weight_decay=1e-2,
+                              sample_weights=sw / sw.sum(), samples_per_epoch=SAMPLES_PER_EPOCH,
+                              augment=TU.spec_augment(max_f=4, max_t=8, n_masks=1, max_shift=0,
+                                                      noise=0.0))
+
+    oof_base = np.zeros((len(bx), 2))
+    fold_res = []
+    streams = {}
+    for f in range(N_SPLITS):
+        t0 = time.time()
+        trb = (bfold != f) & train_ok
+        tra = afold != f
+        xtr = np.concatenate([bx[trb], ax[tra]])[:, None]
+        ytr = np.concatenate([blabel[trb], alabel[tra]])
+        TU.seed_all(seed * 100 + f)
+        net = M.detector_net()
+        TU.train(net, xtr, ytr, cfg_for(ytr), seed=seed * 100 + f)
+        te = bfold == f
+        oof_base[te] = TU.predict(net, bx[te][:, None])
+        sx, scat, hours = stream_for_fold(items, audio, fold, f, seed)
+        streams[f] = {"logits": TU.predict(net, sx[:, None]), "cats": scat, "hours": hours}
+        log(f"detector fold {f}: train {len(ytr)} windows, stream {hours:.2f} h, {time.time() - t0:.0f} s")
+
+    # temperature on OOF windows (active cry windows vs every non-cry window)
+    evalw = ~(blabel.astype(bool) & ~bact)
+    temperature = MT.fit_temperature(oof_base[evalw], blabel[evalw])
+    pw = MT.softmax(oof_base, temperature)[:, 1]
+    for f in streams:
+        streams[f]["p"] = MT.softmax(streams[f]["logits"], temperature)[:, 1]
+
+    # recording-level: per held-out cry recording, its windows in time order
+    rec_windows = {}
+    for j in np.argsort(W["base_start"], kind="stable"):
+        rec_windows.setdefault(int(bitem[j]), []).append(j)
+    cry_items = [i for i in range(len(items)) if is_cry[i]]
+
+    def evaluate(t, k, n, folds_sel=None):
+        fs = range(N_SPLITS) if folds_sel is None else folds_sel
+        det, det3, lat, n_rec = 0, 0, [], 0
+        for i in cry_items:
+            if fold[i] not in fs:
+                continue
+            ok, when = recording_detect(pw[rec_windows[i]], t, k, n)
+            n_rec += 1
+            det += ok
+            if ok:
+                lat.append(when)
+                det3 += when <= 3.0
+        eps, hours, by_cat = 0, 0.0, {}
+        for f in fs:
+            s = streams[f]
+            e = episodes(rule_fires(s["p"] >= t, k, n))
+            eps += len(e)
+            hours += s["hours"]
+            for c in s["cats"][e]:
+                by_cat[c] = by_cat.get(c, 0) + 1
+        return {"threshold": float(t), "k": k, "n": n, "recording_recall": det / max(n_rec, 1),
+                "recording_recall_3s": det3 / max(n_rec, 1),
+                "median_latency_s": float(np.median(lat)) if lat else None,
+                "false_episodes": int(eps), "stream_hours": hours,
+                "false_per_hour": eps / hours, "false_by_category": by_cat, "n_recordings": n_rec}
+
+    sweep = [evaluate(t, k, n) for (k, n) in RULES for t in THRESHOLDS]
+
+    def best_for(rule):
+        cands = [r for r in sweep if (r["k"], r["n"]) == rule and r["false_per_hour"] <= FA_TARGET]
+        if not cands:
+            return None
+        return max(cands, key=lambda r: (round(r["recording_recall_3s"], 4), r["recording_recall"], -r["false_per_hour"]))
+
+    best_by_rule = {f"{k}of{n}": best_for((k, n)) for (k, n) in RULES}
+    chosen = best_by_rule[f"{DEFAULT_RULE[0]}of{DEFAULT_RULE[1]}"]
+    if chosen is None:
+        chosen = min((r for r in sweep if (r["k"], r["n"]) == DEFAULT_RULE), key=lambda r: r["false_per_hour"])
+    t_star = chosen["threshold"]
+    per_fold = []
+    for f in range(N_SPLITS):
+        te = (bfold == f) & evalw
+        r = evaluate(t_star, *DEFAULT_RULE, folds_sel=[f])
+        r["window_auc"] = MT.auc(blabel[te], pw[te])
+        r["window_recall"] = float((pw[te & (blabel == 1)] >= t_star).mean())
+        r["window_fpr"] = float((pw[te & (blabel == 0)] >= t_star).mean())
+        per_fold.append(r)
+    # windows by category at the chosen threshold (pooled OOF)
+    cat_w = {}
+    for c in sorted({it.label if it.source == "negatives" else ("cry_" + it.screen if it.is_cry else "rejected_donateacry") for it in items}):
+        m = np.array([(it.label if it.source == "negatives" else ("cry_" + it.screen if it.is_cry else "rejected_donateacry")) == c for it in items])[bitem] & evalw
+        cat_w[c] = {"windows": int(m.sum()), "positive_rate": float((pw[m] >= t_star).mean())}
+    ece_w, bins = MT.binary_ece(pw[evalw], blabel[evalw].astype(np.float64))
+    ece_raw, bins_raw = MT.binary_ece(MT.softmax(oof_base)[evalw][:, 1], blabel[evalw].astype(np.float64))
+
+    # final model on all data
+    trb = train_ok
+    xtr = np.concatenate([bx[trb], ax])[:, None]
+    ytr = np.concatenate([blabel[trb], alabel])
+    TU.seed_all(seed)
+    net = M.detector_net()
+    TU.train(net, xtr, ytr, cfg_for(ytr), seed=seed)
+    sc = R.sidecar(name="cry-detector", version=version, kind="detector", labels=R.DETECTOR_LABELS,
+                   temperature=round(temperature, 4), threshold=t_star, positive_label="cry",
+                   features=R.DETECTOR_FEATURES, window_s=R.DETECTOR_WINDOW_S)
+    onnx_path = models_dir / "cry-detector.onnx"
+    M.export_onnx(net, sc["input"]["shape"], onnx_path)
+    header = ("Cry detector: 1 s windows, run every 0.5 s; confirm crying when 3 of the last 4\n"
+              "windows have P(cry) >= threshold. Trained by: bash training/train.sh detector\n"
+              "See models/README.md for data, group-CV numbers and known limits.")
+    (models_dir / "cry-detector.toml").write_text(bf.dump_toml(sc, header))
+
+    reports.mkdir(parents=True, exist_ok=True)
+    MT.plot_reliability({"after temperature scaling": bins, "uncalibrated": bins_raw},
+                        reports / "detector-reliability.png",
+                        "cry detector: P(cry) reliability, OOF windows", xlabel="P(cry)")
+    pred = (pw[evalw] >= t_star).astype(int)
+    cm = MT.confusion(blabel[evalw], pred, 2)
+    MT.plot_confusion(cm, R.DETECTOR_LABELS, reports / "detector-confusion.png",
+                      f"cry detector windows, OOF, threshold {t_star}")
+    macs = M.count_macs(net, sc["input"]["shape"])
+    return {
+        "n_items": len(items), "n_cry_recordings": int(is_cry.sum()),
+        "n_groups": len({it.group for it in items}),
+        "n_base_windows": int(len(bx)), "n_aug_windows": int(len(ax)),
+        "seeds": list(SEEDS), "n_splits": N_SPLITS, "epochs": EPOCHS,
+        "samples_per_epoch": SAMPLES_PER_EPOCH, "temperature": temperature,
+        "threshold": t_star, "rule": list(DEFAULT_RULE), "chosen": chosen,
+        "best_by_rule": best_by_rule, "per_fold": per_fold,
+        "summary": {
+            "window_auc": MT.mean_std(r["window_auc"] for r in per_fold),
+            "window_recall": MT.mean_std(r["window_recall"] for r in per_fold),
+            "window_fpr": MT.mean_std(r["window_fpr"] for r in per_fold),
+            "recording_recall": MT.mean_std(r["recording_recall"] for r in per_fold),
+            "recording_recall_3s": MT.mean_std(r["recording_recall_3s"] for r in per_fold),
+            "false_per_hour": MT.mean_std(r["false_per_hour"] for r in per_fold),
+        },
+        "pooled_window_auc": MT.auc(blabel[evalw], pw[evalw]),
+        "window_confusion": cm, "windows_by_category": cat_w,
+        "ece_calibrated": ece_w, "ece_uncalibrated": ece_raw, "reliability": bins,
+        "sweep": sweep,
+        "params": M.count_params(net), "macs_per_window": macs,
+        "macs_per_7s": macs * 14, "onnx_bytes": onnx_path.stat().st_size,
+        "onnx_ops": M.onnx_ops(onnx_path), "input_shape": sc["input"]["shape"],
+    }

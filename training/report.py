@@ -1,0 +1,167 @@
+"""Markdown/JSON reports and the model cards (models/README.md)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+import recipes as R
+
+
+def _clean(o):
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items() if k != "probs_calibrated"}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, np.ndarray):
+        return _clean(o.tolist())
+    if isinstance(o, float) and (o != o):
+        return None
+    return o
+
+
+def ms(d: dict, nd: int = 3) -> str:
+    return f"{d['mean']:.{nd}f} ± {d['std']:.{nd}f} (n={d['n']})"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_reason(res: dict, reports: Path) -> None:
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "reason.json").write_text(json.dumps(_clean(res), indent=1) + "\n")
+    s = res["summary"]
+    L = R.REASON_LABELS
+    lines = [
+        "# Cry-reason classifier: group cross-validation report",
+        "",
+        "Produced by `bash training/train.sh reason` (= `training/.venv/bin/python training/train.py --model reason`).",
+        "",
+        f"Data: {res['n_items']} recordings (verified with a reason + unscreened lonely/scared), "
+        f"{res['n_groups']} uploader groups. Class counts: "
+        + ", ".join(f"{k} {v}" for k, v in res["class_counts"].items()) + ".",
+        "",
+        f"Protocol: StratifiedGroupKFold({res['n_splits']}) on `group`, a new shuffle per seed "
+        f"(seeds {res['seeds']}); every method sees the same folds. CNN: {res['epochs']} epochs; "
+        f"config chosen on seed-0 folds among {list(res['configs'])}: **{res['chosen_config']}**. "
+        f"Probabilities after temperature scaling fitted on the other folds' out-of-fold logits.",
+        "",
+        "| method | macro-F1 over folds×seeds | macro-F1 pooled per seed | log-loss | log-loss − prior's | accuracy | ECE (calibrated) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    names = [("always_hungry", "always hungry"), ("prior", "class prior (log-loss reference)"),
+             ("cnn", "this CNN (all seeds)"), ("cnn_on_old_seeds", "this CNN (old baseline's seeds)"),
+             ("old_resnet18", f"old recipe ResNet18 ({res['old_epochs']} epochs, seeds {res['old_seeds']})")]
+    for k, title in names:
+        if k not in s:
+            continue
+        v = s[k]
+        lines.append(f"| {title} | {ms(v['macro_f1_folds'])} | {ms(v['macro_f1_seeds_pooled'])} | "
+                     f"{ms(v['log_loss'])} | {ms(v['log_loss_minus_prior'])} | {ms(v['accuracy'])} | "
+                     f"{ms(v['ece_calibrated'])} |")
+    lines += ["", "Configurations on seed-0 folds:", "",
+              "| config | macro-F1 over folds | log-loss − prior's |", "|---|---|---|"]
+    for k, v in s["configs_seed0"].items():
+        lines.append(f"| {k} {res['configs'][k]} | {ms(v['macro_f1_folds'])} | {ms(v['log_loss_minus_prior'])} |")
+    lines += ["", "Per-class (CNN, pooled out-of-fold predictions, mean over seeds):", "",
+              "| class | n | precision | recall | F1 | old ResNet18 F1 |", "|---|---|---|---|---|---|"]
+    old_f1 = s.get("old_resnet18", {}).get("per_class_f1_mean")
+    for i, c in enumerate(L):
+        lines.append(f"| {c} | {res['class_counts'][c]} | {s['cnn']['per_class_precision_mean'][i]:.3f} | "
+                     f"{s['cnn']['per_class_recall_mean'][i]:.3f} | {s['cnn']['per_class_f1_mean'][i]:.3f} | "
+                     + (f"{old_f1[i]:.3f} |" if old_f1 else "n/a |"))
+    lines += ["", "Confusion matrix (rows true, columns predicted; CNN out-of-fold, seeds summed): "
+              "`reason-confusion.png`", "", "| true \\ pred | " + " | ".join(L) + " |",
+              "|---" * (len(L) + 1) + "|"]
+    for i, row in enumerate(res["confusion_cnn_all_seeds"]):
+        lines.append(f"| {L[i]} | " + " | ".join(str(v) for v in row) + " |")
+    lines += ["", f"Calibration: temperature {res['temperature']:.3f} (fitted on all out-of-fold logits); "
+              f"reliability plot `reason-reliability.png`.", "",
+              f"Abstention: threshold {res['threshold']} on the calibrated top probability "
+              f"(smallest value whose accepted out-of-fold predictions are right at least as often as "
+              f"'always hungry' is on everything); per-class overrides {res['per_class_thresholds']} "
+              f"(1.0 = never shown: accepted predictions of that class were not more precise than its prior).",
+              "", "| threshold | coverage | accuracy of accepted |", "|---|---|---|"]
+    for c in res["abstention_curve"]:
+        if c.get("coverage", 0) > 0:
+            lines.append(f"| {c['threshold']} | {c['coverage']:.3f} | {c['accuracy']:.3f} |")
+    lines += ["", f"Model: {res['params']} parameters, {res['macs'] / 1e6:.2f} M MACs per 7 s window, "
+              f"ONNX {res['onnx_bytes']} bytes, ops {res['onnx_ops']}, input {res['input_shape']}.", ""]
+    (reports / "reason.md").write_text("\n".join(lines))
+
+
+def write_detector(res: dict, reports: Path) -> None:
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "detector.json").write_text(json.dumps(_clean(res), indent=1) + "\n")
+    s = res["summary"]
+    c = res["chosen"]
+    lines = [
+        "# Cry detector: group cross-validation report",
+        "",
+        "Produced by `bash training/train.sh detector` (= `training/.venv/bin/python training/train.py --model detector`).",
+        "",
+        f"Data: {res['n_items']} recordings ({res['n_cry_recordings']} cries: verified + unscreened; "
+        f"negatives: rejected Donate-a-cry files and every category of negatives/), {res['n_groups']} groups. "
+        f"{res['n_base_windows']} windows of 1 s every 0.5 s plus {res['n_aug_windows']} augmented copies "
+        "(cries mixed under a non-cry sound of the same fold at 0-20 dB SNR, non-cry sounds mixed with each other; "
+        "random gain -25..+6/+10 dB with clipping).",
+        "",
+        f"Protocol: {res['n_splits']} folds; Donate-a-cry by StratifiedGroupKFold on `group` (cry vs not), "
+        f"negatives/ by StratifiedGroupKFold on their `group` (category-stratified; baby_laugh and room_tone are one "
+        f"group each, so they are held out whole in one fold). Seeds {res['seeds']} (one seed only: CPU budget). "
+        f"{res['epochs']} epochs × {res['samples_per_epoch']} class-balanced draws. Held-out non-cry recordings of each "
+        "fold are concatenated (random order) into a continuous stream, run every 0.5 s like the daemon; a false "
+        "episode is each rising edge of the k-of-n rule.",
+        "",
+        f"Chosen operating point: P(cry) ≥ **{res['threshold']}** (after temperature {res['temperature']:.3f}), "
+        f"rule **{res['rule'][0]} of the last {res['rule'][1]}** windows.",
+        "",
+        "| metric (held-out groups) | mean ± sd over folds | pooled |",
+        "|---|---|---|",
+        f"| window ROC AUC | {ms(s['window_auc'])} | {res['pooled_window_auc']:.4f} |",
+        f"| cry-window recall | {ms(s['window_recall'])} | |",
+        f"| non-cry window false-positive rate | {ms(s['window_fpr'])} | |",
+        f"| cry recording recall (rule fires within the recording) | {ms(s['recording_recall'])} | {c['recording_recall']:.4f} ({c['n_recordings']} recordings) |",
+        f"| cry recording recall within 3 s of its start | {ms(s['recording_recall_3s'])} | {c['recording_recall_3s']:.4f} |",
+        f"| false episodes per hour of negative stream | {ms(s['false_per_hour'], 2)} | {c['false_per_hour']:.2f} ({c['false_episodes']} in {c['stream_hours']:.2f} h) |",
+        "",
+        f"Median confirmation time for detected cry recordings: {c['median_latency_s']} s after the recording starts.",
+        f"False episodes by category (pooled): {c['false_by_category']}.",
+        "",
+        "Best threshold per rule with at most 1 false episode per hour (pooled over folds):",
+        "",
+        "| rule | threshold | recording recall | recall within 3 s | false/h | median latency s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for k, r in res["best_by_rule"].items():
+        if r is None:
+            lines.append(f"| {k} | none reaches ≤ 1/h | | | | |")
+        else:
+            lines.append(f"| {k} | {r['threshold']} | {r['recording_recall']:.4f} | {r['recording_recall_3s']:.4f} | "
+                         f"{r['false_per_hour']:.2f} | {r['median_latency_s']} |")
+    lines += ["", "Window positive rate by category at the chosen threshold (out-of-fold):", "",
+              "| category | windows | P(cry) ≥ threshold |", "|---|---|---|"]
+    for k, v in res["windows_by_category"].items():
+        lines.append(f"| {k} | {v['windows']} | {v['positive_rate']:.4f} |")
+    lines += ["", f"Window confusion (rows true not_cry/cry): {res['window_confusion']} (`detector-confusion.png`).",
+              f"Calibration of P(cry) on out-of-fold windows: ECE {res['ece_uncalibrated']:.4f} uncalibrated, "
+              f"{res['ece_calibrated']:.4f} after temperature scaling (`detector-reliability.png`).",
+              "", f"Model: {res['params']} parameters, {res['macs_per_window'] / 1e6:.2f} M MACs per window, "
+              f"{res['macs_per_7s'] / 1e6:.1f} M MACs per 7 s of audio at one window every 0.5 s; ONNX "
+              f"{res['onnx_bytes']} bytes, ops {res['onnx_ops']}, input {res['input_shape']}.", ""]
+    (reports / "detector.md").write_text("\n".join(lines))
+
+
+def write_model_card(reports: Path, models_dir: Path) -> None:
+    try:
+        import model_card
+    except ImportError:
+        return
+    model_card.write(reports, models_dir)

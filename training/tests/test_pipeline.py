@@ -1,0 +1,114 @@
+"""Light checks of the training pipeline (no training). Run:
+    training/.venv/bin/python -m pytest -q training/tests
+Tests that need ../shared/data skip (saying so) when it is missing."""
+from __future__ import annotations
+
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+HERE = Path(__file__).resolve().parent.parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import babycry_features as bf  # noqa: E402
+import data as D  # noqa: E402
+import recipes as R  # noqa: E402
+
+DATA = D.DEFAULT_DATA
+need_data = pytest.mark.skipif(not (DATA / "donateacry" / "manifest.csv").exists(),
+                               reason=f"data missing at {DATA}")
+ALL_RECIPES = [R.OLD_FEATURES, R.DETECTOR_FEATURES, R.REASON_FEATURES, R.EXOTIC_FEATURES, R.RAW_FEATURES]
+
+
+@need_data
+def test_manifests_parse():
+    dac = D.read_donateacry(DATA)
+    neg = D.read_negatives(DATA)
+    assert len(dac) == 955 and len(neg) == 803
+    assert {it.screen for it in dac} == {"verified", "unscreened", "rejected"}
+    assert sum(it.is_cry for it in dac) == 955 - sum(it.screen == "rejected" for it in dac)
+    assert not any(it.is_cry for it in neg)
+    assert len({it.group for it in neg if it.label == "baby_laugh"}) == 1
+
+
+@need_data
+def test_group_splits_never_leak():
+    import detector
+    import reason
+    items = D.read_donateacry(DATA) + D.read_negatives(DATA)
+    fold = detector.assign_folds(items, seed=0)
+    D.assert_no_group_leak(fold, [it.group for it in items])
+    ri = reason.reason_items(D.read_donateacry(DATA))
+    assert all(it.screen != "rejected" for it in ri)
+    y = [it.label for it in ri]
+    g = [it.group for it in ri]
+    for seed in (0, 1, 2):
+        f = D.group_folds(y, g, 5, seed)
+        D.assert_no_group_leak(f, g)
+        assert len(set(f)) == 5
+
+
+def test_group_leak_detector_catches_a_leak():
+    with pytest.raises(AssertionError):
+        D.assert_no_group_leak(np.array([0, 1]), ["a", "a"])
+
+
+@pytest.mark.parametrize("table", ALL_RECIPES)
+def test_recipe_round_trip(table):
+    r = bf.FeatureRecipe.from_table(table, 8000)
+    assert bf.FeatureRecipe.from_table(r.to_table(), 8000) == r
+    text = bf.dump_toml({"features": r.to_table()})
+    assert tomllib.loads(text)["features"] == r.to_table()
+    y = np.random.default_rng(0).normal(0, 0.1, 4000)
+    m = bf.mel_power(y, 8000, r)
+    assert np.array_equal(m, bf.mel_power_reference(y, 8000, r))
+    assert m.shape == (r.n_mels, r.n_frames(len(y)))
+
+
+def test_unknown_feature_key_rejected():
+    with pytest.raises(ValueError):
+        bf.FeatureRecipe.from_table({**R.REASON_FEATURES, "bogus": 1}, 8000)
+
+
+def test_resize_matches_torch():
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(1).normal(size=(128, 219))
+    a = bf.resize_bilinear(x, 224, 224)
+    b = torch.nn.functional.interpolate(torch.from_numpy(x)[None, None], size=(224, 224),
+                                        mode="bilinear", align_corners=False)[0, 0].numpy()
+    assert np.abs(a - b).max() < 1e-12
+
+
+def test_fixtures_reproduce():
+    import make_fixtures as MF
+    base = ROOT / "tests/fixtures/frontend"
+    for recipe, sig, seconds in MF.CASES:
+        d = base / f"{recipe}_{sig}"
+        case = tomllib.loads((d / "case.toml").read_text())
+        y = np.fromfile(d / "signal.f32", dtype="<f4")
+        assert np.array_equal(y, MF.signal(sig, seconds))
+        db, norm = bf.feature_stages(y.astype(np.float64), case["sample_rate"], case["features"])
+        assert np.array_equal(np.fromfile(d / "db.f32", dtype="<f4"), db.astype("<f4").ravel())
+        assert np.array_equal(np.fromfile(d / "norm.f32", dtype="<f4"), norm.astype("<f4").ravel())
+
+
+@pytest.mark.parametrize("name", ["cry-detector", "cry-reason"])
+def test_shipped_sidecars_follow_contract(name):
+    sc = bf.load_sidecar(ROOT / "models" / f"{name}.toml")
+    allowed = {"name", "version", "kind", "labels", "output", "temperature", "threshold",
+               "positive_label", "thresholds", "audio", "features", "input"}
+    assert set(sc) <= allowed
+    assert set(sc["audio"]) == {"sample_rate", "window_seconds"}
+    r = bf.FeatureRecipe.from_table(sc["features"], sc["audio"]["sample_rate"])
+    n = bf.window_samples(sc)
+    assert sc["input"]["shape"] == [1, 1, r.n_mels, r.n_frames(n)]
+    assert set(sc.get("thresholds", {})) <= set(sc["labels"])
+    onnx = pytest.importorskip("onnx")
+    m = onnx.load(str(ROOT / "models" / f"{name}.onnx"))
+    dims = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == sc["input"]["shape"]
+    assert (ROOT / "models" / f"{name}.onnx").stat().st_size <= 2 * 1024 * 1024
