@@ -57,7 +57,8 @@ def write_reason(res: dict, reports: Path) -> None:
         "|---|---|---|---|---|---|---|",
     ]
     names = [("always_hungry", "always hungry"), ("prior", "class prior (log-loss reference)"),
-             ("cnn", "this CNN (all seeds)"), ("cnn_on_old_seeds", "this CNN (old baseline's seeds)"),
+             ("cnn", "this CNN (all seeds)"),
+             ("cnn_hungry_bias", "this CNN + cross-fitted hungry bias (all seeds)"), ("cnn_on_old_seeds", "this CNN (old baseline's seeds)"),
              ("old_resnet18", f"old recipe ResNet18 ({res['old_epochs']} epochs, seeds {res['old_seeds']})")]
     for k, title in names:
         if k not in s:
@@ -85,9 +86,10 @@ def write_reason(res: dict, reports: Path) -> None:
     lines += ["", f"Calibration: temperature {res['temperature']:.3f} (fitted on all out-of-fold logits); "
               f"reliability plot `reason-reliability.png`.", "",
               f"Abstention: threshold {res['threshold']} on the calibrated top probability "
-              f"(smallest value whose accepted out-of-fold predictions are right at least as often as "
-              f"'always hungry' is on everything); per-class overrides {res['per_class_thresholds']} "
-              f"(1.0 = never shown: accepted predictions of that class were not more precise than its prior).",
+              f"(the smallest value at which at least 30 accepted out-of-fold predictions are right at least "
+              f"5 points more often than 'always hungry' is on everything; 1.0 when no value qualifies, "
+              f"i.e. the daemon always says `uncertain`); per-class overrides {res['per_class_thresholds']} "
+              f"(1.0 = never shown: accepted predictions of that class were not 5 points more precise than its prior).",
               "", "| threshold | coverage | accuracy of accepted |", "|---|---|---|"]
     for c in res["abstention_curve"]:
         if c.get("coverage", 0) > 0:
@@ -132,6 +134,7 @@ def write_detector(res: dict, reports: Path) -> None:
         f"| cry recording recall within 3 s of its start | {ms(s['recording_recall_3s'])} | {c['recording_recall_3s']:.4f} |",
         f"| false episodes per hour of negative stream | {ms(s['false_per_hour'], 2)} | {c['false_per_hour']:.2f} ({c['false_episodes']} in {c['stream_hours']:.2f} h) |",
         "",
+        f"Cry recording recall with held-out non-cry audio of the same fold mixed in (SNR): {res.get('noisy_recording_recall')}.",
         f"Median confirmation time for detected cry recordings: {c['median_latency_s']} s after the recording starts.",
         f"False episodes by category (pooled): {c['false_by_category']}.",
         "",

@@ -67,7 +67,7 @@ def train(net: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, seed: 
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss)
+            total += float(loss.detach())
         if log:
             log(f"  epoch {ep + 1}/{cfg.epochs} loss {total / steps_per_epoch:.4f}")
     net.eval()

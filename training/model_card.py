@@ -1,0 +1,119 @@
+"""models/README.md: the model cards, written from training/reports/*.json."""
+from __future__ import annotations
+
+import collections
+import csv
+import json
+from pathlib import Path
+
+import data as D
+import recipes as R
+from report import ms, sha256
+
+
+def _licences(root: Path) -> list[str]:
+    p = root / "negatives" / "manifest.csv"
+    if not p.exists():
+        return ["(negatives manifest not found when this card was written)"]
+    with open(p, newline="") as f:
+        rows = list(csv.DictReader(f))
+    c = collections.Counter((r["source"], r["license"]) for r in rows)
+    return [f"| {s} | {lic} | {n} |" for (s, lic), n in sorted(c.items())]
+
+
+def write(reports: Path, models_dir: Path, root: Path = D.DEFAULT_DATA) -> None:
+    det = json.loads((reports / "detector.json").read_text()) if (reports / "detector.json").exists() else None
+    rea = json.loads((reports / "reason.json").read_text()) if (reports / "reason.json").exists() else None
+    L = []
+    L += ["# babycryd model cards", "",
+          "Two ONNX models with their sidecars (format: `docs/model-contract.md`). Both are produced by",
+          "the training pipeline in `training/` (see `training/README.md`) from `../shared/data/donateacry/`",
+          "and `../shared/data/negatives/`; no audio is in this repository.", "",
+          "Reproduce (CPU, about 1 h on 2 cores):", "", "```sh",
+          "bash training/setup.sh", "bash training/train.sh all      # or: detector | reason", "```", "",
+          "| file | SHA-256 | bytes |", "|---|---|---|"]
+    for name in ("cry-detector.onnx", "cry-detector.toml", "cry-reason.onnx", "cry-reason.toml"):
+        p = models_dir / name
+        if p.exists():
+            L.append(f"| `{name}` | `{sha256(p)}` | {p.stat().st_size} |")
+    L += ["", "Training is deterministic on one machine (fixed seeds, single-process data order); PyTorch",
+          "CPU kernels may differ in the last bits across CPUs or thread counts, so a re-run elsewhere can",
+          "give ONNX files with slightly different weights (and hashes).", ""]
+
+    if det:
+        c = det["chosen"]
+        s = det["summary"]
+        L += ["## cry-detector", "",
+              "**What**: is a baby crying in this 1 s of 8 kHz audio? `kind = \"detector\"`, labels "
+              "`[not_cry, cry]`, positive label `cry`. The daemon runs it every 0.5 s and confirms an "
+              f"episode when {det['rule'][0]} of the last {det['rule'][1]} windows have P(cry) ≥ "
+              f"`threshold` = {det['threshold']} (P after `temperature` = {det['temperature']:.4f}).", "",
+              f"**Input**: log-mel, n_fft 256, hop 128, 40 mels 50-4000 Hz, absolute dB (ref 1.0, no "
+              f"normalisation), tensor {det['input_shape']}.", "",
+              f"**Architecture**: 4 conv3x3 blocks (8-16-32-64 channels, BN, ReLU, max-pool), global "
+              f"average+max pooling, linear. {det['params']} parameters, "
+              f"{det['macs_per_window'] / 1e6:.2f} M MACs per window = {det['macs_per_7s'] / 1e6:.1f} M MACs "
+              f"per 7 s of audio (14 windows), ONNX {det['onnx_bytes']} bytes, opset 17, ops {det['onnx_ops']}.", "",
+              "**Training data**: positives = verified and unscreened Donate-a-cry recordings (pauses below "
+              f"{20} dB of the recording's loudest window left out of training); negatives = rejected "
+              "Donate-a-cry recordings and every category of negatives/; one augmented copy of each window "
+              "(cry under a non-cry sound at 0-20 dB SNR; non-cry mixtures; gain -25..+6/+10 dB with clipping), "
+              "backgrounds always from the same fold. Class-balanced sampling.", "",
+              f"**Evaluation** (`training/reports/detector.md`, command `bash training/train.sh detector`): "
+              f"{det['n_splits']}-fold group CV, seed {det['seeds']} (one seed: CPU budget); negatives split by "
+              "their group; held-out non-cry recordings concatenated into a continuous stream.", "",
+              "| held-out metric | mean ± sd over folds | pooled |", "|---|---|---|",
+              f"| window ROC AUC | {ms(s['window_auc'], 4)} | {det['pooled_window_auc']:.4f} |",
+              f"| cry-window recall at threshold | {ms(s['window_recall'])} | |",
+              f"| cry recording recall ({det['rule'][0]}-of-{det['rule'][1]}) | {ms(s['recording_recall'])} | {c['recording_recall']:.4f} of {c['n_recordings']} |",
+              f"| recall within 3 s of recording start | {ms(s['recording_recall_3s'])} | {c['recording_recall_3s']:.4f} |",
+              f"| false episodes per hour (negative stream incl. baby laughter, speech) | {ms(s['false_per_hour'], 2)} | {c['false_per_hour']:.2f} ({c['false_episodes']} in {c['stream_hours']:.2f} h) |",
+              f"| ECE of P(cry), after temperature scaling | | {det['ece_calibrated']:.4f} (before: {det['ece_uncalibrated']:.4f}) |",
+              "", f"False episodes by category: {c['false_by_category']}. Other rules: see the report.", ""]
+    if rea:
+        s = rea["summary"]
+        L += ["## cry-reason", "",
+              "**What**: the parent-chosen cry reason for 7 s of crying, 8 labels "
+              f"{R.REASON_LABELS}. `kind = \"reason\"`; the daemon reports `uncertain` when the top "
+              f"calibrated probability is below `threshold` = {rea['threshold']} "
+              f"(per-class overrides {rea['per_class_thresholds']}; 1.0 means never shown). "
+              f"`temperature` = {rea['temperature']:.4f}.", "",
+              f"**Input**: log-mel, n_fft 512, hop 256, 64 mels 50-4000 Hz, dB ref max, top_db 80, "
+              f"standardised per window; tensor {rea['input_shape']} (7 s zero-padded at the end).", "",
+              f"**Architecture**: stride-2 5x5 stem and 3 conv3x3 blocks (16-32-48-64), global average+max "
+              f"pooling, dropout, linear. {rea['params']} parameters, {rea['macs'] / 1e6:.2f} M MACs per 7 s, "
+              f"ONNX {rea['onnx_bytes']} bytes, opset 17, ops {rea['onnx_ops']}.", "",
+              f"**Training data**: {rea['n_items']} recordings (verified with a reason + unscreened "
+              f"lonely/scared; never rejected files), {rea['n_groups']} groups: "
+              + ", ".join(f"{k} {v}" for k, v in rea["class_counts"].items())
+              + f". Class-weighted cross-entropy ({rea['chosen_config']}: {rea['configs'][rea['chosen_config']]}), "
+              "SpecAugment masks, time shift, noise.", "",
+              f"**Evaluation** (`training/reports/reason.md`, command `bash training/train.sh reason`): "
+              f"StratifiedGroupKFold({rea['n_splits']}) on group, seeds {rea['seeds']}, the same folds for every method.", "",
+              "| method | macro-F1 (folds×seeds) | log-loss − prior's | ECE calibrated |", "|---|---|---|---|"]
+        for k, title in [("always_hungry", "always hungry"), ("cnn", "cry-reason CNN"),
+                         ("cnn_on_old_seeds", "cry-reason CNN, seed-0 folds only"),
+                         ("old_resnet18", f"old recipe ResNet18 (reduced: {rea['old_epochs']} epochs, seeds {rea['old_seeds']})")]:
+            if k in s:
+                L.append(f"| {title} | {ms(s[k]['macro_f1_folds'])} | {ms(s[k]['log_loss_minus_prior'])} | {ms(s[k]['ece_calibrated'])} |")
+        L += ["", "Per-class F1 of the CNN (mean over seeds, pooled out-of-fold): "
+              + ", ".join(f"{c} {f:.2f}" for c, f in zip(R.REASON_LABELS, s["cnn"]["per_class_f1_mean"])) + ".", ""]
+    L += ["## Known limits", "",
+          "- Donate-a-cry labels are parents' guesses, never checked; 78 % of reason recordings are `hungry`.",
+          "  The cry-reason numbers above are what the data supports about an unseen baby: read the",
+          "  log-loss against the prior before trusting any reason.",
+          "- Recordings are phone recordings (Android AMR-NB, iOS ADPCM) at 8 kHz from 2015 apps; a different",
+          "  microphone, distance or room changes the input distribution (the detector uses absolute dB).",
+          "- The negative stream is small (about 2 h in total over all folds), so false alarms per hour have",
+          "  a wide confidence interval (each false episode moves the pooled rate by ~0.5/h).",
+          "- baby_laugh and room_tone are each ONE recording: held out in one fold only.",
+          "- Cry recording recall is measured on the cry recordings themselves (a cry starting at the",
+          "  recording's start); crying far from the microphone or under loud sounds is only covered by",
+          "  the training augmentation, not by a separate test.", "",
+          "## Data and licences", "",
+          "- Donate-a-cry corpus: Open Database License (ODbL 1.0), contents under the Database Contents",
+          "  License (DbCL 1.0). Attribution: \"Donate-a-cry corpus\" (gveres/donateacry-corpus).",
+          "- negatives/ (development and testing only; the ESC-50 clips are CC BY-NC 3.0 and the baby",
+          "  laughter/room recordings state no licence, so models trained on them inherit that caveat):", "",
+          "| source | licence | files |", "|---|---|---|"] + _licences(root) + [""]
+    (models_dir / "README.md").write_text("\n".join(L))
