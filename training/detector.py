@@ -1,6 +1,7 @@
 """Cry detector: windows, augmentation, group CV, stream false alarms, export, report."""
 from __future__ import annotations
 
+import pickle
 import time
 from pathlib import Path
 
@@ -19,13 +20,23 @@ WIN = int(R.DETECTOR_WINDOW_S * SR)      # 8000 samples
 HOP = SR // 2                            # the daemon runs the detector every 0.5 s
 N_SPLITS = 5
 SEEDS = (0,)
-EPOCHS = 8
 SAMPLES_PER_EPOCH = 12000
+# Candidates compared by group CV (recording recall at <= FA_TARGET false episodes per hour
+# of the negatives/ stream, rule DEFAULT_RULE); the winner is trained on everything.
+CONFIGS = {"e8": {"epochs": 8, "window_s": 1.0}, "e20": {"epochs": 20, "window_s": 1.0},
+           "w1.5-e8": {"epochs": 8, "window_s": 1.5}}
+QUIET_HOPS = 20        # the daemon ends an episode after 10 s (20 hops) without confirmed crying
 PAUSE_DB = 20.0        # cry-recording windows this far below the recording's loudest are pauses
 RULES = [(1, 1), (2, 2), (2, 3), (3, 4), (3, 5), (4, 6)]
 DEFAULT_RULE = (3, 4)
 THRESHOLDS = np.round(np.arange(0.05, 1.0, 0.025), 3)
 FA_TARGET = 1.0        # false episodes per hour of the negative stream
+
+
+def set_window(seconds: float) -> None:
+    """Window length used by every function below (module global, per configuration)."""
+    global WIN
+    WIN = int(round(seconds * SR))
 
 
 def log(msg: str) -> None:
@@ -74,7 +85,7 @@ def build_windows(items, audio, fold, seed: int):
 
     Augmentation backgrounds are drawn from non-cry windows of the SAME fold as the item,
     so no held-out audio ever reaches training. Returns dict of arrays."""
-    path = D.CACHE / f"detector-windows-s{seed}.npz"
+    path = D.CACHE / (f"detector-windows-s{seed}.npz" if WIN == SR else f"detector-windows-w{WIN}-s{seed}.npz")
     if path.exists():
         z = np.load(path)
         return {k: z[k] for k in z.files}
@@ -132,20 +143,29 @@ def build_windows(items, audio, fold, seed: int):
     return out
 
 
-def stream_for_fold(items, audio, fold, f: int, seed: int):
-    """A continuous stream of the held-out non-cry recordings of fold f (negatives/ and
-    rejected Donate-a-cry files), concatenated in a seeded random order."""
-    idx = [i for i, it in enumerate(items) if fold[i] == f and not it.is_cry]
+def stream_for_fold(items, audio, fold, f: int, seed: int, which: str):
+    """A continuous stream of held-out non-cry recordings of fold f, concatenated in a seeded
+    random order: which = "neg" (negatives/ only) or "rej" (rejected Donate-a-cry files).
+    Returns features of every window (1 s every 0.5 s), the category at each window's
+    centre and the stream length in hours. Cached."""
+    path = D.CACHE / (f"detector-stream-{which}-f{f}-s{seed}.npz" if WIN == SR
+                      else f"detector-stream-{which}-w{WIN}-f{f}-s{seed}.npz")
+    if path.exists():
+        z = np.load(path)
+        return z["x"], z["cats"], float(z["hours"])
+    src = "negatives" if which == "neg" else "donateacry"
+    idx = [i for i, it in enumerate(items) if fold[i] == f and not it.is_cry and it.source == src]
     rng = np.random.default_rng(1000 + seed * 10 + f)
     idx = list(rng.permutation(idx))
     y = np.concatenate([audio[i].astype(np.float64) for i in idx])
     owner = np.concatenate([np.full(len(audio[i]), i) for i in idx])
-    ws = windows_of(y)
     st = frame_starts(len(y))
-    # the category at the centre of each window
-    cats = [items[owner[min(s + WIN // 2, len(y) - 1)]].label if items[owner[min(s + WIN // 2, len(y) - 1)]].source == "negatives"
-            else "rejected_donateacry" for s in st]
-    return feats(ws.astype(np.float64)), np.array(cats), len(y) / SR / 3600.0
+    cats = np.array([items[owner[min(s + WIN // 2, len(y) - 1)]].label if src == "negatives"
+                     else "rejected_donateacry" for s in st])
+    x = feats(windows_of(y))
+    hours = len(y) / SR / 3600.0
+    np.savez(path, x=x, cats=cats, hours=hours)
+    return x, cats, hours
 
 
 NOISY_SNRS = (10.0, 5.0, 0.0)
@@ -183,18 +203,150 @@ def rule_fires(pos: np.ndarray, k: int, n: int) -> np.ndarray:
     return (c[idx] - c[lo]) >= k
 
 
-def episodes(fire: np.ndarray) -> np.ndarray:
-    """Indices where a new episode starts (rising edges)."""
-    prev = np.concatenate([[False], fire[:-1]])
-    return np.where(fire & ~prev)[0]
+def episodes(fire: np.ndarray, quiet: int = QUIET_HOPS) -> np.ndarray:
+    """Hop indices where a new episode starts: a confirmation more than `quiet` hops after
+    the previous confirmation (the daemon's episode ends after 10 s without crying)."""
+    starts = []
+    last = -10 ** 9
+    for i in np.flatnonzero(fire):
+        if i - last > quiet:
+            starts.append(int(i))
+        last = i
+    return np.array(starts, dtype=np.int64)
 
 
-def recording_detect(p: np.ndarray, t: float, k: int, n: int) -> tuple[bool, float | None]:
+def recording_detect(p: np.ndarray, t: float, k: int, n: int, win: int | None = None
+                     ) -> tuple[bool, float | None]:
     fire = rule_fires(p >= t, k, n)
     if not fire.any():
         return False, None
     first = int(np.argmax(fire))
-    return True, (first * HOP + WIN) / SR   # seconds after recording start when confirmed
+    return True, (first * HOP + (win or WIN)) / SR   # seconds after recording start when confirmed
+
+
+def cfg_for(labels, epochs: int) -> TU.TrainConfig:
+    cnt = np.bincount(labels, minlength=2).astype(np.float64)
+    sw = (1.0 / cnt)[labels]
+    return TU.TrainConfig(epochs=epochs, batch_size=64, lr=3e-3, weight_decay=1e-2,
+                          sample_weights=sw / sw.sum(), samples_per_epoch=SAMPLES_PER_EPOCH,
+                          augment=TU.spec_augment(max_f=4, max_t=8, n_masks=1, max_shift=0,
+                                                  noise=0.0))
+
+
+def cross_validate(name, items, audio, fold, W, seed) -> dict:
+    """Out-of-fold logits of base windows, both streams and the noisy cries (cached)."""
+    path = D.CACHE / f"detector-cv-{name}-s{seed}.pkl"
+    if path.exists():
+        with open(path, "rb") as fh:
+            return pickle.load(fh)
+    epochs = CONFIGS[name]["epochs"]
+    is_cry = np.array([it.is_cry for it in items])
+    bx, bitem, bact = W["base_x"], W["base_item"], W["base_active"]
+    blabel = is_cry[bitem].astype(np.int64)
+    bfold = fold[bitem]
+    ax, alabel, afold = W["aug_x"], W["aug_label"], fold[bitem[W["aug_src"]]]
+    train_ok = ~(blabel.astype(bool) & ~bact)
+    res = {"oof": np.zeros((len(bx), 2)), "streams": {}, "noisy": {}}
+    for f in range(N_SPLITS):
+        t0 = time.time()
+        trb = (bfold != f) & train_ok
+        tra = afold != f
+        xtr = np.concatenate([bx[trb], ax[tra]])[:, None]
+        ytr = np.concatenate([blabel[trb], alabel[tra]])
+        TU.seed_all(seed * 100 + f)
+        net = M.detector_net()
+        wtag = "" if WIN == SR else f"-w{WIN}"
+        ck = D.CACHE / f"detector-fold{f}-s{seed}-e{epochs}-n{SAMPLES_PER_EPOCH}{wtag}.pt"
+        if ck.exists():
+            net.load_state_dict(torch.load(ck))
+            net.eval()
+        else:
+            TU.train(net, xtr, ytr, cfg_for(ytr, epochs), seed=seed * 100 + f)
+            torch.save(net.state_dict(), ck)
+        te = bfold == f
+        res["oof"][te] = TU.predict(net, bx[te][:, None])
+        for which in ("neg", "rej"):
+            sx, scat, hours = stream_for_fold(items, audio, fold, f, seed, which)
+            res["streams"][(f, which)] = {"logits": TU.predict(net, sx[:, None]), "cats": scat,
+                                          "hours": hours}
+        res["noisy"][f] = noisy_cry_logits(net, items, audio, fold, f, seed)
+        log(f"detector {name} fold {f}: train {len(ytr)} windows, {time.time() - t0:.0f} s")
+    with open(path, "wb") as fh:
+        pickle.dump(res, fh)
+    return res
+
+
+class Evaluator:
+    """Recording recall, latency and stream false episodes for one CV result."""
+
+    def __init__(self, res, items, fold, W):
+        self.items, self.fold = items, fold
+        self.win = WIN
+        is_cry = np.array([it.is_cry for it in items])
+        self.bitem = W["base_item"]
+        self.blabel = is_cry[self.bitem].astype(np.int64)
+        self.evalw = ~(self.blabel.astype(bool) & ~W["base_active"])
+        self.temperature = MT.fit_temperature(res["oof"][self.evalw], self.blabel[self.evalw])
+        self.pw = MT.softmax(res["oof"], self.temperature)[:, 1]
+        self.sp = {k: MT.softmax(v["logits"], self.temperature)[:, 1] for k, v in res["streams"].items()}
+        self.streams = res["streams"]
+        self.noisy = res["noisy"]
+        self.rec_windows: dict[int, list[int]] = {}
+        for j in np.argsort(W["base_start"], kind="stable"):
+            self.rec_windows.setdefault(int(self.bitem[j]), []).append(int(j))
+        self.cry_items = [i for i in range(len(items)) if is_cry[i]]
+
+    def __call__(self, t, k, n, folds_sel=None) -> dict:
+        fs = list(range(N_SPLITS)) if folds_sel is None else list(folds_sel)
+        det = det3 = n_rec = 0
+        lat = []
+        for i in self.cry_items:
+            if self.fold[i] not in fs:
+                continue
+            ok, when = recording_detect(self.pw[self.rec_windows[i]], t, k, n, self.win)
+            n_rec += 1
+            det += ok
+            if ok:
+                lat.append(when)
+                det3 += when <= 3.0
+        out = {"threshold": float(t), "k": k, "n": n, "n_recordings": n_rec,
+               "recording_recall": det / max(n_rec, 1), "recording_recall_3s": det3 / max(n_rec, 1),
+               "median_latency_s": float(np.median(lat)) if lat else None}
+        for which in ("neg", "rej"):
+            eps, hours, by_cat = 0, 0.0, {}
+            for f in fs:
+                e = episodes(rule_fires(self.sp[(f, which)] >= t, k, n))
+                eps += len(e)
+                hours += self.streams[(f, which)]["hours"]
+                for c in self.streams[(f, which)]["cats"][e]:
+                    by_cat[str(c)] = by_cat.get(str(c), 0) + 1
+            out[f"false_episodes_{which}"] = int(eps)
+            out[f"hours_{which}"] = hours
+            out[f"false_per_hour_{which}"] = eps / hours
+            out[f"false_by_category_{which}"] = by_cat
+        out["false_per_hour_all"] = ((out["false_episodes_neg"] + out["false_episodes_rej"])
+                                     / (out["hours_neg"] + out["hours_rej"]))
+        return out
+
+    def noisy_recall(self, t, k, n) -> dict:
+        out = {}
+        for snr in NOISY_SNRS:
+            det = n_rec = 0
+            for f in self.noisy:
+                for lg in self.noisy[f][snr].values():
+                    ok, _ = recording_detect(MT.softmax(lg, self.temperature)[:, 1], t, k, n)
+                    det += ok
+                    n_rec += 1
+            out[f"{snr:g}dB"] = det / max(n_rec, 1)
+        return out
+
+
+def best_threshold(ev: Evaluator, rule) -> dict | None:
+    rows = [ev(t, *rule) for t in THRESHOLDS]
+    ok = [r for r in rows if r["false_per_hour_neg"] <= FA_TARGET]
+    if not ok:
+        return None
+    return max(ok, key=lambda r: (r["recording_recall"], r["recording_recall_3s"], r["threshold"]))
 
 
 def run(root: Path, reports: Path, models_dir: Path, version: str) -> dict:
@@ -206,138 +358,81 @@ def run(root: Path, reports: Path, models_dir: Path, version: str) -> dict:
         f"{sum(len(a) for a in audio) / SR / 3600:.2f} h")
     seed = SEEDS[0]
     fold = assign_folds(items, seed)
-    W = build_windows(items, audio, fold, seed)
-    bx, bitem, bact = W["base_x"], W["base_item"], W["base_active"]
-    blabel = is_cry[bitem].astype(np.int64)
-    bfold = fold[bitem]
-    ax, alabel, afold = W["aug_x"], W["aug_label"], fold[bitem[W["aug_src"]]]
-    train_ok = ~(blabel.astype(bool) & ~bact)   # drop pauses inside cry recordings
 
-    def cfg_for(labels):
-        cnt = np.bincount(labels, minlength=2).astype(np.float64)
-        sw = (1.0 / cnt)[labels]
-        return TU.TrainConfig(epochs=EPOCHS, batch_size=64, lr=3e-3, weight_decay=1e-2,
-                              sample_weights=sw / sw.sum(), samples_per_epoch=SAMPLES_PER_EPOCH,
-                              augment=TU.spec_augment(max_f=4, max_t=8, n_masks=1, max_shift=0,
-                                                      noise=0.0))
+    # 1. every candidate configuration, compared at the default rule
+    cv, evs, cmp, Ws = {}, {}, {}, {}
+    for name in CONFIGS:
+        set_window(CONFIGS[name]["window_s"])
+        W = Ws[name] = build_windows(items, audio, fold, seed)
+        cv[name] = cross_validate(name, items, audio, fold, W, seed)
+        evs[name] = Evaluator(cv[name], items, fold, W)
+        b = best_threshold(evs[name], DEFAULT_RULE)
+        ev = evs[name]
+        cmp[name] = {"window_auc": MT.auc(ev.blabel[ev.evalw], ev.pw[ev.evalw]),
+                     "best_at_target": b}
+        log(f"config {name}: AUC {cmp[name]['window_auc']:.4f}, best at target {b}")
+    best = max(CONFIGS, key=lambda n: ((cmp[n]["best_at_target"] or {}).get("recording_recall", -1),
+                                       cmp[n]["window_auc"]))
+    ev = evs[best]
+    set_window(CONFIGS[best]["window_s"])
+    W = Ws[best]
+    log(f"chosen config {best}")
 
-    oof_base = np.zeros((len(bx), 2))
-    streams = {}
-    noisy = {}
-    for f in range(N_SPLITS):
-        t0 = time.time()
-        trb = (bfold != f) & train_ok
-        tra = afold != f
-        xtr = np.concatenate([bx[trb], ax[tra]])[:, None]
-        ytr = np.concatenate([blabel[trb], alabel[tra]])
-        TU.seed_all(seed * 100 + f)
-        net = M.detector_net()
-        ck = D.CACHE / f"detector-fold{f}-s{seed}-e{EPOCHS}-n{SAMPLES_PER_EPOCH}.pt"
-        if ck.exists():
-            net.load_state_dict(torch.load(ck))
-            net.eval()
-        else:
-            TU.train(net, xtr, ytr, cfg_for(ytr), seed=seed * 100 + f)
-            torch.save(net.state_dict(), ck)
-        te = bfold == f
-        oof_base[te] = TU.predict(net, bx[te][:, None])
-        sx, scat, hours = stream_for_fold(items, audio, fold, f, seed)
-        streams[f] = {"logits": TU.predict(net, sx[:, None]), "cats": scat, "hours": hours}
-        noisy[f] = noisy_cry_logits(net, items, audio, fold, f, seed)
-        log(f"detector fold {f}: train {len(ytr)} windows, stream {hours:.2f} h, {time.time() - t0:.0f} s")
-
-    # temperature on OOF windows (active cry windows vs every non-cry window)
-    evalw = ~(blabel.astype(bool) & ~bact)
-    temperature = MT.fit_temperature(oof_base[evalw], blabel[evalw])
-    pw = MT.softmax(oof_base, temperature)[:, 1]
-    for f in streams:
-        streams[f]["p"] = MT.softmax(streams[f]["logits"], temperature)[:, 1]
-
-    # recording-level: per held-out cry recording, its windows in time order
-    rec_windows = {}
-    for j in np.argsort(W["base_start"], kind="stable"):
-        rec_windows.setdefault(int(bitem[j]), []).append(j)
-    cry_items = [i for i in range(len(items)) if is_cry[i]]
-
-    def evaluate(t, k, n, folds_sel=None):
-        fs = range(N_SPLITS) if folds_sel is None else folds_sel
-        det, det3, lat, n_rec = 0, 0, [], 0
-        for i in cry_items:
-            if fold[i] not in fs:
-                continue
-            ok, when = recording_detect(pw[rec_windows[i]], t, k, n)
-            n_rec += 1
-            det += ok
-            if ok:
-                lat.append(when)
-                det3 += when <= 3.0
-        eps, hours, by_cat = 0, 0.0, {}
-        for f in fs:
-            s = streams[f]
-            e = episodes(rule_fires(s["p"] >= t, k, n))
-            eps += len(e)
-            hours += s["hours"]
-            for c in s["cats"][e]:
-                by_cat[c] = by_cat.get(c, 0) + 1
-        return {"threshold": float(t), "k": k, "n": n, "recording_recall": det / max(n_rec, 1),
-                "recording_recall_3s": det3 / max(n_rec, 1),
-                "median_latency_s": float(np.median(lat)) if lat else None,
-                "false_episodes": int(eps), "stream_hours": hours,
-                "false_per_hour": eps / hours, "false_by_category": by_cat, "n_recordings": n_rec}
-
-    sweep = [evaluate(t, k, n) for (k, n) in RULES for t in THRESHOLDS]
-
-    def best_for(rule):
-        cands = [r for r in sweep if (r["k"], r["n"]) == rule and r["false_per_hour"] <= FA_TARGET]
-        if not cands:
-            return None
-        return max(cands, key=lambda r: (round(r["recording_recall_3s"], 4), r["recording_recall"], -r["false_per_hour"]))
-
-    best_by_rule = {f"{k}of{n}": best_for((k, n)) for (k, n) in RULES}
+    # 2. rules and threshold
+    best_by_rule = {f"{k}of{n}": best_threshold(ev, (k, n)) for (k, n) in RULES}
     chosen = best_by_rule[f"{DEFAULT_RULE[0]}of{DEFAULT_RULE[1]}"]
-    if chosen is None:
-        chosen = min((r for r in sweep if (r["k"], r["n"]) == DEFAULT_RULE), key=lambda r: r["false_per_hour"])
+    target_met = chosen is not None
+    if chosen is None:  # no threshold reaches the target: the one with the fewest false episodes
+        rows = [ev(t, *DEFAULT_RULE) for t in THRESHOLDS]
+        chosen = min(rows, key=lambda r: (r["false_per_hour_neg"], -r["recording_recall"]))
     t_star = chosen["threshold"]
+    sweep = [ev(t, k, n) for (k, n) in RULES for t in THRESHOLDS]
     per_fold = []
     for f in range(N_SPLITS):
-        te = (bfold == f) & evalw
-        r = evaluate(t_star, *DEFAULT_RULE, folds_sel=[f])
-        r["window_auc"] = MT.auc(blabel[te], pw[te])
-        r["window_recall"] = float((pw[te & (blabel == 1)] >= t_star).mean())
-        r["window_fpr"] = float((pw[te & (blabel == 0)] >= t_star).mean())
+        te = (fold[ev.bitem] == f) & ev.evalw
+        r = ev(t_star, *DEFAULT_RULE, folds_sel=[f])
+        r["window_auc"] = MT.auc(ev.blabel[te], ev.pw[te])
+        r["window_recall"] = float((ev.pw[te & (ev.blabel == 1)] >= t_star).mean())
+        r["window_fpr"] = float((ev.pw[te & (ev.blabel == 0)] >= t_star).mean())
         per_fold.append(r)
-    noisy_recall = {}
-    for snr in NOISY_SNRS:
-        det = n_rec = 0
-        for f in noisy:
-            for i, lg in noisy[f][snr].items():
-                ok, _ = recording_detect(MT.softmax(lg, temperature)[:, 1], t_star, *DEFAULT_RULE)
-                det += ok
-                n_rec += 1
-        noisy_recall[f"{snr:g}dB"] = det / max(n_rec, 1)
-    log(f"noisy recording recall at threshold {t_star}: {noisy_recall}")
-    # windows by category at the chosen threshold (pooled OOF)
-    cat_w = {}
-    for c in sorted({it.label if it.source == "negatives" else ("cry_" + it.screen if it.is_cry else "rejected_donateacry") for it in items}):
-        m = np.array([(it.label if it.source == "negatives" else ("cry_" + it.screen if it.is_cry else "rejected_donateacry")) == c for it in items])[bitem] & evalw
-        cat_w[c] = {"windows": int(m.sum()), "positive_rate": float((pw[m] >= t_star).mean())}
-    ece_w, bins = MT.binary_ece(pw[evalw], blabel[evalw].astype(np.float64))
-    ece_raw, bins_raw = MT.binary_ece(MT.softmax(oof_base)[evalw][:, 1], blabel[evalw].astype(np.float64))
+    noisy_recall = ev.noisy_recall(t_star, *DEFAULT_RULE)
+    log(f"threshold {t_star}: {chosen}; noisy recall {noisy_recall}")
 
-    # final model on all data
-    trb = train_ok
-    xtr = np.concatenate([bx[trb], ax])[:, None]
-    ytr = np.concatenate([blabel[trb], alabel])
+    def cat_of(it):
+        if it.source == "negatives":
+            return it.label
+        return ("cry_" + it.screen) if it.is_cry else "rejected_donateacry"
+
+    cats = np.array([cat_of(it) for it in items])[ev.bitem]
+    cat_w = {}
+    for c in sorted(set(cats)):
+        m = (cats == c) & ev.evalw
+        cry_like = c.startswith("cry_")
+        auc_c = None if cry_like else MT.auc(
+            np.r_[np.ones(int((ev.evalw & (ev.blabel == 1)).sum())), np.zeros(int(m.sum()))],
+            np.r_[ev.pw[ev.evalw & (ev.blabel == 1)], ev.pw[m]])
+        cat_w[c] = {"windows": int(m.sum()), "positive_rate": float((ev.pw[m] >= t_star).mean()),
+                    "auc_vs_cry": auc_c}
+    y_e = ev.blabel[ev.evalw].astype(np.float64)
+    ece_w, bins = MT.binary_ece(ev.pw[ev.evalw], y_e)
+    ece_raw, bins_raw = MT.binary_ece(MT.softmax(cv[best]["oof"])[ev.evalw][:, 1], y_e)
+
+    # 3. final model on all data with the chosen configuration
+    bx, bitem, bact = W["base_x"], W["base_item"], W["base_active"]
+    blabel = is_cry[bitem].astype(np.int64)
+    train_ok = ~(blabel.astype(bool) & ~bact)
+    xtr = np.concatenate([bx[train_ok], W["aug_x"]])[:, None]
+    ytr = np.concatenate([blabel[train_ok], W["aug_label"]])
     TU.seed_all(seed)
     net = M.detector_net()
-    TU.train(net, xtr, ytr, cfg_for(ytr), seed=seed)
+    TU.train(net, xtr, ytr, cfg_for(ytr, CONFIGS[best]["epochs"]), seed=seed)
     sc = R.sidecar(name="cry-detector", version=version, kind="detector", labels=R.DETECTOR_LABELS,
-                   temperature=round(temperature, 4), threshold=t_star, positive_label="cry",
-                   features=R.DETECTOR_FEATURES, window_s=R.DETECTOR_WINDOW_S)
+                   temperature=round(ev.temperature, 4), threshold=t_star, positive_label="cry",
+                   features=R.DETECTOR_FEATURES, window_s=WIN / SR)
     onnx_path = models_dir / "cry-detector.onnx"
     M.export_onnx(net, sc["input"]["shape"], onnx_path)
-    header = ("Cry detector: 1 s windows, run every 0.5 s; confirm crying when 3 of the last 4\n"
-              "windows have P(cry) >= threshold. Trained by: bash training/train.sh detector\n"
+    header = (f"Cry detector: {WIN / SR:g} s windows, run every 0.5 s; crying confirmed when {DEFAULT_RULE[0]} of the last\n"
+              f"{DEFAULT_RULE[1]} windows have P(cry) >= threshold. Trained by: bash training/train.sh detector\n"
               "See models/README.md for data, group-CV numbers and known limits.")
     (models_dir / "cry-detector.toml").write_text(bf.dump_toml(sc, header))
 
@@ -345,18 +440,20 @@ def run(root: Path, reports: Path, models_dir: Path, version: str) -> dict:
     MT.plot_reliability({"after temperature scaling": bins, "uncalibrated": bins_raw},
                         reports / "detector-reliability.png",
                         "cry detector: P(cry) reliability, OOF windows", xlabel="P(cry)")
-    pred = (pw[evalw] >= t_star).astype(int)
-    cm = MT.confusion(blabel[evalw], pred, 2)
+    pred = (ev.pw[ev.evalw] >= t_star).astype(int)
+    cm = MT.confusion(ev.blabel[ev.evalw], pred, 2)
     MT.plot_confusion(cm, R.DETECTOR_LABELS, reports / "detector-confusion.png",
                       f"cry detector windows, OOF, threshold {t_star}")
     macs = M.count_macs(net, sc["input"]["shape"])
     return {
         "n_items": len(items), "n_cry_recordings": int(is_cry.sum()),
         "n_groups": len({it.group for it in items}),
-        "n_base_windows": int(len(bx)), "n_aug_windows": int(len(ax)),
-        "seeds": list(SEEDS), "n_splits": N_SPLITS, "epochs": EPOCHS,
-        "samples_per_epoch": SAMPLES_PER_EPOCH, "temperature": temperature,
-        "threshold": t_star, "rule": list(DEFAULT_RULE), "chosen": chosen,
+        "n_base_windows": int(len(bx)), "n_aug_windows": int(len(W["aug_x"])),
+        "seeds": list(SEEDS), "n_splits": N_SPLITS, "configs": CONFIGS, "config_comparison": cmp,
+        "chosen_config": best, "epochs": CONFIGS[best]["epochs"],
+        "samples_per_epoch": SAMPLES_PER_EPOCH, "temperature": ev.temperature,
+        "threshold": t_star, "rule": list(DEFAULT_RULE), "target_met": target_met,
+        "fa_target": FA_TARGET, "quiet_hops": QUIET_HOPS, "chosen": chosen,
         "best_by_rule": best_by_rule, "per_fold": per_fold,
         "noisy_recording_recall": noisy_recall,
         "summary": {
@@ -365,13 +462,14 @@ def run(root: Path, reports: Path, models_dir: Path, version: str) -> dict:
             "window_fpr": MT.mean_std(r["window_fpr"] for r in per_fold),
             "recording_recall": MT.mean_std(r["recording_recall"] for r in per_fold),
             "recording_recall_3s": MT.mean_std(r["recording_recall_3s"] for r in per_fold),
-            "false_per_hour": MT.mean_std(r["false_per_hour"] for r in per_fold),
+            "false_per_hour_neg": MT.mean_std(r["false_per_hour_neg"] for r in per_fold),
+            "false_per_hour_rej": MT.mean_std(r["false_per_hour_rej"] for r in per_fold),
         },
-        "pooled_window_auc": MT.auc(blabel[evalw], pw[evalw]),
+        "pooled_window_auc": MT.auc(ev.blabel[ev.evalw], ev.pw[ev.evalw]),
         "window_confusion": cm, "windows_by_category": cat_w,
         "ece_calibrated": ece_w, "ece_uncalibrated": ece_raw, "reliability": bins,
         "sweep": sweep,
         "params": M.count_params(net), "macs_per_window": macs,
-        "macs_per_7s": macs * 14, "onnx_bytes": onnx_path.stat().st_size,
+        "macs_per_7s": macs * 14, "window_s": WIN / SR, "onnx_bytes": onnx_path.stat().st_size,
         "onnx_ops": M.onnx_ops(onnx_path), "input_shape": sc["input"]["shape"],
     }

@@ -95,7 +95,9 @@ def plot_confusion(cm: list[list[int]], labels: list[str], path: Path, title: st
     ax.imshow(cm_a / np.maximum(cm_a.sum(axis=1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
     for i in range(len(labels)):
         for j in range(len(labels)):
-            ax.text(j, i, str(cm_a[i, j]), ha="center", va="center", fontsize=8)
+            frac = cm_a[i, j] / max(cm_a[i].sum(), 1)
+            ax.text(j, i, str(cm_a[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if frac > 0.5 else "black")
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_xlabel("predicted")

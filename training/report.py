@@ -71,6 +71,11 @@ def write_reason(res: dict, reports: Path) -> None:
               "| config | macro-F1 over folds | log-loss − prior's |", "|---|---|---|"]
     for k, v in s["configs_seed0"].items():
         lines.append(f"| {k} {res['configs'][k]} | {ms(v['macro_f1_folds'])} | {ms(v['log_loss_minus_prior'])} |")
+    lines += ["", "Per-class F1 on seed-0 folds for every configuration (pooled out-of-fold), to show which "
+              "classes any of them can tell apart:", "",
+              "| config | " + " | ".join(L) + " |", "|---" * (len(L) + 1) + "|"]
+    for k, v in s["configs_seed0"].items():
+        lines.append(f"| {k} | " + " | ".join(f"{x:.3f}" for x in v["per_class_f1_mean"]) + " |")
     lines += ["", "Per-class (CNN, pooled out-of-fold predictions, mean over seeds):", "",
               "| class | n | precision | recall | F1 | old ResNet18 F1 |", "|---|---|---|---|---|---|"]
     old_f1 = s.get("old_resnet18", {}).get("per_class_f1_mean")
@@ -104,6 +109,7 @@ def write_detector(res: dict, reports: Path) -> None:
     (reports / "detector.json").write_text(json.dumps(_clean(res), indent=1) + "\n")
     s = res["summary"]
     c = res["chosen"]
+    k, n = res["rule"]
     lines = [
         "# Cry detector: group cross-validation report",
         "",
@@ -117,43 +123,71 @@ def write_detector(res: dict, reports: Path) -> None:
         "",
         f"Protocol: {res['n_splits']} folds; Donate-a-cry by StratifiedGroupKFold on `group` (cry vs not), "
         f"negatives/ by StratifiedGroupKFold on their `group` (category-stratified; baby_laugh and room_tone are one "
-        f"group each, so they are held out whole in one fold). Seeds {res['seeds']} (one seed only: CPU budget). "
-        f"{res['epochs']} epochs × {res['samples_per_epoch']} class-balanced draws. Held-out non-cry recordings of each "
-        "fold are concatenated (random order) into a continuous stream, run every 0.5 s like the daemon; a false "
-        "episode is each rising edge of the k-of-n rule.",
+        f"group each, so each is held out whole in one fold). Seed {res['seeds']} only (CPU budget). "
+        f"Class-balanced sampling, {res['samples_per_epoch']} draws per epoch. The held-out non-cry recordings of "
+        "each fold are concatenated (seeded random order) into two continuous streams, run every 0.5 s like the "
+        "daemon: `neg` = negatives/ only (speech, music, household, baby laughter, environment, animals, room tone), "
+        "`rej` = rejected Donate-a-cry files (label-noisy hard negatives: mostly not cries, some babble and adults "
+        f"imitating cries). A false episode starts at a confirmation ({k} of the last {n} windows ≥ threshold) more than "
+        f"{res['quiet_hops'] / 2:g} s after the previous confirmation (the daemon's default `quiet_seconds` = 10).",
         "",
-        f"Chosen operating point: P(cry) ≥ **{res['threshold']}** (after temperature {res['temperature']:.3f}), "
-        f"rule **{res['rule'][0]} of the last {res['rule'][1]}** windows.",
+        "Configurations compared (rule "
+        f"{k}-of-{n}, best threshold with ≤ {res['fa_target']:g} false episodes per hour of the `neg` stream):",
+        "",
+        "| config | window AUC (pooled) | threshold | recording recall | false/h neg | false/h rej |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, v in res["config_comparison"].items():
+        b = v["best_at_target"]
+        if b:
+            lines.append(f"| {name} {res['configs'][name]} | {v['window_auc']:.4f} | {b['threshold']} | "
+                         f"{b['recording_recall']:.4f} | {b['false_per_hour_neg']:.2f} | {b['false_per_hour_rej']:.2f} |")
+        else:
+            lines.append(f"| {name} {res['configs'][name]} | {v['window_auc']:.4f} | none reaches the target | | | |")
+    lines += [
+        "",
+        f"Chosen: **{res['chosen_config']}**; operating point P(cry) ≥ **{res['threshold']}** (after temperature "
+        f"{res['temperature']:.3f}), rule **{k} of the last {n}** windows"
+        + ("" if res["target_met"] else " (NO threshold reaches the false-alarm target: the one with the fewest false episodes)") + ".",
         "",
         "| metric (held-out groups) | mean ± sd over folds | pooled |",
         "|---|---|---|",
-        f"| window ROC AUC | {ms(s['window_auc'])} | {res['pooled_window_auc']:.4f} |",
-        f"| cry-window recall | {ms(s['window_recall'])} | |",
-        f"| non-cry window false-positive rate | {ms(s['window_fpr'])} | |",
+        f"| window ROC AUC (active cry windows vs all non-cry windows) | {ms(s['window_auc'], 4)} | {res['pooled_window_auc']:.4f} |",
+        f"| cry-window recall at threshold | {ms(s['window_recall'])} | |",
+        f"| non-cry window false-positive rate | {ms(s['window_fpr'], 4)} | |",
         f"| cry recording recall (rule fires within the recording) | {ms(s['recording_recall'])} | {c['recording_recall']:.4f} ({c['n_recordings']} recordings) |",
         f"| cry recording recall within 3 s of its start | {ms(s['recording_recall_3s'])} | {c['recording_recall_3s']:.4f} |",
-        f"| false episodes per hour of negative stream | {ms(s['false_per_hour'], 2)} | {c['false_per_hour']:.2f} ({c['false_episodes']} in {c['stream_hours']:.2f} h) |",
+        f"| false episodes per hour, `neg` stream | {ms(s['false_per_hour_neg'], 2)} | {c['false_per_hour_neg']:.2f} ({c['false_episodes_neg']} in {c['hours_neg']:.2f} h) |",
+        f"| false episodes per hour, `rej` stream | {ms(s['false_per_hour_rej'], 2)} | {c['false_per_hour_rej']:.2f} ({c['false_episodes_rej']} in {c['hours_rej']:.2f} h) |",
         "",
-        f"Cry recording recall with held-out non-cry audio of the same fold mixed in (SNR): {res.get('noisy_recording_recall')}.",
-        f"Median confirmation time for detected cry recordings: {c['median_latency_s']} s after the recording starts.",
-        f"False episodes by category (pooled): {c['false_by_category']}.",
+        f"False episodes by category: neg {c['false_by_category_neg']}, rej {c['false_by_category_rej']}.",
+        f"Median confirmation time of detected cry recordings: {c['median_latency_s']} s after the recording starts.",
+        "Cry recording recall with held-out non-cry audio of the same fold mixed in at a fixed SNR: "
+        + ", ".join(f"{k2} {v:.3f}" for k2, v in res["noisy_recording_recall"].items()) + ".",
         "",
-        "Best threshold per rule with at most 1 false episode per hour (pooled over folds):",
+        f"Best threshold per rule with ≤ {res['fa_target']:g} false episodes per hour of the `neg` stream (pooled over folds):",
         "",
-        "| rule | threshold | recording recall | recall within 3 s | false/h | median latency s |",
-        "|---|---|---|---|---|---|",
+        "| rule | threshold | recording recall | recall within 3 s | false/h neg | false/h rej | median latency s |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for k, r in res["best_by_rule"].items():
+    for key, r in res["best_by_rule"].items():
         if r is None:
-            lines.append(f"| {k} | none reaches ≤ 1/h | | | | |")
+            lines.append(f"| {key} | none reaches the target | | | | | |")
         else:
-            lines.append(f"| {k} | {r['threshold']} | {r['recording_recall']:.4f} | {r['recording_recall_3s']:.4f} | "
-                         f"{r['false_per_hour']:.2f} | {r['median_latency_s']} |")
-    lines += ["", "Window positive rate by category at the chosen threshold (out-of-fold):", "",
-              "| category | windows | P(cry) ≥ threshold |", "|---|---|---|"]
-    for k, v in res["windows_by_category"].items():
-        lines.append(f"| {k} | {v['windows']} | {v['positive_rate']:.4f} |")
-    lines += ["", f"Window confusion (rows true not_cry/cry): {res['window_confusion']} (`detector-confusion.png`).",
+            lines.append(f"| {key} | {r['threshold']} | {r['recording_recall']:.4f} | {r['recording_recall_3s']:.4f} | "
+                         f"{r['false_per_hour_neg']:.2f} | {r['false_per_hour_rej']:.2f} | {r['median_latency_s']} |")
+    lines += ["", f"Trade-off at rule {k}-of-{n} (pooled):", "",
+              "| threshold | recording recall | within 3 s | false/h neg | false/h rej |", "|---|---|---|---|---|"]
+    for r in res["sweep"]:
+        if (r["k"], r["n"]) == (k, n) and round(r["threshold"] * 40) % 4 == 0:
+            lines.append(f"| {r['threshold']} | {r['recording_recall']:.4f} | {r['recording_recall_3s']:.4f} | "
+                         f"{r['false_per_hour_neg']:.2f} | {r['false_per_hour_rej']:.2f} |")
+    lines += ["", "Windows by category at the chosen threshold (out-of-fold):", "",
+              "| category | windows | P(cry) ≥ threshold | ROC AUC vs active cry windows |", "|---|---|---|---|"]
+    for key, v in res["windows_by_category"].items():
+        a = "" if v["auc_vs_cry"] is None else f"{v['auc_vs_cry']:.4f}"
+        lines.append(f"| {key} | {v['windows']} | {v['positive_rate']:.4f} | {a} |")
+    lines += ["", f"Window confusion (rows true not_cry/cry, columns predicted): {res['window_confusion']} (`detector-confusion.png`).",
               f"Calibration of P(cry) on out-of-fold windows: ECE {res['ece_uncalibrated']:.4f} uncalibrated, "
               f"{res['ece_calibrated']:.4f} after temperature scaling (`detector-reliability.png`).",
               "", f"Model: {res['params']} parameters, {res['macs_per_window'] / 1e6:.2f} M MACs per window, "
