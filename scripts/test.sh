@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The project's test command (README: "Run the tests"). On a fresh Debian/Ubuntu machine it
+# installs what the build and the tests need, then checks formatting and lints, and runs
+# every test. Tests that need ../shared/data say so clearly when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v pkg-config >/dev/null || need_pkgs+=(pkg-config)
+pkg-config --exists alsa 2>/dev/null || need_pkgs+=(libasound2-dev)
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_pkgs+=(mosquitto)
+command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
+command -v cc >/dev/null || need_pkgs+=(build-essential)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  echo "installing: ${need_pkgs[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}"
+fi
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
+
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo build --no-default-features
+cargo test --all-targets

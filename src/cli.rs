@@ -1,0 +1,248 @@
+//! The command line: flags for every subcommand, and what each subcommand does with the
+//! validated settings. `main.rs` only parses, sets up logging and maps errors to exit codes.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::classify::{format_table, Classifier, ClassifyOptions};
+use crate::config::{load_settings, Settings};
+use crate::model::Model;
+
+/// Exit codes, documented in the README.
+pub mod exit {
+    /// Some inputs could not be processed (the others were).
+    pub const INPUT_FAILED: u8 = 1;
+    /// Bad command line (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// The configuration file is missing, unreadable or invalid.
+    pub const CONFIG: u8 = 3;
+    /// A model or its sidecar cannot be loaded.
+    pub const MODEL: u8 = 4;
+    /// Anything else that stopped the program.
+    pub const RUNTIME: u8 = 5;
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "babycryd", version, about = "Baby-cry monitor for Home Assistant", long_about = None)]
+pub struct Cli {
+    /// Configuration file (default: $CONFIGURATION_DIRECTORY/config.toml, then /etc/babycryd/config.toml).
+    #[arg(long, global = true, env = "BABYCRYD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log as JSON lines instead of plain text.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Classify audio files (WAV, FLAC, OGG/Vorbis, MP3) and print one JSON object per file.
+    Classify(ClassifyArgs),
+    /// Validate a configuration file and print the effective settings.
+    CheckConfig,
+}
+
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    /// Audio files to classify.
+    #[arg(required_unless_present = "demo")]
+    pub files: Vec<PathBuf>,
+    /// Classify a built-in synthetic cry-like signal instead of files.
+    #[arg(long)]
+    pub demo: bool,
+    /// How many labels to list in top_k.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub top_k: u16,
+    /// Seconds between windows of files longer than the model window (default: one window).
+    #[arg(long)]
+    pub hop: Option<f64>,
+    /// Print JSON lines even on a terminal.
+    #[arg(long, conflicts_with = "pretty")]
+    pub json: bool,
+    /// Print indented JSON.
+    #[arg(long)]
+    pub pretty: bool,
+    /// Cry-reason model (.onnx with its .toml sidecar), instead of the configured one.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Cry-detector model, instead of the configured one.
+    #[arg(long, conflicts_with = "no_detector")]
+    pub detector: Option<PathBuf>,
+    /// Do not load a cry detector: every file is assumed to be crying.
+    #[arg(long)]
+    pub no_detector: bool,
+}
+
+/// Loads the settings for `cli`.
+pub fn settings(cli: &Cli) -> anyhow::Result<Settings> {
+    Ok(load_settings(cli.config.as_deref())?)
+}
+
+/// Runs the parsed command line.
+pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Classify(args) => classify(&cli, args),
+        Command::CheckConfig => check_config(&cli),
+    }
+}
+
+fn load_model(path: &Path) -> anyhow::Result<Model> {
+    Ok(Model::load(path)?)
+}
+
+fn classify(cli: &Cli, args: &ClassifyArgs) -> anyhow::Result<ExitCode> {
+    // Explicit model flags work even where the configured models are absent.
+    let settings = match (&args.model, cli.config.is_some()) {
+        (Some(_), false) => None,
+        _ => Some(settings(cli)?),
+    };
+    let reason_path = match (&args.model, &settings) {
+        (Some(p), _) => p.clone(),
+        (None, Some(s)) => s.reason_model.clone(),
+        (None, None) => unreachable!("settings are loaded when no model is given"),
+    };
+    let detector_path = if args.no_detector {
+        None
+    } else {
+        args.detector.clone().or_else(|| {
+            if args.model.is_some() {
+                None
+            } else {
+                settings.as_ref()?.detector_model.clone()
+            }
+        })
+    };
+    let reason = load_model(&reason_path)?;
+    let detector = detector_path.as_deref().map(load_model).transpose()?;
+    let mut options = ClassifyOptions {
+        top_k: usize::from(args.top_k),
+        hop_seconds: args.hop,
+        ..Default::default()
+    };
+    if let Some(s) = &settings {
+        options.thresholds = s.config.thresholds.clone();
+        options.detector_threshold = s.config.detector.threshold;
+        options.detector_hop_seconds = s.config.detector.hop_seconds;
+        options.confirm_k = s.config.detector.confirm_k;
+        options.confirm_n = s.config.detector.confirm_n;
+    }
+    if let Some(h) = args.hop {
+        anyhow::ensure!(
+            h > 0.0 && h <= 60.0,
+            "--hop {h}: must be within (0, 60] seconds"
+        );
+    }
+    let mut classifier = Classifier::new(reason, detector, options);
+
+    let table = !args.json && !args.pretty && std::io::stdout().is_terminal();
+    let mut stdout = std::io::stdout().lock();
+    let mut failed = 0usize;
+    let mut verdicts = Vec::new();
+    let inputs: Vec<Option<&PathBuf>> = if args.demo {
+        vec![None]
+    } else {
+        args.files.iter().map(Some).collect()
+    };
+    for input in inputs {
+        let result = match input {
+            Some(path) => classifier.classify_file(path),
+            None => {
+                let rate = 8000;
+                let mut demo = crate::synth::room_tone(rate, 7.0, 0.002, 7);
+                crate::synth::mix_into(
+                    &mut demo,
+                    &crate::synth::cry(rate, 6.0, 0.5),
+                    rate as usize / 2,
+                );
+                classifier.classify_samples("<demo: synthetic cry-like signal>", &demo, rate)
+            }
+        };
+        match result {
+            Ok(v) => {
+                if table {
+                    verdicts.push(v);
+                } else {
+                    let text = if args.pretty {
+                        serde_json::to_string_pretty(&v)
+                    } else {
+                        serde_json::to_string(&v)
+                    }?;
+                    writeln!(stdout, "{text}")?;
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("babycryd: {e}");
+                if !table {
+                    let file = input.map(|p| p.display().to_string()).unwrap_or_default();
+                    writeln!(
+                        stdout,
+                        "{}",
+                        serde_json::json!({ "file": file, "error": e.to_string() })
+                    )?;
+                }
+            }
+        }
+    }
+    if table {
+        write!(stdout, "{}", format_table(&verdicts))?;
+    }
+    stdout.flush()?;
+    Ok(if failed > 0 {
+        ExitCode::from(exit::INPUT_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn check_config(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let settings = settings(cli)?;
+    let source = settings
+        .source
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "<built-in defaults>".into());
+    let effective = toml::to_string_pretty(&settings.config).context("printing the settings")?;
+    println!("# effective settings from {source}");
+    println!("# reason model: {}", settings.reason_model.display());
+    match &settings.detector_model {
+        Some(p) => println!("# detector model: {}", p.display()),
+        None => println!("# detector model: none"),
+    }
+    print!("{effective}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The exit code for an error that ended the program.
+pub fn exit_code_for(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.is::<crate::error::ConfigError>() {
+            return exit::CONFIG;
+        }
+        if cause.is::<crate::error::ModelError>() {
+            return exit::MODEL;
+        }
+    }
+    exit::RUNTIME
+}
+
+/// Logging through tracing on stderr: plain lines without colour (journald adds the
+/// time), or JSON with `--log-json`. RUST_LOG wins over the config's level.
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

@@ -1,0 +1,283 @@
+//! Configuration: the TOML file a user edits, parsed strictly and validated into
+//! [`Settings`].
+//!
+//! It owns the file format (every key documented in `config/babycryd.toml`, unknown keys
+//! refused), the defaults that let the daemon run with no file at all, where the file is
+//! looked for (`--config`, then `$CONFIGURATION_DIRECTORY`, then
+//! `/etc/babycryd/config.toml`) and where models are found. Each pipeline stage defines
+//! its own section type next to its code; this module composes them and checks ranges.
+//! Parsing is split into [`Config::parse_str`] (pure, for tests and fuzzing) and
+//! [`Config::load`] (reads a file).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+
+/// The whole configuration file, as written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub models: ModelsConfig,
+    /// Per-class probability thresholds of the cry-reason model; a class missing here
+    /// uses the model sidecar's threshold. Below its threshold a reason is `uncertain`.
+    pub thresholds: BTreeMap<String, f32>,
+    pub logging: LoggingConfig,
+    pub audio: crate::source::AudioConfig,
+    pub gate: crate::gate::GateConfig,
+    pub detector: crate::decision::DetectorConfig,
+    pub episode: crate::decision::EpisodeConfig,
+    pub mqtt: crate::mqtt::MqttConfig,
+    pub daemon: crate::daemon::DaemonConfig,
+}
+
+/// `[models]`: which models to load and from where.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    /// Directory holding the models; empty means search the default places.
+    pub dir: String,
+    /// The cry detector, relative to `dir`; empty disables it (every gate opening counts as crying).
+    pub detector: String,
+    /// The cry-reason classifier, relative to `dir`.
+    pub reason: String,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            dir: String::new(),
+            detector: "cry-detector.onnx".into(),
+            reason: "cry-reason.onnx".into(),
+        }
+    }
+}
+
+/// `[logging]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// tracing filter, e.g. "info" or "babycry=debug"; RUST_LOG wins when set.
+    pub level: String,
+    /// "plain" (no colour, for journald) or "json".
+    pub format: LogFormat,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Plain,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// A validated configuration: every range checked, paths resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub config: Config,
+    /// Where the file came from (None: built-in defaults).
+    pub source: Option<PathBuf>,
+    /// Resolved path of the detector model, if one is configured.
+    pub detector_model: Option<PathBuf>,
+    /// Resolved path of the reason model.
+    pub reason_model: PathBuf,
+}
+
+/// Where the config file is looked for when `--config` is not given.
+pub fn default_config_path() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("CONFIGURATION_DIRECTORY") {
+        // systemd may pass several directories separated by ':'; ours is the first.
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        if !first.is_empty() {
+            return Some(Path::new(&first).join("config.toml"));
+        }
+    }
+    let etc = PathBuf::from("/etc/babycryd/config.toml");
+    etc.exists().then_some(etc)
+}
+
+/// Places searched for models when `[models] dir` is empty, in order.
+pub fn model_search_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("BABYCRYD_MODELS") {
+        dirs.push(PathBuf::from(d));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(bin_dir) = exe.parent() {
+            dirs.push(bin_dir.join("models"));
+            // target/{debug,release}/babycryd in a checkout: the repository's models/.
+            if let Some(repo) = bin_dir.parent().and_then(Path::parent) {
+                dirs.push(repo.join("models"));
+            }
+        }
+    }
+    dirs.push(PathBuf::from("models"));
+    dirs.push(PathBuf::from("/usr/share/babycryd/models"));
+    dirs
+}
+
+impl Config {
+    /// Parses TOML text; `path` only names it in errors.
+    pub fn parse_str(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            reason: e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        })
+    }
+
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse_str(&text, path)
+    }
+
+    /// Checks every range and resolves paths. `path` names the file in errors.
+    pub fn validate(self, source: Option<PathBuf>) -> Result<Settings, ConfigError> {
+        let name = source
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("<defaults>"));
+        let invalid = |reason: String| ConfigError::Invalid {
+            path: name.clone(),
+            reason,
+        };
+        for (label, &t) in &self.thresholds {
+            if !(0.0..=1.0).contains(&t) {
+                return Err(invalid(format!(
+                    "thresholds.{label} = {t} must be within 0..=1"
+                )));
+            }
+        }
+        if !matches!(self.logging.level.trim(), "") {
+            tracing_subscriber::EnvFilter::try_new(&self.logging.level)
+                .map_err(|e| invalid(format!("logging.level = {:?}: {e}", self.logging.level)))?;
+        }
+        self.audio
+            .validate()
+            .map_err(|e| invalid(format!("audio.{e}")))?;
+        self.gate
+            .validate()
+            .map_err(|e| invalid(format!("gate.{e}")))?;
+        self.detector
+            .validate()
+            .map_err(|e| invalid(format!("detector.{e}")))?;
+        self.episode
+            .validate()
+            .map_err(|e| invalid(format!("episode.{e}")))?;
+        self.mqtt
+            .validate()
+            .map_err(|e| invalid(format!("mqtt.{e}")))?;
+        self.daemon
+            .validate()
+            .map_err(|e| invalid(format!("daemon.{e}")))?;
+        let (detector_model, reason_model) = self.resolve_models().map_err(invalid)?;
+        Ok(Settings {
+            config: self,
+            source,
+            detector_model,
+            reason_model,
+        })
+    }
+
+    fn resolve_models(&self) -> Result<(Option<PathBuf>, PathBuf), String> {
+        let dirs = if self.models.dir.is_empty() {
+            model_search_dirs()
+        } else {
+            vec![PathBuf::from(&self.models.dir)]
+        };
+        let find = |name: &str| -> Result<PathBuf, String> {
+            let direct = Path::new(name);
+            if direct.is_absolute() {
+                return Ok(direct.to_owned());
+            }
+            dirs.iter()
+                .map(|d| d.join(name))
+                .find(|p| p.exists())
+                .ok_or_else(|| {
+                    format!(
+                        "models: {name} not found in {}",
+                        dirs.iter()
+                            .map(|d| d.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })
+        };
+        if self.models.reason.is_empty() {
+            return Err("models.reason must name the cry-reason model".into());
+        }
+        let reason = find(&self.models.reason)?;
+        let detector = if self.models.detector.is_empty() {
+            None
+        } else {
+            Some(find(&self.models.detector)?)
+        };
+        Ok((detector, reason))
+    }
+}
+
+/// Loads the settings: the explicit path, else the default places, else built-in defaults.
+pub fn load_settings(explicit: Option<&Path>) -> Result<Settings, ConfigError> {
+    let path = explicit.map(Path::to_owned).or_else(default_config_path);
+    let config = match &path {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    config.validate(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let e = Config::parse_str("[models]\nreasn = \"x\"\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("reasn") && e.contains("c.toml"), "{e}");
+        let e = Config::parse_str("colour = 1\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn the_documented_example_parses_to_the_defaults() {
+        let text = include_str!("../config/babycryd.toml");
+        let parsed = Config::parse_str(text, Path::new("config/babycryd.toml")).unwrap();
+        assert_eq!(
+            parsed,
+            Config::default(),
+            "config/babycryd.toml must state the defaults"
+        );
+    }
+
+    #[test]
+    fn thresholds_out_of_range_are_refused() {
+        let c = Config::parse_str("[thresholds]\nhungry = 1.5\n", Path::new("c.toml")).unwrap();
+        let e = c.validate(Some("c.toml".into())).unwrap_err().to_string();
+        assert!(e.contains("thresholds.hungry"), "{e}");
+    }
+}

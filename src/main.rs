@@ -1,0 +1,17 @@
+//! `babycryd`: parse flags, set up logging, run the command, map errors to exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = babycry::cli::Cli::parse();
+    babycry::cli::init_logging(cli.log_json);
+    match babycry::cli::execute(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("babycryd: {err:#}");
+            ExitCode::from(babycry::cli::exit_code_for(&err))
+        }
+    }
+}
