@@ -1,0 +1,334 @@
+//! `babycryd classify` end to end: the real binary, real decoders, the shipped models.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use babycry::decode::write_wav_i16;
+use babycry::synth;
+
+fn babycryd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_babycryd"))
+        .args(args)
+        .env_remove("BABYCRYD_CONFIG")
+        .env_remove("CONFIGURATION_DIRECTORY")
+        .output()
+        .expect("spawn babycryd")
+}
+
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect()
+}
+
+fn cry_wav(dir: &Path, name: &str, rate: u32, seconds: f32) -> PathBuf {
+    let path = dir.join(name);
+    let mut x = synth::room_tone(rate, seconds, 0.002, 1);
+    synth::mix_into(&mut x, &synth::cry(rate, seconds - 0.5, 0.5), 0);
+    write_wav_i16(&path, &x, rate).unwrap();
+    path
+}
+
+/// Encodes `wav` with an external encoder (flac, oggenc, lame); None when it is missing
+/// outside CI (scripts/test.sh installs them).
+fn encode(tool: &str, args: &[&str]) -> Option<()> {
+    match Command::new(tool).args(args).output() {
+        Ok(o) if o.status.success() => Some(()),
+        Ok(o) => panic!("{tool} failed: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(_) if std::env::var_os("CI").is_some() => {
+            panic!("{tool} is not installed (scripts/test.sh installs it)")
+        }
+        Err(_) => {
+            eprintln!("SKIPPED: {tool} not installed");
+            None
+        }
+    }
+}
+
+#[test]
+fn answers_in_the_old_services_shape_for_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav48 = cry_wav(dir.path(), "cry48k.wav", 48_000, 7.0);
+    let wav8 = cry_wav(dir.path(), "cry8k.wav", 8000, 7.0);
+    let mut files = vec![wav48.clone(), wav8.clone()];
+    let d = dir.path().display().to_string();
+    if encode(
+        "flac",
+        &[
+            "-s",
+            "-f",
+            "-o",
+            &format!("{d}/cry.flac"),
+            &wav48.display().to_string(),
+        ],
+    )
+    .is_some()
+    {
+        files.push(dir.path().join("cry.flac"));
+    }
+    if encode(
+        "oggenc",
+        &[
+            "-Q",
+            "-o",
+            &format!("{d}/cry.ogg"),
+            &wav48.display().to_string(),
+        ],
+    )
+    .is_some()
+    {
+        files.push(dir.path().join("cry.ogg"));
+    }
+    if encode(
+        "lame",
+        &[
+            "--quiet",
+            &wav48.display().to_string(),
+            &format!("{d}/cry.mp3"),
+        ],
+    )
+    .is_some()
+    {
+        files.push(dir.path().join("cry.mp3"));
+    }
+    let mut args = vec!["classify", "--json", "--top-k", "4"];
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    args.extend(names.iter().map(String::as_str));
+    let out = babycryd(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers = json_lines(&out);
+    assert_eq!(answers.len(), files.len());
+    let labels = [
+        "belly_pain",
+        "burping",
+        "cold_hot",
+        "discomfort",
+        "hungry",
+        "lonely",
+        "scared",
+        "tired",
+    ];
+    let first_probs = &answers[0]["all_probs"];
+    for a in &answers {
+        assert_eq!(a["top_k"].as_array().unwrap().len(), 4);
+        let all = a["all_probs"].as_object().unwrap();
+        assert_eq!(all.len(), 8);
+        assert!(labels.iter().all(|l| all.contains_key(*l)));
+        let sum: f64 = all.values().map(|v| v.as_f64().unwrap()).sum();
+        assert!((sum - 1.0).abs() < 1e-3, "{sum}");
+        assert_eq!(a["label"], a["top_k"][0]["label"]);
+        assert_eq!(a["probability"], a["top_k"][0]["probability"]);
+        let decision = a["decision"].as_str().unwrap();
+        assert!(
+            decision == "uncertain" || decision == "no_cry" || labels.contains(&decision),
+            "{decision}"
+        );
+        assert!(a["cry_probability"].as_f64().is_some());
+        // Same audio in every format and rate: the same answer within codec noise.
+        for l in labels {
+            let (x, y) = (
+                a["all_probs"][l].as_f64().unwrap(),
+                first_probs[l].as_f64().unwrap(),
+            );
+            assert!((x - y).abs() < 0.1, "{}: {l} {x} vs {y}", a["file"]);
+        }
+    }
+}
+
+#[test]
+fn long_files_report_every_window_and_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = cry_wav(dir.path(), "long.wav", 16_000, 20.0);
+    let out = babycryd(&["classify", "--json", "--hop", "3.5", wav.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a = &json_lines(&out)[0];
+    let windows = a["windows"].as_array().unwrap();
+    // 20 s, 7 s windows every 3.5 s: starts 0, 3.5, 7, 10.5, 14 (tail of 2.5 s dropped).
+    let starts: Vec<f64> = windows
+        .iter()
+        .map(|w| w["start_s"].as_f64().unwrap())
+        .collect();
+    assert_eq!(starts, vec![0.0, 3.5, 7.0, 10.5, 14.0]);
+    assert!((a["duration_s"].as_f64().unwrap() - 20.0).abs() < 1e-6);
+}
+
+#[test]
+fn bad_inputs_each_get_one_clear_line_and_the_rest_are_classified() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let good = cry_wav(dir.path(), "good.wav", 8000, 7.0);
+    std::fs::write(p("empty.flac"), b"").unwrap();
+    std::fs::write(p("notes.wav"), "these are my notes, not audio\n").unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(p("truncated.wav"), &bytes[..bytes.len() / 3]).unwrap();
+    write_wav_i16(&p("zero.wav"), &[], 8000).unwrap();
+    write_wav_i16(&p("silence.wav"), &vec![0.0; 8000 * 3], 8000).unwrap();
+    let mut garbage = bytes[..44].to_vec();
+    garbage.extend((0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    std::fs::write(p("corrupt.flac"), [b"fLaC".as_slice(), &garbage].concat()).unwrap();
+
+    let inputs = [
+        "missing.wav",
+        "empty.flac",
+        "notes.wav",
+        "truncated.wav",
+        "zero.wav",
+        "corrupt.flac",
+        "silence.wav",
+        "good.wav",
+    ];
+    let paths: Vec<String> = inputs.iter().map(|n| p(n).display().to_string()).collect();
+    let mut args = vec!["classify", "--json"];
+    args.extend(paths.iter().map(String::as_str));
+    let out = babycryd(&args);
+    assert_eq!(out.status.code(), Some(1), "some inputs failed: exit 1");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let err_lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("babycryd: "))
+        .collect();
+    assert_eq!(err_lines.len(), 6, "{stderr}");
+    for (name, cause) in [
+        ("missing.wav", "cannot open"),
+        ("empty.flac", "empty"),
+        ("notes.wav", "not a supported audio file"),
+        ("truncated.wav", "truncated"),
+        ("zero.wav", "no audio"),
+        ("corrupt.flac", ""),
+    ] {
+        assert!(
+            err_lines
+                .iter()
+                .any(|l| l.contains(name) && l.contains(cause)),
+            "{name}: {cause}\n{stderr}"
+        );
+    }
+    let answers = json_lines(&out);
+    assert_eq!(answers.len(), inputs.len(), "one JSON object per file");
+    let ok: Vec<&serde_json::Value> = answers
+        .iter()
+        .filter(|a| a.get("error").is_none())
+        .collect();
+    assert_eq!(ok.len(), 2);
+    let silence = ok
+        .iter()
+        .find(|a| a["file"].as_str().unwrap().ends_with("silence.wav"))
+        .unwrap();
+    assert!(silence["all_probs"]
+        .as_object()
+        .unwrap()
+        .values()
+        .all(|v| v.as_f64().unwrap().is_finite()));
+    assert_eq!(
+        silence["decision"], "no_cry",
+        "digital silence is not crying"
+    );
+}
+
+#[test]
+fn a_broken_model_is_refused_before_any_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = common::repo().join("tests/fixtures/models");
+    std::fs::copy(fixtures.join("old-format.onnx"), dir.path().join("m.onnx")).unwrap();
+    let sidecar = std::fs::read_to_string(fixtures.join("old-format.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("m.toml"),
+        sidecar
+            .replace("[1, 1, 224, 224]", "[1, 1, 112, 112]")
+            .replace("[224, 224]", "[112, 112]"),
+    )
+    .unwrap();
+    let wav = cry_wav(dir.path(), "a.wav", 8000, 7.0);
+    let model = dir.path().join("m.onnx");
+    let out = babycryd(&[
+        "classify",
+        "--json",
+        "--model",
+        model.to_str().unwrap(),
+        wav.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(4));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("m.onnx") && stderr.contains("224") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+
+    // The old format itself classifies with --model and no code change.
+    let out = babycryd(&[
+        "classify",
+        "--json",
+        "--model",
+        fixtures.join("old-format.onnx").to_str().unwrap(),
+        wav.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        json_lines(&out)[0]["all_probs"].as_object().unwrap().len(),
+        8
+    );
+}
+
+#[test]
+fn the_demo_runs_with_no_config_and_no_files() {
+    let out = babycryd(&["classify", "--demo", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a = &json_lines(&out)[0];
+    assert!(a["decision"].is_string());
+    assert!((a["duration_s"].as_f64().unwrap() - 7.0).abs() < 0.01);
+}
+
+#[test]
+fn real_cries_and_non_cries_from_the_shared_data() {
+    let Some(data) = common::shared_data() else {
+        return;
+    };
+    let manifest = std::fs::read_to_string(data.join("donateacry/manifest.csv")).unwrap();
+    let mut verified = Vec::new();
+    for line in manifest.lines().skip(1) {
+        let cols: Vec<&str> = line.split(',').collect();
+        if cols[2] == "verified" && verified.len() < 20 {
+            verified.push(data.join("donateacry").join(cols[0]).display().to_string());
+        }
+    }
+    let mut args = vec!["classify", "--json"];
+    args.extend(verified.iter().map(String::as_str));
+    let out = babycryd(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers = json_lines(&out);
+    assert_eq!(answers.len(), verified.len());
+    let cries = answers.iter().filter(|a| a["decision"] != "no_cry").count();
+    println!(
+        "{cries} of {} verified cries detected as crying",
+        answers.len()
+    );
+    assert!(
+        cries * 10 >= answers.len() * 8,
+        "only {cries} of {} verified cries detected",
+        answers.len()
+    );
+}
