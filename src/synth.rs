@@ -14,7 +14,7 @@ impl Noise {
         Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
     /// Uniform in [-1, 1).
-    pub fn next(&mut self) -> f32 {
+    pub fn sample(&mut self) -> f32 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -51,7 +51,7 @@ pub fn room_tone(rate: u32, seconds: f32, amplitude: f32, seed: u64) -> Vec<f32>
     (0..n)
         .map(|i| {
             let t = i as f32 / rate as f32;
-            amplitude * (0.7 * noise.next() + 0.3 * (2.0 * PI * 50.0 * t).sin())
+            amplitude * (0.7 * noise.sample() + 0.3 * (2.0 * PI * 50.0 * t).sin())
         })
         .collect()
 }
@@ -64,7 +64,7 @@ pub fn clap(rate: u32, seconds: f32, amplitude: f32, seed: u64) -> Vec<f32> {
         .map(|i| {
             let t = i as f32 / rate as f32;
             if t < 0.03 {
-                amplitude * noise.next() * (-t / 0.008).exp()
+                amplitude * noise.sample() * (-t / 0.008).exp()
             } else {
                 0.0
             }
@@ -81,7 +81,7 @@ pub fn speech_like(rate: u32, seconds: f32, amplitude: f32, seed: u64) -> Vec<f3
         .map(|i| {
             let t = i as f32 / rate as f32;
             let syllable = (2.0 * PI * 4.0 * t).sin().max(0.0);
-            lp = 0.8 * lp + 0.2 * noise.next();
+            lp = 0.8 * lp + 0.2 * noise.sample();
             let buzz = (2.0 * PI * 120.0 * t).sin() * 0.3;
             amplitude * syllable * (lp * 2.0 + buzz)
         })
@@ -111,7 +111,7 @@ mod tests {
         let r = room_tone(8000, 1.0, 0.001, 1);
         assert!(r.iter().all(|v| v.abs() <= 0.001));
         let mut n = Noise::new(3);
-        let mean: f32 = (0..10_000).map(|_| n.next()).sum::<f32>() / 10_000.0;
+        let mean: f32 = (0..10_000).map(|_| n.sample()).sum::<f32>() / 10_000.0;
         assert!(mean.abs() < 0.05);
     }
 }

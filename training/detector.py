@@ -299,6 +299,7 @@ class Evaluator:
     def __call__(self, t, k, n, folds_sel=None) -> dict:
         fs = list(range(N_SPLITS)) if folds_sel is None else list(folds_sel)
         det = det3 = n_rec = 0
+        by_screen: dict[str, list[int]] = {}
         lat = []
         for i in self.cry_items:
             if self.fold[i] not in fs:
@@ -306,12 +307,16 @@ class Evaluator:
             ok, when = recording_detect(self.pw[self.rec_windows[i]], t, k, n, self.win)
             n_rec += 1
             det += ok
+            by_screen.setdefault(self.items[i].screen, []).append(int(ok))
             if ok:
                 lat.append(when)
                 det3 += when <= 3.0
         out = {"threshold": float(t), "k": k, "n": n, "n_recordings": n_rec,
                "recording_recall": det / max(n_rec, 1), "recording_recall_3s": det3 / max(n_rec, 1),
                "median_latency_s": float(np.median(lat)) if lat else None}
+        for scr, v in by_screen.items():
+            out[f"recording_recall_{scr}"] = float(np.mean(v))
+            out[f"n_recordings_{scr}"] = len(v)
         for which in ("neg", "rej"):
             eps, hours, by_cat = 0, 0.0, {}
             for f in fs:

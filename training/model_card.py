@@ -44,7 +44,8 @@ def write(reports: Path, models_dir: Path, root: Path = D.DEFAULT_DATA) -> None:
         c = det["chosen"]
         s = det["summary"]
         L += ["## cry-detector", "",
-              "**What**: is a baby crying in this 1 s of 8 kHz audio? `kind = \"detector\"`, labels "
+              f"**What**: is a baby crying in this {det.get('window_s', 1.0):g} s of 8 kHz audio?"
+              "  `kind = \"detector\"`, labels "
               "`[not_cry, cry]`, positive label `cry`. The daemon runs it every 0.5 s and confirms an "
               f"episode when {det['rule'][0]} of the last {det['rule'][1]} windows have P(cry) ≥ "
               f"`threshold` = {det['threshold']} (P after `temperature` = {det['temperature']:.4f}).", "",
@@ -70,6 +71,8 @@ def write(reports: Path, models_dir: Path, root: Path = D.DEFAULT_DATA) -> None:
               f"| window ROC AUC | {ms(s['window_auc'], 4)} | {det['pooled_window_auc']:.4f} |",
               f"| cry-window recall at threshold | {ms(s['window_recall'])} | |",
               f"| cry recording recall ({det['rule'][0]}-of-{det['rule'][1]}) | {ms(s['recording_recall'])} | {c['recording_recall']:.4f} of {c['n_recordings']} |",
+              f"| ... verified cries only | | {c.get('recording_recall_verified', float('nan')):.4f} of {c.get('n_recordings_verified')} |",
+              f"| ... unscreened cries only | | {c.get('recording_recall_unscreened', float('nan')):.4f} of {c.get('n_recordings_unscreened')} |",
               f"| recall within 3 s of recording start | {ms(s['recording_recall_3s'])} | {c['recording_recall_3s']:.4f} |",
               f"| false episodes per hour, `neg` stream (incl. baby laughter, speech) | {ms(s['false_per_hour_neg'], 2)} | {c['false_per_hour_neg']:.2f} ({c['false_episodes_neg']} in {c['hours_neg']:.2f} h) |",
               f"| false episodes per hour, `rej` stream | {ms(s['false_per_hour_rej'], 2)} | {c['false_per_hour_rej']:.2f} ({c['false_episodes_rej']} in {c['hours_rej']:.2f} h) |",
@@ -108,6 +111,24 @@ def write(reports: Path, models_dir: Path, root: Path = D.DEFAULT_DATA) -> None:
                 L.append(f"| {title} | {ms(s[k]['macro_f1_folds'])} | {ms(s[k]['log_loss_minus_prior'])} | {ms(s[k]['ece_calibrated'])} |")
         L += ["", "Per-class F1 of the CNN (mean over seeds, pooled out-of-fold): "
               + ", ".join(f"{c} {f:.2f}" for c, f in zip(R.REASON_LABELS, s["cnn"]["per_class_f1_mean"])) + ".", ""]
+        cw = s["configs_seed0"]
+        L += ["**What the numbers say**: the data cannot support 8 classes for an unseen baby. Every "
+              "configuration's group-CV macro-F1 is at or below always-hungry "
+              f"({ms(s['always_hungry']['macro_f1_folds'])}), and no model's calibrated log-loss beats the "
+              f"class prior's (CNN: {ms(s['cnn']['log_loss_minus_prior'])} nats worse). CV therefore chose the "
+              "configuration closest to the prior (no class weights), whose argmax is always `hungry`. "
+              "Stronger class weighting only trades hungry for minority guesses (seed-0 folds, class weight "
+              "power 1.0: macro-F1 " + f"{cw['cw1.0']['macro_f1_folds']['mean']:.3f}" + "; per-class F1 "
+              + ", ".join(f"{c} {f:.2f}" for c, f in zip(R.REASON_LABELS, cw["cw1.0"]["per_class_f1_mean"]))
+              + "). All seven non-hungry classes are at chance. `lonely`/`scared` come only from "
+              "unscreened uploads, so any signal there may be recording conditions rather than the reason.", ""]
+        if rea["threshold"] >= 1.0:
+            L += ["**Abstention**: no threshold makes the accepted predictions clearly (5 points) more "
+                  "accurate than always-hungry, so the sidecar's `threshold` is 1.0 and the daemon reports "
+                  "`uncertain` for every cry. This is deliberate. The 8-class output is kept; a user who "
+                  "wants the prior-like guess anyway can lower it in the daemon config "
+                  "(`[thresholds]`, e.g. `hungry = 0.5`), knowing it is right about as often as always "
+                  "answering hungry (~78 % on this corpus).", ""]
     L += ["## Known limits", "",
           "- Donate-a-cry labels are parents' guesses, never checked; 78 % of reason recordings are `hungry`.",
           "  The cry-reason numbers above are what the data supports about an unseen baby: read the",

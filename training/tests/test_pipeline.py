@@ -112,3 +112,15 @@ def test_shipped_sidecars_follow_contract(name):
     dims = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
     assert dims == sc["input"]["shape"]
     assert (ROOT / "models" / f"{name}.onnx").stat().st_size <= 2 * 1024 * 1024
+
+
+def test_k_of_n_rule_and_episodes():
+    import detector
+    p = np.array([0, 1, 1, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1], bool)
+    fire = detector.rule_fires(p, 3, 4)
+    assert fire.astype(int).tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1]
+    # confirmations 8 hops apart belong to one episode with a 20-hop quiet time
+    assert detector.episodes(fire, quiet=20).tolist() == [4]
+    assert detector.episodes(fire, quiet=2).tolist() == [4, 12]
+    ok, when = detector.recording_detect(np.array([.9, .9, .9, .1]), 0.5, 3, 4, win=8000)
+    assert ok and when == 2.0
