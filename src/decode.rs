@@ -76,6 +76,22 @@ fn decode_source(
     ext: Option<&str>,
     path: &Path,
 ) -> Result<DecodedAudio, DecodeError> {
+    // symphonia asserts on some malformed headers (a zero sample rate reaches a division
+    // in its time base, found by tests/fuzz.rs); a bad file must be an error, never a crash.
+    let guarded = std::panic::AssertUnwindSafe(|| decode_unguarded(source, ext, path));
+    std::panic::catch_unwind(guarded).unwrap_or_else(|_| {
+        Err(DecodeError::Corrupt {
+            path: path.to_owned(),
+            reason: "malformed header or stream (the decoder gave up)".into(),
+        })
+    })
+}
+
+fn decode_unguarded(
+    source: Box<dyn MediaSource>,
+    ext: Option<&str>,
+    path: &Path,
+) -> Result<DecodedAudio, DecodeError> {
     let unsupported = |reason: String| DecodeError::Unsupported {
         path: path.to_owned(),
         reason,
