@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Builds the .deb for this machine and inspects it: every file at its path with its mode,
+# the conffile, the unit enabled, and `systemd-analyze verify` on the unit inside.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v cargo-deb >/dev/null || cargo install cargo-deb --locked --quiet
+deb=$(cargo deb 2>/dev/null | tail -n 1)
+[ -f "$deb" ] || deb=$(ls -t target/debian/*.deb | head -n 1)
+echo "package: $deb"
+contents=$(dpkg-deb --contents "$deb")
+fail=0
+expect() { # mode path
+  if ! echo "$contents" | awk '{print $1, $6}' | grep -qx -- "$1 ./$2"; then
+    echo "MISSING or wrong mode: $1 $2"; fail=1
+  else
+    echo "ok: $1 $2"
+  fi
+}
+expect -rwxr-xr-x usr/bin/babycryd
+for f in cry-detector.onnx cry-detector.toml cry-reason.onnx cry-reason.toml; do
+  expect -rw-r--r-- "usr/share/babycryd/models/$f"
+done
+expect -rw-r--r-- etc/babycryd/config.toml
+expect -rw-r--r-- usr/lib/systemd/system/babycryd.service
+info=$(dpkg-deb --info "$deb")
+echo "$info" | grep -q "conffiles" || { echo "no conffiles control file"; fail=1; }
+work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+dpkg-deb --ctrl-tarfile "$deb" | tar -x -C "$work" ./conffiles ./postinst
+grep -qx "/etc/babycryd/config.toml" "$work/conffiles" || { echo "config is not a conffile"; fail=1; }
+grep -q "deb-systemd-helper enable babycryd.service\|systemctl.*enable" "$work/postinst" || { echo "unit not enabled on install"; fail=1; }
+mkdir -p "$work/root"
+dpkg-deb -x "$deb" "$work/root"
+unit="$work/root/usr/lib/systemd/system/babycryd.service"
+# verify needs ExecStart to exist: point it at the unpacked binary.
+sed "s|/usr/bin/babycryd|$work/root/usr/bin/babycryd|g" "$unit" > "$work/babycryd.service"
+if out=$(systemd-analyze verify "$work/babycryd.service" 2>&1) && [ -z "$out" ]; then
+  echo "ok: systemd-analyze verify"
+else
+  echo "systemd-analyze verify: $out"; fail=1
+fi
+exit $fail
