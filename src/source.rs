@@ -244,7 +244,9 @@ impl Capture {
     }
 
     fn set_state(&mut self, state: AudioState) -> bool {
-        if self.state.as_ref() == Some(&state) {
+        // One report per state: a loss that keeps failing for other reasons, or a
+        // stall that lasts longer, is not news.
+        if self.state.as_ref().map(AudioState::name) == Some(state.name()) {
             return true;
         }
         match &state {
