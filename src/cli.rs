@@ -9,8 +9,10 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::classify::{format_table, Classifier, ClassifyOptions};
-use crate::config::{load_settings, Settings};
+use crate::config::{load_settings, LogFormat, Settings};
+use crate::daemon::{Control, DaemonOptions, EventSink};
 use crate::model::Model;
+use crate::source::{AudioSource, FileSource, PcmFormat, RawPcmSource, StreamFormat};
 
 /// Exit codes, documented in the README.
 pub mod exit {
@@ -45,6 +47,36 @@ pub enum Command {
     Classify(ClassifyArgs),
     /// Validate a configuration file and print the effective settings.
     CheckConfig,
+    /// Run the monitor: listen, detect crying, report episodes (the service).
+    Run(RunArgs),
+    /// List the audio input devices and the formats they offer.
+    Devices,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Read this audio file (replayed in real time) or raw PCM on stdin (`-`) instead of
+    /// the capture device.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Replay --input as fast as it can be analysed instead of in real time.
+    #[arg(long, requires = "input")]
+    pub fast: bool,
+    /// Sample format of raw PCM on stdin.
+    #[arg(long, value_enum, default_value = "s16le")]
+    pub format: PcmFormat,
+    /// Sample rate of raw PCM on stdin, Hz.
+    #[arg(long, default_value_t = 16000, value_parser = clap::value_parser!(u32).range(1000..=768_000))]
+    pub rate: u32,
+    /// Channels of raw PCM on stdin (interleaved).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub channels: u16,
+    /// Write the JSON lines to this file (appending) instead of stdout.
+    #[arg(long)]
+    pub events: Option<PathBuf>,
+    /// Do not connect to MQTT, whatever the configuration says.
+    #[arg(long)]
+    pub no_mqtt: bool,
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +120,8 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Classify(args) => classify(&cli, args),
         Command::CheckConfig => check_config(&cli),
+        Command::Run(args) => run(&cli, args),
+        Command::Devices => devices(),
     }
 }
 
@@ -231,11 +265,141 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     exit::RUNTIME
 }
 
+/// The audio source `args` ask for.
+fn audio_source(args: &RunArgs, settings: &Settings) -> anyhow::Result<Box<dyn AudioSource>> {
+    match args.input.as_deref() {
+        Some(p) if p == Path::new("-") => Ok(Box::new(RawPcmSource::new(
+            "stdin".into(),
+            std::io::stdin(),
+            args.format,
+            StreamFormat {
+                sample_rate: args.rate,
+                channels: args.channels,
+            },
+        ))),
+        Some(p) => Ok(Box::new(FileSource::new(p, !args.fast)?)),
+        None => live_source(settings),
+    }
+}
+
+#[cfg(feature = "alsa")]
+fn live_source(settings: &Settings) -> anyhow::Result<Box<dyn AudioSource>> {
+    Ok(Box::new(crate::capture::CpalSource::new(
+        &settings.config.audio.device,
+    )))
+}
+
+#[cfg(not(feature = "alsa"))]
+fn live_source(_: &Settings) -> anyhow::Result<Box<dyn AudioSource>> {
+    anyhow::bail!(
+        "built without live capture (cargo feature `alsa`): use --input FILE or --input -"
+    )
+}
+
+fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let settings = settings(cli)?;
+    let source = match audio_source(args, &settings) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("babycryd: {e:#}");
+            return Ok(ExitCode::from(exit::INPUT_FAILED));
+        }
+    };
+    let options = DaemonOptions {
+        events: args
+            .events
+            .clone()
+            .map_or(EventSink::Stdout, EventSink::File),
+        mqtt: !args.no_mqtt,
+        retry: None,
+    };
+    let config_path = settings.source.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let summary = runtime.block_on(async move {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(forward_signals(tx, config_path));
+        crate::daemon::run(settings, source, options, rx).await
+    })?;
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    tracing::debug!(?summary, "exit");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM and SIGINT ask for a shutdown; SIGHUP reloads the configuration file.
+async fn forward_signals(tx: tokio::sync::mpsc::Sender<Control>, config: Option<PathBuf>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        let control = tokio::select! {
+            _ = term.recv() => Control::Shutdown,
+            _ = int.recv() => Control::Shutdown,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                Control::Reload(Box::new(load_settings(config.as_deref())))
+            }
+        };
+        if tx.send(control).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(feature = "alsa")]
+fn devices() -> anyhow::Result<ExitCode> {
+    let devices = crate::capture::list_input_devices().context("listing input devices")?;
+    if devices.is_empty() {
+        println!("no input devices found");
+    }
+    for d in devices {
+        println!(
+            "{}{}\n  id: {}\n  default format: {}",
+            d.name,
+            if d.default { " (default)" } else { "" },
+            d.id,
+            d.default_format.as_deref().unwrap_or("-")
+        );
+        for c in d.configs {
+            println!("  supports: {c}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "alsa"))]
+fn devices() -> anyhow::Result<ExitCode> {
+    anyhow::bail!("built without live capture (cargo feature `alsa`)")
+}
+
+/// The logging settings of the configuration `cli` names, if it loads; errors surface
+/// later, when the command loads it again.
+pub fn configured_logging(cli: &Cli) -> (Option<String>, bool) {
+    match settings(cli) {
+        Ok(s) => (
+            Some(s.config.logging.level.clone()).filter(|l| !l.trim().is_empty()),
+            s.config.logging.format == LogFormat::Json,
+        ),
+        Err(_) => (None, false),
+    }
+}
+
 /// Logging through tracing on stderr: plain lines without colour (journald adds the
-/// time), or JSON with `--log-json`. RUST_LOG wins over the config's level.
-pub fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// time), or JSON with `--log-json`. RUST_LOG wins over the config's `level`.
+pub fn init_logging(json: bool, level: Option<&str>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::try_new(level.unwrap_or("info"))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

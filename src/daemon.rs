@@ -1,18 +1,379 @@
-//! Daemon wiring: the tasks of `babycryd run`, their channels, signals and systemd
-//! notifications.
+//! The live service behind `babycryd run`: the stages wired together, reloads, shutdown
+//! and the systemd notifications.
+//!
+//! It owns the task layout: the capture thread ([`crate::source::spawn_capture`]) feeds
+//! a bounded channel; the analysis task runs the [`CryMonitor`] on each chunk and sends
+//! [`Update`]s over a second bounded channel to the output task, which writes the JSON
+//! lines and hands updates to MQTT without ever waiting on the network. [`run`] takes
+//! every input (settings, source, outputs, a control channel for reload and shutdown)
+//! so tests drive the real thing; the CLI turns SIGHUP/SIGTERM/SIGINT into [`Control`].
+//! sd_notify: READY=1 once the models are loaded and the source has been tried,
+//! WATCHDOG=1 only while audio arrives (or the capture thread is alive and retrying a
+//! lost device), STATUS= one line of state.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::config::Settings;
+use crate::error::{ConfigError, ModelError};
+use crate::events::{Diagnostics, Event, EventKind, RunSummary, Update};
+use crate::model::Model;
+use crate::monitor::{CryMonitor, MonitorError, MonitorSettings};
+use crate::mqtt::{DeviceInfo, MqttConfig, MqttHandle};
+use crate::source::{
+    spawn_capture, AudioSource, AudioState, CaptureOptions, RetryPolicy, SourceEvent,
+};
 
 /// `[daemon]`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DaemonConfig {
     /// Directory for the MQTT spool; empty = `$STATE_DIRECTORY`, else /var/lib/babycryd.
     pub state_dir: String,
+    /// Seconds of audio between two diagnostics updates.
+    pub diagnostics_seconds: f64,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: String::new(),
+            diagnostics_seconds: 60.0,
+        }
+    }
 }
 
 impl DaemonConfig {
     pub fn validate(&self) -> Result<(), String> {
+        if !(1.0..=3600.0).contains(&self.diagnostics_seconds) {
+            return Err(format!(
+                "diagnostics_seconds = {} is outside 1..=3600",
+                self.diagnostics_seconds
+            ));
+        }
         Ok(())
+    }
+}
+
+/// Where the JSON lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventSink {
+    Stdout,
+    File(PathBuf),
+    None,
+}
+
+/// How a run reports and retries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonOptions {
+    pub events: EventSink,
+    /// false (`--no-mqtt`) keeps MQTT off whatever the config says.
+    pub mqtt: bool,
+    /// Reopening a lost source; None = from `[audio]`.
+    pub retry: Option<RetryPolicy>,
+}
+
+impl Default for DaemonOptions {
+    fn default() -> Self {
+        Self {
+            events: EventSink::Stdout,
+            mqtt: true,
+            retry: None,
+        }
+    }
+}
+
+/// What the outside world asks of a running daemon.
+#[derive(Debug)]
+pub enum Control {
+    /// A configuration reloaded (SIGHUP): used when valid, logged and ignored otherwise.
+    Reload(Box<Result<Settings, ConfigError>>),
+    /// Finish the current window, flush, stop (SIGTERM, SIGINT).
+    Shutdown,
+}
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Monitor(#[from] MonitorError),
+    #[error("{path}: cannot write events: {source}")]
+    Events {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start the capture thread: {0}")]
+    Thread(std::io::Error),
+}
+
+fn sd_notify(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!("sd_notify: {e}");
+    }
+}
+
+fn status_line(state: &AudioState, monitor: &CryMonitor) -> String {
+    let crying = monitor.episode().map_or("quiet".to_string(), |e| {
+        format!("crying (episode {})", e.number)
+    });
+    format!(
+        "audio {}{}; {crying}; noise floor {:.0} dBFS",
+        state.name(),
+        if state.detail().is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", state.detail())
+        },
+        monitor.noise_floor_dbfs()
+    )
+}
+
+/// What the output task is told.
+enum OutputMessage {
+    Update(Update),
+    Mqtt(MqttConfig),
+}
+
+/// Writes JSON lines and forwards to MQTT; ends when the channel closes.
+async fn output_task(
+    mut rx: mpsc::Receiver<OutputMessage>,
+    mut writer: Option<Box<dyn Write + Send>>,
+    mqtt_allowed: bool,
+    mqtt_config: MqttConfig,
+    device: DeviceInfo,
+) {
+    let spawn = |config: &MqttConfig| {
+        (mqtt_allowed && config.enabled).then(|| MqttHandle::spawn(config, device.clone()))
+    };
+    let mut current = mqtt_config.clone();
+    let mut mqtt = spawn(&current);
+    while let Some(message) = rx.recv().await {
+        match message {
+            OutputMessage::Update(update) => {
+                if let (Update::Event(event), Some(w)) = (&update, writer.as_mut()) {
+                    let line = event.to_json();
+                    if let Err(e) = writeln!(w, "{line}").and_then(|()| w.flush()) {
+                        tracing::error!("cannot write an event, events output off: {e}");
+                        writer = None;
+                    }
+                }
+                if let Some((handle, _)) = &mqtt {
+                    handle.send(update);
+                }
+            }
+            OutputMessage::Mqtt(config) => {
+                if config != current {
+                    tracing::info!(enabled = config.enabled, host = %config.host, "MQTT settings changed");
+                    if let Some((handle, task)) = mqtt.take() {
+                        handle.shutdown(Duration::from_secs(2)).await;
+                        task.abort();
+                    }
+                    current = config;
+                    mqtt = spawn(&current);
+                }
+            }
+        }
+    }
+    if let Some((handle, task)) = mqtt {
+        handle.shutdown(Duration::from_secs(2)).await;
+        task.abort();
+    }
+}
+
+/// Runs the daemon until the source ends or [`Control::Shutdown`]; returns the counters.
+pub async fn run(
+    settings: Settings,
+    source: Box<dyn AudioSource>,
+    options: DaemonOptions,
+    mut control: mpsc::Receiver<Control>,
+) -> Result<RunSummary, DaemonError> {
+    let reason = Model::load(&settings.reason_model)?;
+    let detector = settings
+        .detector_model
+        .as_deref()
+        .map(Model::load)
+        .transpose()?;
+    let mut monitor = CryMonitor::new(
+        reason,
+        detector,
+        MonitorSettings::from_config(&settings.config),
+    )?;
+    let device = DeviceInfo {
+        labels: monitor.reason_labels().to_vec(),
+        models: monitor.models().to_vec(),
+        sw_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+
+    let writer: Option<Box<dyn Write + Send>> = match &options.events {
+        EventSink::Stdout => Some(Box::new(std::io::stdout())),
+        EventSink::File(path) => Some(Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| DaemonError::Events {
+                    path: path.clone(),
+                    source,
+                })?,
+        )),
+        EventSink::None => None,
+    };
+    let (out_tx, out_rx) = mpsc::channel(1024);
+    let output = tokio::spawn(output_task(
+        out_rx,
+        writer,
+        options.mqtt,
+        settings.config.mqtt.clone(),
+        device,
+    ));
+
+    let (audio_tx, mut audio_rx) = mpsc::channel(64);
+    let stop = Arc::new(AtomicBool::new(false));
+    let capture = CaptureOptions {
+        target_rate: monitor.sample_rate(),
+        stall_seconds: settings.config.audio.stall_seconds,
+        retry: options
+            .retry
+            .unwrap_or_else(|| RetryPolicy::from_config(&settings.config.audio)),
+    };
+    spawn_capture(source, capture, audio_tx, stop.clone()).map_err(DaemonError::Thread)?;
+
+    let mut settings = settings;
+    let mut state = AudioState::Connecting;
+    let mut ready = false;
+    let mut last_watchdog: Option<Instant> = None;
+    let mut xruns = 0;
+    let mut updates = Vec::new();
+    let mut next_diagnostics = settings.config.daemon.diagnostics_seconds;
+    let mut control_open = true;
+    let mut failure = None;
+    loop {
+        let event = tokio::select! {
+            ev = audio_rx.recv() => ev,
+            ctl = control.recv(), if control_open => {
+                match ctl {
+                    None => control_open = false,
+                    Some(Control::Shutdown) => {
+                        tracing::info!("shutting down");
+                        sd_notify(&[sd_notify::NotifyState::Stopping]);
+                        break;
+                    }
+                    Some(Control::Reload(new)) => match *new {
+                        Ok(new) => {
+                            if new.reason_model != settings.reason_model
+                                || new.detector_model != settings.detector_model
+                            {
+                                tracing::warn!("model changes take effect after a restart");
+                            }
+                            monitor.apply(MonitorSettings::from_config(&new.config));
+                            let _ = out_tx.send(OutputMessage::Mqtt(new.config.mqtt.clone())).await;
+                            settings = new;
+                            tracing::info!("configuration reloaded");
+                        }
+                        Err(e) => tracing::error!("configuration not reloaded, keeping the old one: {e}"),
+                    },
+                }
+                continue;
+            }
+        };
+        let Some(event) = event else { break };
+        let alive = match event {
+            SourceEvent::Audio(samples) => {
+                if let Err(e) = monitor.push(&samples, &mut |u| updates.push(u)) {
+                    failure = Some(e);
+                    break;
+                }
+                let summary = monitor.summary();
+                if summary.audio_seconds >= next_diagnostics {
+                    next_diagnostics += settings.config.daemon.diagnostics_seconds;
+                    updates.push(Update::Diagnostics(diagnostics(&monitor, &state)));
+                }
+                state == AudioState::Running
+            }
+            SourceEvent::State(new) => {
+                state = new;
+                updates.push(Update::Event(Event::new(
+                    EventKind::AudioState {
+                        state: state.name().into(),
+                        detail: state.detail().into(),
+                    },
+                    monitor.models().to_vec(),
+                )));
+                updates.push(Update::Diagnostics(diagnostics(&monitor, &state)));
+                let status = status_line(&state, &monitor);
+                if !ready && state != AudioState::Connecting {
+                    ready = true;
+                    sd_notify(&[
+                        sd_notify::NotifyState::Ready,
+                        sd_notify::NotifyState::Status(&status),
+                    ]);
+                } else {
+                    sd_notify(&[sd_notify::NotifyState::Status(&status)]);
+                }
+                state == AudioState::Running || matches!(state, AudioState::Lost(_))
+            }
+            SourceEvent::Retrying => matches!(state, AudioState::Lost(_)),
+            SourceEvent::End { xruns: n } => {
+                xruns = n;
+                break;
+            }
+        };
+        if alive && last_watchdog.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
+            last_watchdog = Some(Instant::now());
+            sd_notify(&[sd_notify::NotifyState::Watchdog]);
+        }
+        for u in updates.drain(..) {
+            let _ = out_tx.send(OutputMessage::Update(u)).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let finished = monitor.finish(&mut |u| updates.push(u));
+    let mut summary = monitor.summary();
+    summary.xruns = xruns;
+    updates.push(Update::Event(Event::new(
+        EventKind::Summary(summary.clone()),
+        monitor.models().to_vec(),
+    )));
+    for u in updates.drain(..) {
+        let _ = out_tx.send(OutputMessage::Update(u)).await;
+    }
+    drop(out_tx);
+    if tokio::time::timeout(Duration::from_secs(4), output)
+        .await
+        .is_err()
+    {
+        tracing::warn!("outputs did not finish in time");
+    }
+    tracing::info!(
+        audio_seconds = format!("{:.1}", summary.audio_seconds),
+        gate_openings = summary.gate_openings,
+        gate_open_seconds = format!("{:.1}", summary.gate_open_seconds),
+        detector_inferences = summary.detector_inferences,
+        reason_inferences = summary.reason_inferences,
+        episodes = summary.episodes,
+        xruns = summary.xruns,
+        "stopped"
+    );
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    finished?;
+    Ok(summary)
+}
+
+fn diagnostics(monitor: &CryMonitor, state: &AudioState) -> Diagnostics {
+    Diagnostics {
+        noise_floor_dbfs: monitor.noise_floor_dbfs() as f32,
+        audio_state: state.name().into(),
+        last_inference_ms: monitor.last_inference_ms(),
+        gate_openings_per_hour: monitor.gate_openings_last_hour() as f64,
     }
 }

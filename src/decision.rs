@@ -1,5 +1,6 @@
-//! Decisions: thresholds and `uncertain`, k-of-n confirmation of crying, cry episodes
-//! and their cooldown.
+//! Decisions: thresholds and `uncertain`, k-of-n confirmation of crying, and the
+//! `[detector]` and `[episode]` settings. The rules live here so the offline `classify`
+//! and the live [`crate::monitor`] apply the same ones; the monitor owns the episodes.
 
 use std::collections::BTreeMap;
 
@@ -103,12 +104,18 @@ impl DetectorConfig {
 pub struct EpisodeConfig {
     /// Seconds without crying that end an episode.
     pub quiet_seconds: f64,
+    /// Seconds after an episode ends during which crying starts no new episode.
+    pub cooldown_seconds: f64,
+    /// Overlap of consecutive reason windows (7 s) inside an episode, 0..=0.9.
+    pub reason_overlap: f64,
 }
 
 impl Default for EpisodeConfig {
     fn default() -> Self {
         Self {
             quiet_seconds: 10.0,
+            cooldown_seconds: 60.0,
+            reason_overlap: 0.5,
         }
     }
 }
@@ -119,6 +126,18 @@ impl EpisodeConfig {
             return Err(format!(
                 "quiet_seconds = {} is outside 1..=600",
                 self.quiet_seconds
+            ));
+        }
+        if !(0.0..=3600.0).contains(&self.cooldown_seconds) {
+            return Err(format!(
+                "cooldown_seconds = {} is outside 0..=3600",
+                self.cooldown_seconds
+            ));
+        }
+        if !(0.0..=0.9).contains(&self.reason_overlap) {
+            return Err(format!(
+                "reason_overlap = {} is outside 0..=0.9",
+                self.reason_overlap
             ));
         }
         Ok(())

@@ -64,6 +64,29 @@ pub enum EventKind {
         probabilities: BTreeMap<String, f32>,
         windows: u32,
     },
+    /// The audio source changed state: `connecting`, `running`, `lost`, `stalled`, `ended`.
+    AudioState { state: String, detail: String },
+    /// The last record of a run: what the daemon heard and how often the models ran.
+    Summary(RunSummary),
+}
+
+/// Counters over a whole run, reported in the last record and the last log line.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// Seconds of audio analysed (at the models' rate).
+    pub audio_seconds: f64,
+    pub gate_openings: u64,
+    /// Seconds the gate was open (pre-roll included).
+    pub gate_open_seconds: f64,
+    /// Cry-detector windows run (each one is a front end and an inference).
+    pub detector_inferences: u64,
+    /// Cry-reason windows run.
+    pub reason_inferences: u64,
+    pub episodes: u64,
+    /// Confirmed crying that started no episode because of the cooldown.
+    pub suppressed_by_cooldown: u64,
+    /// Capture overruns counted by the source.
+    pub xruns: u64,
 }
 
 /// One record as emitted.

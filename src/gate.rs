@@ -1,7 +1,19 @@
-//! The energy gate: keeps the CPU idle in a quiet room, opening only when the level rises
-//! above an adaptive noise floor.
+//! The energy gate: the cheap first stage that keeps the models asleep in a quiet room.
+//!
+//! It owns measuring the level of ~32 ms frames (dBFS), the adaptive [`NoiseFloor`] that
+//! follows the room (fast when it gets quieter, slowly when it gets louder), and the
+//! [`EnergyGate`] state machine: it opens when the level stays a margin above the floor
+//! (and above an absolute minimum) for a minimum duration, closes with hysteresis after
+//! a hangover, and reports where the opening starts including a pre-roll, so the start
+//! of a cry is kept. While the gate is closed nothing downstream runs: no FFT, no model.
 
 use serde::{Deserialize, Serialize};
+
+/// Samples per gate frame at 8 kHz: 32 ms.
+pub const FRAME_SAMPLES: usize = 256;
+
+/// The level of digital silence, and the floor of every measurement, dBFS.
+pub const SILENCE_DBFS: f64 = -120.0;
 
 /// `[gate]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -9,19 +21,317 @@ use serde::{Deserialize, Serialize};
 pub struct GateConfig {
     /// Opening margin above the noise floor, dB.
     pub margin_db: f64,
+    /// The gate never opens below this level, dBFS.
+    pub min_level_dbfs: f64,
+    /// The gate closes when the level falls this many dB below the opening level.
+    pub hysteresis_db: f64,
+    /// The level must stay above the opening level this long before the gate opens, s.
+    pub min_open_seconds: f64,
+    /// The gate stays open this long after the level falls below the closing level, s.
+    pub hangover_seconds: f64,
+    /// Audio kept from before the opening, s.
+    pub pre_roll_seconds: f64,
+    /// Time constant with which the floor follows a louder room, s.
+    pub floor_rise_seconds: f64,
+    /// Time constant with which the floor follows a quieter room, s.
+    pub floor_fall_seconds: f64,
 }
 
 impl Default for GateConfig {
     fn default() -> Self {
-        Self { margin_db: 10.0 }
+        Self {
+            margin_db: 10.0,
+            min_level_dbfs: -60.0,
+            hysteresis_db: 3.0,
+            min_open_seconds: 0.1,
+            hangover_seconds: 1.0,
+            pre_roll_seconds: 0.5,
+            floor_rise_seconds: 60.0,
+            floor_fall_seconds: 2.0,
+        }
     }
+}
+
+fn check(name: &str, v: f64, lo: f64, hi: f64) -> Result<(), String> {
+    if !(lo..=hi).contains(&v) {
+        return Err(format!("{name} = {v} is outside {lo}..={hi}"));
+    }
+    Ok(())
 }
 
 impl GateConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if !(0.0..=60.0).contains(&self.margin_db) {
-            return Err(format!("margin_db = {} is outside 0..=60", self.margin_db));
-        }
+        check("margin_db", self.margin_db, 0.0, 60.0)?;
+        check("min_level_dbfs", self.min_level_dbfs, SILENCE_DBFS, 0.0)?;
+        check("hysteresis_db", self.hysteresis_db, 0.0, 30.0)?;
+        check("min_open_seconds", self.min_open_seconds, 0.0, 2.0)?;
+        check("hangover_seconds", self.hangover_seconds, 0.0, 10.0)?;
+        check("pre_roll_seconds", self.pre_roll_seconds, 0.0, 5.0)?;
+        check("floor_rise_seconds", self.floor_rise_seconds, 1.0, 3600.0)?;
+        check("floor_fall_seconds", self.floor_fall_seconds, 0.1, 600.0)?;
         Ok(())
+    }
+}
+
+/// The level of a frame, dBFS (a full-scale square wave is 0 dBFS), never below
+/// [`SILENCE_DBFS`].
+pub fn level_dbfs(frame: &[f32]) -> f64 {
+    if frame.is_empty() {
+        return SILENCE_DBFS;
+    }
+    let power = frame
+        .iter()
+        .map(|&s| f64::from(s) * f64::from(s))
+        .sum::<f64>()
+        / frame.len() as f64;
+    (10.0 * power.max(1e-12).log10()).max(SILENCE_DBFS)
+}
+
+/// The room's noise floor: an exponential follower of frame levels in dB, quick to fall
+/// (a door closes) and slow to rise (a cry must not become the floor).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NoiseFloor {
+    level_dbfs: Option<f64>,
+    rise: f64,
+    fall: f64,
+}
+
+impl NoiseFloor {
+    pub fn new(config: &GateConfig, frame_seconds: f64) -> Self {
+        let mut floor = Self {
+            level_dbfs: None,
+            rise: 0.0,
+            fall: 0.0,
+        };
+        floor.configure(config, frame_seconds);
+        floor
+    }
+
+    /// Takes new time constants, keeping the level learnt so far.
+    pub fn configure(&mut self, config: &GateConfig, frame_seconds: f64) {
+        self.rise = 1.0 - (-frame_seconds / config.floor_rise_seconds).exp();
+        self.fall = 1.0 - (-frame_seconds / config.floor_fall_seconds).exp();
+    }
+
+    /// Follows one frame's level.
+    pub fn update(&mut self, frame_dbfs: f64) {
+        let floor = self.level_dbfs.get_or_insert(frame_dbfs);
+        let coeff = if frame_dbfs < *floor {
+            self.fall
+        } else {
+            self.rise
+        };
+        *floor += coeff * (frame_dbfs - *floor);
+    }
+
+    /// The floor, dBFS (silence until the first frame).
+    pub fn dbfs(&self) -> f64 {
+        self.level_dbfs.unwrap_or(SILENCE_DBFS)
+    }
+}
+
+/// What one frame did to the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateTransition {
+    None,
+    /// The gate opened; the opening counts from this stream sample (pre-roll included).
+    Opened {
+        from_sample: u64,
+    },
+    /// The gate closed at this stream sample.
+    Closed {
+        at_sample: u64,
+    },
+}
+
+/// The gate's state machine over frames of [`FRAME_SAMPLES`].
+#[derive(Debug, Clone)]
+pub struct EnergyGate {
+    config: GateConfig,
+    rate: u32,
+    floor: NoiseFloor,
+    open: bool,
+    /// Stream sample where the current run of loud frames began (closed gate).
+    loud_since: Option<u64>,
+    /// Quiet samples since the level fell below the closing level (open gate).
+    quiet_samples: u64,
+}
+
+impl EnergyGate {
+    pub fn new(config: &GateConfig, rate: u32) -> Self {
+        Self {
+            config: config.clone(),
+            rate,
+            floor: NoiseFloor::new(config, FRAME_SAMPLES as f64 / f64::from(rate)),
+            open: false,
+            loud_since: None,
+            quiet_samples: 0,
+        }
+    }
+
+    /// Takes a new configuration without forgetting the room or closing the gate.
+    pub fn set_config(&mut self, config: &GateConfig) {
+        self.floor
+            .configure(config, FRAME_SAMPLES as f64 / f64::from(self.rate));
+        self.config = config.clone();
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    pub fn noise_floor_dbfs(&self) -> f64 {
+        self.floor.dbfs()
+    }
+
+    fn seconds(&self, s: f64) -> u64 {
+        (s * f64::from(self.rate)).round() as u64
+    }
+
+    /// Feeds one frame that starts at stream sample `start`.
+    pub fn push_frame(&mut self, frame: &[f32], start: u64) -> GateTransition {
+        let level = level_dbfs(frame);
+        let opening = (self.floor.dbfs() + self.config.margin_db).max(self.config.min_level_dbfs);
+        let end = start + frame.len() as u64;
+        if self.open {
+            // The floor keeps rising slowly while open, so a room that became louder
+            // for good (a fan) closes the gate in the end.
+            if level >= self.floor.dbfs() {
+                self.floor.update(level);
+            }
+            if level >= opening - self.config.hysteresis_db {
+                self.quiet_samples = 0;
+            } else {
+                self.quiet_samples += frame.len() as u64;
+                if self.quiet_samples >= self.seconds(self.config.hangover_seconds) {
+                    self.open = false;
+                    self.quiet_samples = 0;
+                    return GateTransition::Closed { at_sample: end };
+                }
+            }
+            return GateTransition::None;
+        }
+        if level >= opening {
+            let since = *self.loud_since.get_or_insert(start);
+            if end - since >= self.seconds(self.config.min_open_seconds).max(1) {
+                self.open = true;
+                self.loud_since = None;
+                self.quiet_samples = 0;
+                let from_sample = since.saturating_sub(self.seconds(self.config.pre_roll_seconds));
+                return GateTransition::Opened { from_sample };
+            }
+        } else {
+            self.loud_since = None;
+            self.floor.update(level);
+        }
+        GateTransition::None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth;
+
+    const RATE: u32 = 8000;
+
+    fn run(gate: &mut EnergyGate, audio: &[f32], offset: u64) -> Vec<GateTransition> {
+        audio
+            .chunks_exact(FRAME_SAMPLES)
+            .enumerate()
+            .map(|(i, f)| gate.push_frame(f, offset + (i * FRAME_SAMPLES) as u64))
+            .filter(|t| *t != GateTransition::None)
+            .collect()
+    }
+
+    #[test]
+    fn levels_are_dbfs() {
+        assert!((level_dbfs(&[1.0; 256]) - 0.0).abs() < 1e-9);
+        assert!((level_dbfs(&[0.1; 256]) + 20.0).abs() < 1e-6);
+        assert_eq!(level_dbfs(&[0.0; 256]), SILENCE_DBFS);
+    }
+
+    #[test]
+    fn floor_falls_fast_and_rises_slowly() {
+        let config = GateConfig::default();
+        let mut floor = NoiseFloor::new(&config, 0.032);
+        floor.update(-40.0);
+        assert_eq!(floor.dbfs(), -40.0);
+        // 2 s at -60: the fast fall covers most of the way.
+        for _ in 0..63 {
+            floor.update(-60.0);
+        }
+        assert!(floor.dbfs() < -52.0, "{}", floor.dbfs());
+        let low = floor.dbfs();
+        // 2 s at -20: the slow rise moves a few dB only.
+        for _ in 0..63 {
+            floor.update(-20.0);
+        }
+        assert!(floor.dbfs() - low < 3.0, "{} -> {}", low, floor.dbfs());
+    }
+
+    #[test]
+    fn a_cry_opens_with_pre_roll_and_closes_after_the_hangover() {
+        let config = GateConfig::default();
+        let mut gate = EnergyGate::new(&config, RATE);
+        let mut audio = synth::room_tone(RATE, 10.0, 0.002, 1);
+        let onset = 4 * RATE as usize;
+        synth::mix_into(&mut audio, &synth::cry(RATE, 3.0, 0.5), onset);
+        let t = run(&mut gate, &audio, 0);
+        assert_eq!(t.len(), 2, "{t:?}");
+        let GateTransition::Opened { from_sample } = t[0] else {
+            panic!("{t:?}")
+        };
+        // Opens within a frame of the onset, minus the 0.5 s pre-roll.
+        let expected = onset as i64 - 4000;
+        assert!(
+            (from_sample as i64 - expected).abs() <= 2 * FRAME_SAMPLES as i64,
+            "{from_sample}"
+        );
+        let GateTransition::Closed { at_sample } = t[1] else {
+            panic!("{t:?}")
+        };
+        // The cry's last burst ends at 4 + 2.7 s; closes about 1 s later.
+        let closed_s = at_sample as f64 / f64::from(RATE);
+        assert!((7.4..8.2).contains(&closed_s), "{closed_s}");
+        assert!(!gate.is_open());
+    }
+
+    #[test]
+    fn a_clap_is_too_short_to_open_the_gate() {
+        let mut gate = EnergyGate::new(&GateConfig::default(), RATE);
+        let mut audio = synth::room_tone(RATE, 6.0, 0.002, 2);
+        synth::mix_into(
+            &mut audio,
+            &synth::clap(RATE, 1.0, 0.9, 3),
+            3 * RATE as usize,
+        );
+        assert_eq!(run(&mut gate, &audio, 0), vec![]);
+    }
+
+    #[test]
+    fn quiet_sounds_below_the_absolute_minimum_stay_closed() {
+        // Digital near-silence: a sound 30 dB above the floor but below -60 dBFS.
+        let mut gate = EnergyGate::new(&GateConfig::default(), RATE);
+        let mut audio = synth::room_tone(RATE, 6.0, 0.00001, 4);
+        synth::mix_into(
+            &mut audio,
+            &synth::cry(RATE, 2.0, 0.0005),
+            3 * RATE as usize,
+        );
+        assert_eq!(run(&mut gate, &audio, 0), vec![]);
+    }
+
+    #[test]
+    fn new_settings_keep_the_floor() {
+        let mut gate = EnergyGate::new(&GateConfig::default(), RATE);
+        run(&mut gate, &synth::room_tone(RATE, 3.0, 0.01, 5), 0);
+        let before = gate.noise_floor_dbfs();
+        gate.set_config(&GateConfig {
+            margin_db: 20.0,
+            ..GateConfig::default()
+        });
+        assert_eq!(gate.noise_floor_dbfs(), before);
+        assert!(before > -50.0 && before < -35.0, "{before}");
     }
 }

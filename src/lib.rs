@@ -4,15 +4,19 @@
 //!
 //! ```text
 //! source ──► resample ──► gate ──► features ──► model ──► decision ──► events ──► mqtt
-//! (cpal,      (rubato,     (noise    (log-mel,    (tract,    (thresholds,  (JSON      (rumqttc,
-//!  file,       to 8 kHz)    floor)    librosa-     ONNX +     k-of-n,       lines)     HA
-//!  stdin)                             exact)       sidecar)   episodes)                discovery)
+//! (capture:   (rubato,     (noise    (log-mel,    (tract,    (thresholds,  (JSON      (rumqttc,
+//!  cpal, file, to 8 kHz)    floor)    librosa-     ONNX +     k-of-n)       lines)     HA
+//!  stdin)                             exact)       sidecar)                            discovery)
 //! ```
 //!
 //! `decode` reads files, `classify` composes the stages for whole files (the offline
-//! `babycryd classify`), `daemon` wires them into the live service (`babycryd run`),
-//! `config` parses and validates the settings, `cli` holds the command line.
+//! `babycryd classify`), `monitor` composes them for a stream (gate, detector, cry
+//! episodes, reasons), `daemon` wires source, monitor and outputs into the live service
+//! (`babycryd run`), `capture` is the cpal source (feature `alsa`), `config` parses and
+//! validates the settings, `cli` holds the command line.
 
+#[cfg(feature = "alsa")]
+pub mod capture;
 pub mod classify;
 pub mod cli;
 pub mod config;
@@ -24,6 +28,7 @@ pub mod events;
 pub mod features;
 pub mod gate;
 pub mod model;
+pub mod monitor;
 pub mod mqtt;
 pub mod resample;
 pub mod source;

@@ -6,7 +6,8 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = babycry::cli::Cli::parse();
-    babycry::cli::init_logging(cli.log_json);
+    let (level, json) = babycry::cli::configured_logging(&cli);
+    babycry::cli::init_logging(cli.log_json || json, level.as_deref());
     match babycry::cli::execute(cli) {
         Ok(code) => code,
         Err(err) => {

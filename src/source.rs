@@ -1,7 +1,24 @@
 //! Audio sources: where samples come from (live capture, a file replayed, raw PCM on
-//! stdin) and the `[audio]` config section.
+//! stdin), the thread that keeps them coming, and the `[audio]` config section.
+//!
+//! It owns the [`AudioSource`] trait (open, pull interleaved samples, close), the
+//! capture thread ([`spawn_capture`]) that downmixes and resamples every source to the
+//! models' rate with [`StreamResampler`], reopens a lost source with exponential backoff
+//! (capped, logged once per loss), counts xruns, and reports the [`AudioState`]
+//! (running, lost, stalled on digital silence or no data for `[audio] stall_seconds`,
+//! ended). The file and stdin sources live here; the cpal one in [`crate::capture`].
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+
+use crate::decode::decode_file;
+use crate::error::DecodeError;
+use crate::resample::StreamResampler;
 
 /// `[audio]`: the capture device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -11,6 +28,8 @@ pub struct AudioConfig {
     pub device: String,
     /// Seconds without audio (or with only digital silence) before the source is reported stalled.
     pub stall_seconds: f64,
+    /// Longest wait between attempts to reopen a lost device, seconds.
+    pub retry_max_seconds: f64,
 }
 
 impl Default for AudioConfig {
@@ -18,6 +37,7 @@ impl Default for AudioConfig {
         Self {
             device: String::new(),
             stall_seconds: 10.0,
+            retry_max_seconds: 30.0,
         }
     }
 }
@@ -30,6 +50,558 @@ impl AudioConfig {
                 self.stall_seconds
             ));
         }
+        if !(1.0..=30.0).contains(&self.retry_max_seconds) {
+            return Err(format!(
+                "retry_max_seconds = {} is outside 1..=30",
+                self.retry_max_seconds
+            ));
+        }
         Ok(())
+    }
+}
+
+/// What a source delivers once opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamFormat {
+    pub sample_rate: u32,
+    pub channels: u16,
+}
+
+/// The outcome of one [`AudioSource::pull`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pull {
+    /// Samples were appended.
+    Audio,
+    /// Nothing arrived within the poll time (about 100 ms).
+    Idle,
+    /// The source has no more audio (end of file or stdin).
+    End,
+}
+
+/// Why a source cannot deliver.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The device is missing or busy; the capture thread retries.
+    #[error("{device}: unavailable: {reason}")]
+    Unavailable { device: String, reason: String },
+    /// The device went away while running; the capture thread reopens it.
+    #[error("{device}: lost: {reason}")]
+    Lost { device: String, reason: String },
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+/// A source of interleaved samples. Implementations: [`FileSource`], [`RawPcmSource`],
+/// `capture::CpalSource`, and the failing sources of the tests.
+pub trait AudioSource: Send {
+    /// A name for logs and events.
+    fn describe(&self) -> String;
+    /// Opens (or reopens after a loss) the source.
+    fn open(&mut self) -> Result<StreamFormat, SourceError>;
+    /// Appends interleaved samples to `buf`, waiting at most about 100 ms.
+    fn pull(&mut self, buf: &mut Vec<f32>) -> Result<Pull, SourceError>;
+    /// Releases the device after a loss or at the end.
+    fn close(&mut self) {}
+    /// Overruns counted since the start.
+    fn xruns(&self) -> u64 {
+        0
+    }
+}
+
+/// The source's state, as reported in events, diagnostics and `STATUS=`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AudioState {
+    Connecting,
+    Running,
+    Lost(String),
+    Stalled(String),
+    Ended,
+}
+
+impl AudioState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Connecting => "connecting",
+            Self::Running => "running",
+            Self::Lost(_) => "lost",
+            Self::Stalled(_) => "stalled",
+            Self::Ended => "ended",
+        }
+    }
+
+    pub fn detail(&self) -> &str {
+        match self {
+            Self::Lost(d) | Self::Stalled(d) => d,
+            _ => "",
+        }
+    }
+}
+
+/// What the capture thread sends to the analysis stage.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceEvent {
+    /// Mono samples at the target rate.
+    Audio(Vec<f32>),
+    State(AudioState),
+    /// The capture thread is alive and retrying (about once a second while lost).
+    Retrying,
+    /// No more audio; the xruns counted.
+    End {
+        xruns: u64,
+    },
+}
+
+/// Waits between attempts to reopen a lost source: doubling from `initial`, capped.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    pub fn from_config(config: &AudioConfig) -> Self {
+        Self {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs_f64(config.retry_max_seconds),
+        }
+    }
+
+    /// The wait after `failures` consecutive failures (1 = the first).
+    pub fn delay(&self, failures: u32) -> Duration {
+        let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+}
+
+/// Settings of the capture thread.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CaptureOptions {
+    /// The rate the analysis stage wants (the models').
+    pub target_rate: u32,
+    pub stall_seconds: f64,
+    pub retry: RetryPolicy,
+}
+
+/// Downmixes interleaved samples to mono by averaging the channels.
+pub fn downmix(interleaved: &[f32], channels: u16, out: &mut Vec<f32>) {
+    let c = usize::from(channels.max(1));
+    if c == 1 {
+        out.extend_from_slice(interleaved);
+        return;
+    }
+    out.extend(
+        interleaved
+            .chunks_exact(c)
+            .map(|frame| frame.iter().sum::<f32>() / c as f32),
+    );
+}
+
+/// Starts the capture thread: it opens `source` (retrying while it is unavailable),
+/// converts everything to mono at `options.target_rate`, and sends it on `tx` until the
+/// source ends, `stop` is set, or the receiver is gone.
+pub fn spawn_capture(
+    source: Box<dyn AudioSource>,
+    options: CaptureOptions,
+    tx: tokio::sync::mpsc::Sender<SourceEvent>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("babycryd-capture".into())
+        .spawn(move || Capture::new(source, options, tx, stop).run())
+}
+
+struct Capture {
+    source: Box<dyn AudioSource>,
+    options: CaptureOptions,
+    tx: tokio::sync::mpsc::Sender<SourceEvent>,
+    stop: Arc<AtomicBool>,
+    state: Option<AudioState>,
+}
+
+impl Capture {
+    fn new(
+        source: Box<dyn AudioSource>,
+        options: CaptureOptions,
+        tx: tokio::sync::mpsc::Sender<SourceEvent>,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            source,
+            options,
+            tx,
+            stop,
+            state: None,
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Sends an event; false when the analysis stage is gone.
+    fn send(&self, event: SourceEvent) -> bool {
+        self.tx.blocking_send(event).is_ok()
+    }
+
+    fn set_state(&mut self, state: AudioState) -> bool {
+        // One report per state: a loss that keeps failing for other reasons, or a
+        // stall that lasts longer, is not news.
+        if self.state.as_ref().map(AudioState::name) == Some(state.name()) {
+            return true;
+        }
+        match &state {
+            AudioState::Lost(d) | AudioState::Stalled(d) => {
+                tracing::warn!(source = %self.source.describe(), state = state.name(), "{d}")
+            }
+            _ => tracing::info!(source = %self.source.describe(), state = state.name(), "audio"),
+        }
+        self.state = Some(state.clone());
+        self.send(SourceEvent::State(state))
+    }
+
+    /// Sleeps `delay` in short steps, sending a heartbeat every second; false on stop.
+    fn wait(&self, delay: Duration) -> bool {
+        let until = Instant::now() + delay;
+        let mut beat = Instant::now();
+        while Instant::now() < until {
+            if self.stopped() {
+                return false;
+            }
+            if beat.elapsed() >= Duration::from_secs(1) {
+                beat = Instant::now();
+                if !self.send(SourceEvent::Retrying) {
+                    return false;
+                }
+            }
+            std::thread::sleep((until - Instant::now()).min(Duration::from_millis(50)));
+        }
+        !self.stopped()
+    }
+
+    fn run(mut self) {
+        if !self.set_state(AudioState::Connecting) {
+            return;
+        }
+        let mut failures = 0u32;
+        while !self.stopped() {
+            let format = match self.source.open() {
+                Ok(f) => f,
+                Err(e) => {
+                    failures += 1;
+                    if matches!(e, SourceError::Decode(_)) {
+                        tracing::error!("{e}");
+                        break;
+                    }
+                    // Warn once per loss (set_state skips repeats); details at debug.
+                    tracing::debug!(attempt = failures, "{e}");
+                    if !self.set_state(AudioState::Lost(e.to_string()))
+                        || !self.wait(self.options.retry.delay(failures))
+                    {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            match self.stream(format) {
+                Ok(true) => break,
+                Ok(false) => return,
+                Err(e) => {
+                    self.source.close();
+                    failures = 1;
+                    if !self.set_state(AudioState::Lost(e.to_string()))
+                        || !self.wait(self.options.retry.delay(failures))
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+        self.source.close();
+        self.set_state(AudioState::Ended);
+        let xruns = self.source.xruns();
+        self.send(SourceEvent::End { xruns });
+    }
+
+    /// Delivers an opened source until it ends (Ok(true)), the receiver is gone or a
+    /// stop is asked (Ok(false) / Ok(true)), or it fails (Err: reopen).
+    fn stream(&mut self, format: StreamFormat) -> Result<bool, SourceError> {
+        let mut resampler = StreamResampler::new(format.sample_rate, self.options.target_rate)
+            .map_err(|e| SourceError::Unavailable {
+                device: self.source.describe(),
+                reason: e.to_string(),
+            })?;
+        tracing::info!(
+            source = %self.source.describe(),
+            rate = format.sample_rate,
+            channels = format.channels,
+            "audio source open"
+        );
+        if !self.set_state(AudioState::Running) {
+            return Ok(false);
+        }
+        let stall_samples = (self.options.stall_seconds * f64::from(format.sample_rate)) as u64;
+        let stall_time = Duration::from_secs_f64(self.options.stall_seconds);
+        let mut buf = Vec::with_capacity(format.sample_rate as usize);
+        let mut mono = Vec::with_capacity(format.sample_rate as usize);
+        let mut zero_run = 0u64;
+        let mut last_audio = Instant::now();
+        loop {
+            if self.stopped() {
+                return Ok(true);
+            }
+            buf.clear();
+            match self.source.pull(&mut buf)? {
+                Pull::End => return Ok(true),
+                Pull::Idle => {
+                    if last_audio.elapsed() >= stall_time {
+                        let detail =
+                            format!("no audio for {:.0} s", last_audio.elapsed().as_secs_f64());
+                        if !self.set_state(AudioState::Stalled(detail)) {
+                            return Ok(false);
+                        }
+                    } else if !self.send(SourceEvent::Retrying) {
+                        return Ok(false);
+                    }
+                }
+                Pull::Audio => {
+                    last_audio = Instant::now();
+                    mono.clear();
+                    downmix(&buf, format.channels, &mut mono);
+                    match mono.iter().rposition(|&s| s != 0.0) {
+                        Some(i) => zero_run = (mono.len() - 1 - i) as u64,
+                        None => zero_run += mono.len() as u64,
+                    }
+                    let state = if zero_run >= stall_samples {
+                        AudioState::Stalled(format!(
+                            "only digital silence for {:.0} s",
+                            zero_run as f64 / f64::from(format.sample_rate)
+                        ))
+                    } else {
+                        AudioState::Running
+                    };
+                    if !self.set_state(state) {
+                        return Ok(false);
+                    }
+                    let mut out = Vec::with_capacity(mono.len());
+                    resampler
+                        .push(&mono, &mut out)
+                        .map_err(|e| SourceError::Lost {
+                            device: self.source.describe(),
+                            reason: e.to_string(),
+                        })?;
+                    if !out.is_empty() && !self.send(SourceEvent::Audio(out)) {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Samples per pull of the file and stdin sources: 100 ms.
+fn pull_frames(rate: u32) -> usize {
+    (rate as usize / 10).max(1)
+}
+
+/// A decoded file, replayed in real time or as fast as the pipeline takes it.
+#[derive(Debug)]
+pub struct FileSource {
+    name: String,
+    samples: Vec<f32>,
+    rate: u32,
+    realtime: bool,
+    pos: usize,
+    started: Option<Instant>,
+}
+
+impl FileSource {
+    /// Decodes `path` now, so a bad file fails before the daemon starts.
+    pub fn new(path: &Path, realtime: bool) -> Result<Self, DecodeError> {
+        let audio = decode_file(path)?;
+        Ok(Self::from_samples(
+            path.display().to_string(),
+            audio.samples,
+            audio.sample_rate,
+            realtime,
+        ))
+    }
+
+    /// A source replaying mono `samples` at `rate`.
+    pub fn from_samples(name: String, samples: Vec<f32>, rate: u32, realtime: bool) -> Self {
+        Self {
+            name,
+            samples,
+            rate,
+            realtime,
+            pos: 0,
+            started: None,
+        }
+    }
+}
+
+impl AudioSource for FileSource {
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+
+    fn open(&mut self) -> Result<StreamFormat, SourceError> {
+        Ok(StreamFormat {
+            sample_rate: self.rate,
+            channels: 1,
+        })
+    }
+
+    fn pull(&mut self, buf: &mut Vec<f32>) -> Result<Pull, SourceError> {
+        if self.pos >= self.samples.len() {
+            return Ok(Pull::End);
+        }
+        if self.realtime {
+            let started = *self.started.get_or_insert_with(Instant::now);
+            let due = started + Duration::from_secs_f64(self.pos as f64 / f64::from(self.rate));
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+        let end = (self.pos + pull_frames(self.rate)).min(self.samples.len());
+        buf.extend_from_slice(&self.samples[self.pos..end]);
+        self.pos = end;
+        Ok(Pull::Audio)
+    }
+}
+
+/// Raw PCM sample formats accepted on stdin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PcmFormat {
+    /// Signed 16-bit little-endian (`arecord -f S16_LE`).
+    S16le,
+    /// Signed 32-bit little-endian.
+    S32le,
+    /// 32-bit float little-endian.
+    F32le,
+}
+
+impl PcmFormat {
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::S16le => 2,
+            Self::S32le | Self::F32le => 4,
+        }
+    }
+
+    fn decode(self, b: &[u8]) -> f32 {
+        match self {
+            Self::S16le => f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0,
+            Self::S32le => i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32 / 2_147_483_648.0,
+            Self::F32le => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        }
+    }
+}
+
+/// Raw interleaved PCM from a reader (stdin: `arecord ... | babycryd run --input -`).
+pub struct RawPcmSource<R> {
+    name: String,
+    reader: R,
+    format: PcmFormat,
+    stream: StreamFormat,
+    bytes: Vec<u8>,
+    filled: usize,
+}
+
+impl<R: Read + Send> RawPcmSource<R> {
+    pub fn new(name: String, reader: R, format: PcmFormat, stream: StreamFormat) -> Self {
+        let frame = format.bytes() * usize::from(stream.channels.max(1));
+        Self {
+            name,
+            reader,
+            format,
+            stream,
+            bytes: vec![0; frame * pull_frames(stream.sample_rate)],
+            filled: 0,
+        }
+    }
+}
+
+impl<R: Read + Send> AudioSource for RawPcmSource<R> {
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+
+    fn open(&mut self) -> Result<StreamFormat, SourceError> {
+        Ok(self.stream)
+    }
+
+    fn pull(&mut self, buf: &mut Vec<f32>) -> Result<Pull, SourceError> {
+        let n = match self.reader.read(&mut self.bytes[self.filled..]) {
+            Ok(0) => return Ok(Pull::End),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(Pull::Idle),
+            Err(e) => {
+                tracing::warn!(source = %self.name, "read failed: {e}");
+                return Ok(Pull::End);
+            }
+        };
+        self.filled += n;
+        let frame = self.format.bytes() * usize::from(self.stream.channels.max(1));
+        let whole = self.filled / frame * frame;
+        buf.extend(
+            self.bytes[..whole]
+                .chunks_exact(self.format.bytes())
+                .map(|b| self.format.decode(b)),
+        );
+        self.bytes.copy_within(whole..self.filled, 0);
+        self.filled -= whole;
+        Ok(if whole > 0 { Pull::Audio } else { Pull::Idle })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps_at_the_maximum() {
+        let p = RetryPolicy {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+        };
+        let waits: Vec<u64> = (1..=7).map(|f| p.delay(f).as_secs()).collect();
+        assert_eq!(waits, vec![1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(p.delay(1000).as_secs(), 30);
+    }
+
+    #[test]
+    fn downmix_averages_channels() {
+        let mut out = Vec::new();
+        downmix(&[1.0, 0.0, 0.5, 0.5], 2, &mut out);
+        assert_eq!(out, vec![0.5, 0.5]);
+    }
+
+    #[test]
+    fn raw_pcm_keeps_partial_frames_for_the_next_read() {
+        // Stereo s16le, delivered one byte at a time.
+        struct Trickle(Vec<u8>, usize);
+        impl Read for Trickle {
+            fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+                if self.1 >= self.0.len() {
+                    return Ok(0);
+                }
+                b[0] = self.0[self.1];
+                self.1 += 1;
+                Ok(1)
+            }
+        }
+        let bytes: Vec<u8> = [16384i16, -16384, 32767, 0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let stream = StreamFormat {
+            sample_rate: 8000,
+            channels: 2,
+        };
+        let mut src = RawPcmSource::new("t".into(), Trickle(bytes, 0), PcmFormat::S16le, stream);
+        let mut buf = Vec::new();
+        while src.pull(&mut buf).unwrap() != Pull::End {}
+        assert_eq!(buf, vec![0.5, -0.5, 32767.0 / 32768.0, 0.0]);
     }
 }

@@ -1,0 +1,277 @@
+//! Live capture through cpal (ALSA on the Pi), behind the cargo feature `alsa`.
+//!
+//! It owns finding the input device (by name or ALSA id, else the default), opening it
+//! at whatever rate and sample format it offers (I8/I16/I24/I32/U8/U16/F32/F64, any
+//! channel count), and the real-time boundary: the cpal callback converts to f32 and
+//! pushes into a lock-free ring buffer (ringbuf), never allocating or blocking; the
+//! capture thread pulls from the ring. Xruns are counted; any other stream error marks
+//! the device lost, so the capture thread drops the stream and reopens it with backoff.
+//! It also lists input devices for `babycryd devices`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
+use cpal::{FromSample, SampleFormat, SizedSample};
+use ringbuf::traits::{Consumer, Producer, Split};
+use ringbuf::HeapRb;
+
+use crate::source::{AudioSource, Pull, SourceError, StreamFormat};
+
+/// Seconds of audio the ring buffer holds between the callback and the capture thread.
+const RING_SECONDS: usize = 2;
+
+/// What the callbacks share with the capture thread.
+#[derive(Debug, Default)]
+struct Shared {
+    lost: AtomicBool,
+    reason: Mutex<String>,
+    xruns: AtomicU64,
+    /// Samples the ring buffer had no room for.
+    overflows: AtomicU64,
+}
+
+/// An input device opened through cpal.
+pub struct CpalSource {
+    device: String,
+    stream: Option<cpal::Stream>,
+    ring: Option<ringbuf::HeapCons<f32>>,
+    shared: Arc<Shared>,
+    chunk: Vec<f32>,
+}
+
+impl std::fmt::Debug for CpalSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CpalSource({})", self.describe())
+    }
+}
+
+impl CpalSource {
+    /// `device`: a name or ALSA id as `babycryd devices` lists them; empty = the default.
+    pub fn new(device: &str) -> Self {
+        Self {
+            device: device.to_string(),
+            stream: None,
+            ring: None,
+            shared: Arc::new(Shared::default()),
+            chunk: vec![0.0; 4096],
+        }
+    }
+
+    fn unavailable(&self, reason: impl std::fmt::Display) -> SourceError {
+        SourceError::Unavailable {
+            device: self.describe(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn find_device(&self) -> Result<cpal::Device, SourceError> {
+        let host = cpal::default_host();
+        if self.device.is_empty() {
+            return host
+                .default_input_device()
+                .ok_or_else(|| self.unavailable("no default input device"));
+        }
+        let devices = host.input_devices().map_err(|e| self.unavailable(e))?;
+        for d in devices {
+            let name = d
+                .description()
+                .map(|x| x.name().to_string())
+                .unwrap_or_default();
+            let id = d.id().ok();
+            let matches = name == self.device
+                || id
+                    .as_ref()
+                    .is_some_and(|i| i.to_string() == self.device || i.id() == self.device);
+            if matches {
+                return Ok(d);
+            }
+        }
+        Err(self.unavailable("no input device with this name or id"))
+    }
+
+    fn build<T>(
+        &self,
+        device: &cpal::Device,
+        config: cpal::StreamConfig,
+        mut producer: ringbuf::HeapProd<f32>,
+    ) -> Result<cpal::Stream, cpal::Error>
+    where
+        T: SizedSample,
+        f32: FromSample<T>,
+    {
+        let data_shared = self.shared.clone();
+        let error_shared = self.shared.clone();
+        device.build_input_stream(
+            config,
+            move |data: &[T], _: &cpal::InputCallbackInfo| {
+                // Real-time context: no allocation, no lock, no blocking.
+                let pushed = producer.push_iter(data.iter().map(|&s| s.to_sample::<f32>()));
+                if pushed < data.len() {
+                    data_shared
+                        .overflows
+                        .fetch_add((data.len() - pushed) as u64, Ordering::Relaxed);
+                }
+            },
+            move |err: cpal::Error| {
+                if err.kind() == cpal::ErrorKind::Xrun {
+                    error_shared.xruns.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                if let Ok(mut r) = error_shared.reason.try_lock() {
+                    *r = err.to_string();
+                }
+                error_shared.lost.store(true, Ordering::Release);
+            },
+            None,
+        )
+    }
+}
+
+impl AudioSource for CpalSource {
+    fn describe(&self) -> String {
+        if self.device.is_empty() {
+            "default input device".into()
+        } else {
+            self.device.clone()
+        }
+    }
+
+    fn open(&mut self) -> Result<StreamFormat, SourceError> {
+        self.close();
+        let device = self.find_device()?;
+        let supported = device
+            .default_input_config()
+            .map_err(|e| self.unavailable(e))?;
+        let format = StreamFormat {
+            sample_rate: supported.sample_rate(),
+            channels: supported.channels(),
+        };
+        let capacity = format.sample_rate as usize * usize::from(format.channels) * RING_SECONDS;
+        let (producer, consumer) = HeapRb::<f32>::new(capacity.max(1024)).split();
+        self.shared.lost.store(false, Ordering::Release);
+        let config = supported.config();
+        let stream = match supported.sample_format() {
+            SampleFormat::I8 => self.build::<i8>(&device, config, producer),
+            SampleFormat::I16 => self.build::<i16>(&device, config, producer),
+            SampleFormat::I24 => self.build::<cpal::I24>(&device, config, producer),
+            SampleFormat::I32 => self.build::<i32>(&device, config, producer),
+            SampleFormat::U8 => self.build::<u8>(&device, config, producer),
+            SampleFormat::U16 => self.build::<u16>(&device, config, producer),
+            SampleFormat::F32 => self.build::<f32>(&device, config, producer),
+            SampleFormat::F64 => self.build::<f64>(&device, config, producer),
+            other => return Err(self.unavailable(format!("unsupported sample format {other}"))),
+        }
+        .map_err(|e| self.unavailable(e))?;
+        stream.play().map_err(|e| self.unavailable(e))?;
+        tracing::info!(
+            device = %self.describe(),
+            format = %supported.sample_format(),
+            rate = format.sample_rate,
+            channels = format.channels,
+            "capture started"
+        );
+        self.stream = Some(stream);
+        self.ring = Some(consumer);
+        Ok(format)
+    }
+
+    fn pull(&mut self, buf: &mut Vec<f32>) -> Result<Pull, SourceError> {
+        let deadline = Instant::now() + Duration::from_millis(100);
+        loop {
+            if self.shared.lost.load(Ordering::Acquire) {
+                let reason = self
+                    .shared
+                    .reason
+                    .lock()
+                    .map(|r| r.clone())
+                    .unwrap_or_default();
+                return Err(SourceError::Lost {
+                    device: self.describe(),
+                    reason,
+                });
+            }
+            let Some(ring) = self.ring.as_mut() else {
+                return Err(SourceError::Lost {
+                    device: self.describe(),
+                    reason: "not open".into(),
+                });
+            };
+            let n = ring.pop_slice(&mut self.chunk);
+            if n > 0 {
+                buf.extend_from_slice(&self.chunk[..n]);
+                return Ok(Pull::Audio);
+            }
+            if Instant::now() >= deadline {
+                return Ok(Pull::Idle);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn close(&mut self) {
+        self.stream = None;
+        self.ring = None;
+    }
+
+    fn xruns(&self) -> u64 {
+        self.shared.xruns.load(Ordering::Relaxed)
+    }
+}
+
+/// One input device as `babycryd devices` prints it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct InputDevice {
+    pub name: String,
+    pub id: String,
+    pub default: bool,
+    /// The format the daemon would open it with.
+    pub default_format: Option<String>,
+    /// Supported configurations: "channels ch, min-max Hz, format".
+    pub configs: Vec<String>,
+}
+
+/// The input devices cpal sees.
+pub fn list_input_devices() -> Result<Vec<InputDevice>, cpal::Error> {
+    let host = cpal::default_host();
+    let default_id = host.default_input_device().and_then(|d| d.id().ok());
+    let mut out = Vec::new();
+    for d in host.input_devices()? {
+        let id = d.id().ok();
+        let default_format = d.default_input_config().ok().map(|c| {
+            format!(
+                "{} ch, {} Hz, {}",
+                c.channels(),
+                c.sample_rate(),
+                c.sample_format()
+            )
+        });
+        let configs = d
+            .supported_input_configs()
+            .map(|cs| {
+                cs.map(|c| {
+                    format!(
+                        "{} ch, {}-{} Hz, {}",
+                        c.channels(),
+                        c.min_sample_rate(),
+                        c.max_sample_rate(),
+                        c.sample_format()
+                    )
+                })
+                .collect()
+            })
+            .unwrap_or_default();
+        out.push(InputDevice {
+            name: d
+                .description()
+                .map(|x| x.name().to_string())
+                .unwrap_or_default(),
+            default: id.is_some() && id == default_id,
+            id: id.map(|i| i.to_string()).unwrap_or_default(),
+            default_format,
+            configs,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,526 @@
+//! The analysis stage of the live daemon: 8 kHz audio in, [`Update`]s out.
+//!
+//! It owns what happens to the stream after the source: cutting it into gate frames,
+//! the [`EnergyGate`], running the cry detector every `[detector] hop_seconds` only
+//! while the gate is open, k-of-n confirmation (`decision::confirmation_score`), the
+//! [`CryEpisode`] (start, reason windows, end after `[episode] quiet_seconds`, cooldown),
+//! the reason decision per window and per episode (`decision::reason_decision`), and
+//! the counters of the run ([`RunSummary`]). It is synchronous and deterministic: the
+//! same samples give the same events, whatever the chunking, so it is tested directly.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::decision::{confirmation_score, reason_decision, DetectorConfig, EpisodeConfig};
+use crate::error::ModelError;
+use crate::events::{Event, EventKind, ModelVersion, RunSummary, Update, WindowResult};
+use crate::gate::{EnergyGate, GateConfig, GateTransition, FRAME_SAMPLES};
+use crate::model::{Model, Prediction};
+
+/// Audio kept behind the newest sample, seconds: a reason window plus the longest
+/// confirmation delay and pre-roll.
+const HISTORY_SECONDS: f64 = 40.0;
+
+/// The settings the monitor uses, all replaceable at run time (SIGHUP).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MonitorSettings {
+    pub gate: GateConfig,
+    pub detector: DetectorConfig,
+    pub episode: EpisodeConfig,
+    pub thresholds: BTreeMap<String, f32>,
+}
+
+impl MonitorSettings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            gate: config.gate.clone(),
+            detector: config.detector.clone(),
+            episode: config.episode.clone(),
+            thresholds: config.thresholds.clone(),
+        }
+    }
+}
+
+/// Why the monitor cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error("the detector runs at {detector} Hz but the reason model at {reason} Hz; both must use one rate")]
+    RateMismatch { detector: u32, reason: u32 },
+    #[error("the detector {0} has no positive label")]
+    NoPositiveLabel(String),
+}
+
+/// One cry episode while it lasts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CryEpisode {
+    pub number: u64,
+    /// Stream sample of the first cry window.
+    pub start_sample: u64,
+    /// Stream sample where the last window that said cry ends.
+    pub last_cry_end: u64,
+    pub windows: Vec<WindowResult>,
+    predictions: Vec<Prediction>,
+    /// (window start, cry probability) of every detector window in the episode.
+    detector: Vec<(u64, f32)>,
+    next_reason_start: u64,
+}
+
+/// The analysis stage.
+#[derive(Debug)]
+pub struct CryMonitor {
+    rate: u32,
+    settings: MonitorSettings,
+    gate: EnergyGate,
+    detector: Option<Model>,
+    positive: usize,
+    reason: Model,
+    models: Vec<ModelVersion>,
+    /// Recent audio; `history[0]` is stream sample `history_start`.
+    history: Vec<f32>,
+    history_start: u64,
+    /// Samples received (the stream position).
+    pos: u64,
+    /// Samples received but not yet framed.
+    framed: u64,
+    /// Start of the next detector window; Some while the detector runs.
+    detector_next: Option<u64>,
+    /// The last `confirm_n` detector windows: (start, cry probability).
+    recent: VecDeque<(u64, f32)>,
+    gate_open_from: Option<u64>,
+    last_gate_close: u64,
+    episode: Option<CryEpisode>,
+    cooldown_until: u64,
+    summary: RunSummary,
+    openings: VecDeque<u64>,
+    last_inference_ms: f64,
+    push_started: Option<Instant>,
+}
+
+impl CryMonitor {
+    /// `detector`: None treats every gate opening as crying.
+    pub fn new(
+        reason: Model,
+        detector: Option<Model>,
+        settings: MonitorSettings,
+    ) -> Result<Self, MonitorError> {
+        let rate = reason.sidecar().audio.sample_rate;
+        let mut positive = 0;
+        if let Some(d) = &detector {
+            if d.sidecar().audio.sample_rate != rate {
+                return Err(MonitorError::RateMismatch {
+                    detector: d.sidecar().audio.sample_rate,
+                    reason: rate,
+                });
+            }
+            positive = d
+                .sidecar()
+                .positive_index()
+                .ok_or_else(|| MonitorError::NoPositiveLabel(d.sidecar().name.clone()))?;
+        }
+        let models = detector
+            .iter()
+            .chain(std::iter::once(&reason))
+            .map(|m| ModelVersion {
+                name: m.sidecar().name.clone(),
+                version: m.sidecar().version.clone(),
+            })
+            .collect();
+        Ok(Self {
+            rate,
+            gate: EnergyGate::new(&settings.gate, rate),
+            settings,
+            detector,
+            positive,
+            reason,
+            models,
+            history: Vec::new(),
+            history_start: 0,
+            pos: 0,
+            framed: 0,
+            detector_next: None,
+            recent: VecDeque::new(),
+            gate_open_from: None,
+            last_gate_close: 0,
+            episode: None,
+            cooldown_until: 0,
+            summary: RunSummary::default(),
+            openings: VecDeque::new(),
+            last_inference_ms: 0.0,
+            push_started: None,
+        })
+    }
+
+    /// The rate the monitor expects its input at (the models' rate).
+    pub fn sample_rate(&self) -> u32 {
+        self.rate
+    }
+
+    pub fn models(&self) -> &[ModelVersion] {
+        &self.models
+    }
+
+    pub fn reason_labels(&self) -> &[String] {
+        self.reason.labels()
+    }
+
+    /// Replaces thresholds, gate, detector and episode settings; the noise floor, the
+    /// open gate and a running episode carry on.
+    pub fn apply(&mut self, settings: MonitorSettings) {
+        self.gate.set_config(&settings.gate);
+        self.settings = settings;
+    }
+
+    pub fn settings(&self) -> &MonitorSettings {
+        &self.settings
+    }
+
+    pub fn noise_floor_dbfs(&self) -> f64 {
+        self.gate.noise_floor_dbfs()
+    }
+
+    pub fn last_inference_ms(&self) -> f64 {
+        self.last_inference_ms
+    }
+
+    /// Gate openings over the last hour of audio.
+    pub fn gate_openings_last_hour(&self) -> usize {
+        self.openings.len()
+    }
+
+    pub fn episode(&self) -> Option<&CryEpisode> {
+        self.episode.as_ref()
+    }
+
+    /// The counters so far.
+    pub fn summary(&self) -> RunSummary {
+        let mut s = self.summary.clone();
+        s.audio_seconds = self.seconds(self.pos);
+        if let Some(from) = self.gate_open_from {
+            s.gate_open_seconds += self.seconds(self.pos - from);
+        }
+        s
+    }
+
+    fn seconds(&self, samples: u64) -> f64 {
+        samples as f64 / f64::from(self.rate)
+    }
+
+    fn samples(&self, seconds: f64) -> u64 {
+        (seconds * f64::from(self.rate)).round() as u64
+    }
+
+    fn event(&self, kind: EventKind) -> Update {
+        Update::Event(Event::new(kind, self.models.clone()))
+    }
+
+    /// Analyses `samples` (mono, at [`Self::sample_rate`]) and emits what they cause.
+    pub fn push(
+        &mut self,
+        samples: &[f32],
+        emit: &mut dyn FnMut(Update),
+    ) -> Result<(), ModelError> {
+        self.push_started = Some(Instant::now());
+        self.history.extend_from_slice(samples);
+        self.pos += samples.len() as u64;
+        while self.framed + FRAME_SAMPLES as u64 <= self.pos {
+            let start = self.framed;
+            self.framed += FRAME_SAMPLES as u64;
+            self.frame(start, emit)?;
+        }
+        let keep = self.samples(HISTORY_SECONDS) as usize;
+        if self.history.len() > 2 * keep {
+            let drop = self.history.len() - keep;
+            self.history.drain(..drop);
+            self.history_start += drop as u64;
+        }
+        Ok(())
+    }
+
+    fn frame(&mut self, start: u64, emit: &mut dyn FnMut(Update)) -> Result<(), ModelError> {
+        let end = start + FRAME_SAMPLES as u64;
+        let from = (start - self.history_start) as usize;
+        let transition = self
+            .gate
+            .push_frame(&self.history[from..from + FRAME_SAMPLES], start);
+        match transition {
+            GateTransition::Opened { from_sample } => {
+                let from_sample = from_sample
+                    .max(self.history_start)
+                    .max(self.last_gate_close);
+                self.summary.gate_openings += 1;
+                self.openings.push_back(end);
+                self.gate_open_from = Some(from_sample);
+                tracing::debug!(at_s = self.seconds(from_sample), "gate opened");
+                if self.detector.is_some() {
+                    if self.detector_next.is_none() {
+                        self.detector_next = Some(from_sample);
+                        self.recent.clear();
+                    }
+                } else if self.episode.is_none() {
+                    self.start_episode(from_sample, end, Vec::new(), emit);
+                }
+            }
+            GateTransition::Closed { at_sample } => {
+                if let Some(from) = self.gate_open_from.take() {
+                    self.summary.gate_open_seconds += self.seconds(at_sample - from);
+                }
+                self.last_gate_close = at_sample;
+                self.detector_next = None;
+                self.recent.clear();
+                tracing::debug!(at_s = self.seconds(at_sample), "gate closed");
+            }
+            GateTransition::None => {}
+        }
+        let hour = self.samples(3600.0);
+        while self.openings.front().is_some_and(|&o| o + hour < end) {
+            self.openings.pop_front();
+        }
+        if self.detector.is_none() && self.gate.is_open() {
+            if let Some(ep) = &mut self.episode {
+                ep.last_cry_end = end;
+            }
+        }
+        self.run_detector(emit)?;
+        self.run_reasons(emit)?;
+        if let Some(ep) = &self.episode {
+            if self.framed >= ep.last_cry_end + self.samples(self.settings.episode.quiet_seconds) {
+                self.end_episode(emit)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn detector_threshold(&self) -> f32 {
+        self.settings.detector.threshold.unwrap_or_else(|| {
+            self.detector
+                .as_ref()
+                .map_or(0.5, |d| d.sidecar().threshold)
+        })
+    }
+
+    fn run_detector(&mut self, emit: &mut dyn FnMut(Update)) -> Result<(), ModelError> {
+        let threshold = self.detector_threshold();
+        let hop = self.samples(self.settings.detector.hop_seconds).max(1);
+        let (k, n) = (
+            self.settings.detector.confirm_k,
+            self.settings.detector.confirm_n,
+        );
+        while let (Some(start), Some(window)) = (
+            self.detector_next,
+            self.detector.as_ref().map(|d| d.window_samples() as u64),
+        ) {
+            let end = start + window;
+            if end > self.framed {
+                break;
+            }
+            self.detector_next = Some(start + hop);
+            let t0 = Instant::now();
+            let from = (start.max(self.history_start) - self.history_start) as usize;
+            let to = (end - self.history_start) as usize;
+            let detector = self.detector.as_mut().expect("checked above");
+            let p = detector.predict(&self.history[from..to])?.probabilities[self.positive];
+            self.last_inference_ms = t0.elapsed().as_secs_f64() * 1000.0;
+            self.summary.detector_inferences += 1;
+            tracing::trace!(start_s = self.seconds(start), p, "detector window");
+            self.recent.push_back((start, p));
+            while self.recent.len() > n {
+                self.recent.pop_front();
+            }
+            if let Some(ep) = &mut self.episode {
+                ep.detector.push((start, p));
+                if p >= threshold {
+                    ep.last_cry_end = ep.last_cry_end.max(end);
+                }
+            } else if self.recent.len() >= k {
+                let probs: Vec<f32> = self.recent.iter().map(|r| r.1).collect();
+                if confirmation_score(&probs, k, n) >= threshold {
+                    let first = self
+                        .recent
+                        .iter()
+                        .find(|r| r.1 >= threshold)
+                        .map_or(start, |r| r.0);
+                    let detector_windows = self.recent.iter().copied().collect();
+                    self.start_episode(first, end, detector_windows, emit);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn start_episode(
+        &mut self,
+        start: u64,
+        cry_end: u64,
+        detector: Vec<(u64, f32)>,
+        emit: &mut dyn FnMut(Update),
+    ) {
+        if self.summary.episodes > 0 && self.framed < self.cooldown_until {
+            self.summary.suppressed_by_cooldown += 1;
+            self.recent.clear();
+            tracing::info!(
+                at_s = self.seconds(start),
+                "crying confirmed during the cooldown: no new episode"
+            );
+            return;
+        }
+        self.summary.episodes += 1;
+        let number = self.summary.episodes;
+        tracing::info!(
+            episode = number,
+            start_s = self.seconds(start),
+            "cry episode started"
+        );
+        self.episode = Some(CryEpisode {
+            number,
+            start_sample: start,
+            last_cry_end: cry_end,
+            windows: Vec::new(),
+            predictions: Vec::new(),
+            detector,
+            next_reason_start: start,
+        });
+        emit(self.event(EventKind::EpisodeStart {
+            episode: number,
+            start_s: self.seconds(start),
+        }));
+        emit(Update::Crying(true));
+    }
+
+    fn run_reasons(&mut self, emit: &mut dyn FnMut(Update)) -> Result<(), ModelError> {
+        let window = self.reason.window_samples() as u64;
+        let hop =
+            ((window as f64 * (1.0 - self.settings.episode.reason_overlap)).round() as u64).max(1);
+        while let Some(ep) = &self.episode {
+            let start = ep.next_reason_start.max(self.history_start);
+            if start + window > self.framed || start >= ep.last_cry_end {
+                break;
+            }
+            self.classify_window(start, start + window, emit)?;
+            if let Some(ep) = &mut self.episode {
+                ep.next_reason_start = start + hop;
+            }
+        }
+        Ok(())
+    }
+
+    fn classify_window(
+        &mut self,
+        start: u64,
+        end: u64,
+        emit: &mut dyn FnMut(Update),
+    ) -> Result<(), ModelError> {
+        let t0 = Instant::now();
+        let from = (start.max(self.history_start) - self.history_start) as usize;
+        let to = (end.min(self.framed).max(self.history_start) - self.history_start) as usize;
+        let pred = self.reason.predict(&self.history[from..to.max(from)])?;
+        self.last_inference_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        self.summary.reason_inferences += 1;
+        let (reason, confidence) =
+            reason_decision(&pred, self.reason.sidecar(), &self.settings.thresholds);
+        let Some(ep) = self.episode.as_ref() else {
+            return Ok(());
+        };
+        let cry: Vec<f32> = ep
+            .detector
+            .iter()
+            .filter(|(s, _)| (start..end).contains(s))
+            .map(|r| r.1)
+            .collect();
+        let result = WindowResult {
+            start_s: self.seconds(start),
+            end_s: self.seconds(end),
+            reason: reason.clone(),
+            confidence,
+            probabilities: self
+                .reason
+                .labels()
+                .iter()
+                .cloned()
+                .zip(pred.probabilities.iter().copied())
+                .collect(),
+            cry_probability: (!cry.is_empty()).then(|| cry.iter().sum::<f32>() / cry.len() as f32),
+            latency_ms: self
+                .push_started
+                .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0),
+        };
+        let (number, index) = (ep.number, ep.windows.len() as u32);
+        emit(self.event(EventKind::Window {
+            episode: number,
+            index,
+            result: result.clone(),
+        }));
+        emit(Update::Reason { reason, confidence });
+        if let Some(ep) = &mut self.episode {
+            ep.windows.push(result);
+            ep.predictions.push(pred);
+        }
+        Ok(())
+    }
+
+    fn end_episode(&mut self, emit: &mut dyn FnMut(Update)) -> Result<(), ModelError> {
+        let Some(ep) = &self.episode else {
+            return Ok(());
+        };
+        if ep.predictions.is_empty() {
+            // Shorter than a reason window: classify what there is (zero-padded).
+            let start = ep.start_sample;
+            let end = start + self.reason.window_samples() as u64;
+            self.classify_window(start, end, emit)?;
+        }
+        let Some(ep) = self.episode.take() else {
+            return Ok(());
+        };
+        let labels = self.reason.labels().len();
+        let n = ep.predictions.len().max(1) as f32;
+        let mean = Prediction {
+            probabilities: (0..labels)
+                .map(|i| {
+                    ep.predictions
+                        .iter()
+                        .map(|p| p.probabilities[i])
+                        .sum::<f32>()
+                        / n
+                })
+                .collect(),
+        };
+        let (dominant_reason, confidence) =
+            reason_decision(&mean, self.reason.sidecar(), &self.settings.thresholds);
+        let end = ep.last_cry_end.min(self.framed.max(ep.start_sample));
+        tracing::info!(
+            episode = ep.number,
+            start_s = self.seconds(ep.start_sample),
+            end_s = self.seconds(end),
+            reason = %dominant_reason,
+            "cry episode ended"
+        );
+        emit(
+            self.event(EventKind::EpisodeEnd {
+                episode: ep.number,
+                start_s: self.seconds(ep.start_sample),
+                end_s: self.seconds(end),
+                duration_s: self.seconds(end - ep.start_sample),
+                dominant_reason,
+                confidence,
+                probabilities: self
+                    .reason
+                    .labels()
+                    .iter()
+                    .cloned()
+                    .zip(mean.probabilities.iter().copied())
+                    .collect(),
+                windows: ep.windows.len() as u32,
+            }),
+        );
+        emit(Update::Crying(false));
+        self.cooldown_until = self.framed + self.samples(self.settings.episode.cooldown_seconds);
+        self.recent.clear();
+        Ok(())
+    }
+
+    /// The end of the stream (or a shutdown): finishes a running episode.
+    pub fn finish(&mut self, emit: &mut dyn FnMut(Update)) -> Result<RunSummary, ModelError> {
+        self.end_episode(emit)?;
+        Ok(self.summary())
+    }
+}

@@ -1,0 +1,85 @@
+//! Helpers of the daemon tests: synthetic recordings, configs, running the binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+pub const RATE: u32 = 8000;
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_babycryd")
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Writes `samples` (mono, 8 kHz) as a 16-bit WAV in `dir`.
+pub fn write_wav(dir: &Path, name: &str, samples: &[f32]) -> PathBuf {
+    let path = dir.join(name);
+    babycry::decode::write_wav_i16(&path, samples, RATE).unwrap();
+    path
+}
+
+/// A config with MQTT off, the repository's models, and `extra` TOML appended
+/// (sections other than [models] and [mqtt]).
+pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    let text = format!(
+        "[models]\ndir = {:?}\n\n[mqtt]\nenabled = false\n\n{extra}\n",
+        repo().join("models").display().to_string()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The outcome of one `babycryd run`.
+#[derive(Debug)]
+pub struct RunOutput {
+    pub code: Option<i32>,
+    pub events: Vec<serde_json::Value>,
+    pub stderr: String,
+}
+
+impl RunOutput {
+    pub fn of_type(&self, kind: &str) -> Vec<&serde_json::Value> {
+        self.events.iter().filter(|e| e["type"] == kind).collect()
+    }
+
+    pub fn summary(&self) -> &serde_json::Value {
+        self.of_type("summary")
+            .last()
+            .copied()
+            .unwrap_or_else(|| panic!("no summary record; stderr:\n{}", self.stderr))
+    }
+}
+
+pub fn parse_events(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect()
+}
+
+/// Runs `babycryd run --input WAV --fast --no-mqtt` to the end.
+pub fn run_fast(config: &Path, wav: &Path, extra: &[&str]) -> RunOutput {
+    let out = Command::new(bin())
+        .arg("--config")
+        .arg(config)
+        .args(["run", "--fast", "--no-mqtt", "--input"])
+        .arg(wav)
+        .args(extra)
+        .env(
+            "RUST_LOG",
+            std::env::var("TEST_RUST_LOG").unwrap_or("babycry=debug".into()),
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    RunOutput {
+        code: out.status.code(),
+        events: parse_events(&String::from_utf8_lossy(&out.stdout)),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

@@ -1,0 +1,164 @@
+//! The capture thread's recovery, driven through `daemon::run` with a source that is
+//! missing at boot, is unplugged while running, is busy, then delivers digital silence
+//! (stalled) before real audio: the daemon reports each state once, reopens the source
+//! by itself and never exits before the source ends.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use babycry::config::Config;
+use babycry::daemon::{run, Control, DaemonOptions, EventSink};
+use babycry::source::{AudioSource, Pull, RetryPolicy, SourceError, StreamFormat};
+use babycry::synth;
+
+/// What one `open` does, and then what the opened stream delivers.
+enum Step {
+    Fail(&'static str),
+    /// Deliver these mono seconds (duplicated to stereo at 48 kHz), then `then`.
+    Deliver(Vec<f32>, After),
+}
+
+enum After {
+    Unplug,
+    End,
+}
+
+const RATE: u32 = 48_000;
+
+struct FlakySource {
+    steps: VecDeque<Step>,
+    current: Option<(Vec<f32>, usize, bool)>,
+    opens: Arc<AtomicUsize>,
+}
+
+impl AudioSource for FlakySource {
+    fn describe(&self) -> String {
+        "flaky test microphone".into()
+    }
+
+    fn open(&mut self) -> Result<StreamFormat, SourceError> {
+        self.opens.fetch_add(1, Ordering::SeqCst);
+        match self.steps.pop_front().expect("no more steps") {
+            Step::Fail(reason) => Err(SourceError::Unavailable {
+                device: self.describe(),
+                reason: reason.into(),
+            }),
+            Step::Deliver(samples, after) => {
+                self.current = Some((samples, 0, matches!(after, After::Unplug)));
+                Ok(StreamFormat {
+                    sample_rate: RATE,
+                    channels: 2,
+                })
+            }
+        }
+    }
+
+    fn pull(&mut self, buf: &mut Vec<f32>) -> Result<Pull, SourceError> {
+        let (samples, pos, unplug) = self.current.as_mut().expect("pull after open");
+        if *pos >= samples.len() {
+            if *unplug {
+                return Err(SourceError::Lost {
+                    device: "flaky test microphone".into(),
+                    reason: "device unplugged".into(),
+                });
+            }
+            return Ok(Pull::End);
+        }
+        let end = (*pos + RATE as usize / 10).min(samples.len());
+        buf.extend(samples[*pos..end].iter().flat_map(|&s| [s, s]));
+        *pos = end;
+        Ok(Pull::Audio)
+    }
+
+    fn close(&mut self) {
+        self.current = None;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_source_is_retried_reported_and_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.models.dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .display()
+        .to_string();
+    config.mqtt.enabled = false;
+    config.audio.stall_seconds = 1.0;
+    let settings = config.validate(None).unwrap();
+
+    let tone = |secs: f32, seed| synth::room_tone(RATE, secs, 0.01, seed);
+    let opens = Arc::new(AtomicUsize::new(0));
+    let source = FlakySource {
+        steps: VecDeque::from([
+            Step::Fail("no such device (boot)"),
+            Step::Fail("no such device (boot)"),
+            Step::Deliver(tone(2.0, 1), After::Unplug),
+            Step::Fail("device busy"),
+            Step::Deliver(
+                [vec![0.0; 2 * RATE as usize], tone(2.0, 2)].concat(),
+                After::End,
+            ),
+        ]),
+        current: None,
+        opens: opens.clone(),
+    };
+    let events = dir.path().join("events.jsonl");
+    let options = DaemonOptions {
+        events: EventSink::File(events.clone()),
+        mqtt: false,
+        retry: Some(RetryPolicy {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(50),
+        }),
+    };
+    let (_control, rx) = tokio::sync::mpsc::channel::<Control>(1);
+    let summary = run(settings, Box::new(source), options, rx).await.unwrap();
+
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let states: Vec<(String, String)> = lines
+        .iter()
+        .filter(|e| e["type"] == "audio_state")
+        .map(|e| {
+            (
+                e["state"].as_str().unwrap().to_string(),
+                e["detail"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = states.iter().map(|s| s.0.as_str()).collect();
+    // Two failed opens at boot are one loss, reported once.
+    assert_eq!(
+        names,
+        [
+            "connecting",
+            "lost",
+            "running",
+            "lost",
+            "running",
+            "stalled",
+            "running",
+            "ended"
+        ],
+        "{states:#?}"
+    );
+    assert!(states[1].1.contains("no such device"), "{states:?}");
+    assert!(states[3].1.contains("device unplugged"), "{states:?}");
+    assert!(states[5].1.contains("digital silence"), "{states:?}");
+    assert_eq!(opens.load(Ordering::SeqCst), 5);
+    // Every delivered second reached the analysis (6 s at 48 kHz -> 8 kHz, less the
+    // resampler's start-up delay at each reopen).
+    assert!(
+        (5.0..=6.01).contains(&summary.audio_seconds),
+        "{}",
+        summary.audio_seconds
+    );
+    assert_eq!(lines.last().unwrap()["type"], "summary");
+}

@@ -1,0 +1,227 @@
+//! The lifecycle of the real binary under real signals: SIGTERM ends a run with exit 0
+//! within 5 s and closes the running episode; SIGHUP applies a valid config without
+//! dropping audio and keeps the old one when the new one is invalid; sd_notify messages
+//! reach $NOTIFY_SOCKET.
+
+mod daemon_common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use babycry::synth;
+use daemon_common::*;
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Polls `cond` for up to `secs` seconds.
+fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < until {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn read_events(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .map(|t| parse_events(&t))
+        .unwrap_or_default()
+}
+
+/// Collects a child's stderr lines in the background.
+fn collect_stderr(child: &mut Child) -> Arc<Mutex<String>> {
+    let buf = Arc::new(Mutex::new(String::new()));
+    let out = buf.clone();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut b = out.lock().unwrap();
+            b.push_str(&line);
+            b.push('\n');
+        }
+    });
+    buf
+}
+
+#[test]
+fn sigterm_closes_the_episode_and_exits_zero_within_five_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut audio = synth::room_tone(RATE, 120.0, 0.002, 1);
+    synth::mix_into(&mut audio, &synth::cry(RATE, 30.0, 0.5), RATE as usize);
+    let wav = write_wav(dir.path(), "long.wav", &audio);
+    let config = write_config(dir.path(), "[detector]\nthreshold = 0.8\n");
+    let events = dir.path().join("events.jsonl");
+    // Replayed in real time, as from a microphone.
+    let mut child = Command::new(bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--no-mqtt", "--input"])
+        .arg(&wav)
+        .arg("--events")
+        .arg(&events)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = collect_stderr(&mut child);
+    wait_for(30, "an episode to start", || {
+        read_events(&events)
+            .iter()
+            .any(|e| e["type"] == "episode_start")
+    });
+    signal(&child, "TERM");
+    let sent = Instant::now();
+    let status = child.wait().unwrap();
+    let took = sent.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", stderr.lock().unwrap());
+    assert!(took < Duration::from_secs(5), "exit took {took:?}");
+    let lines = read_events(&events);
+    let end = lines
+        .iter()
+        .find(|e| e["type"] == "episode_end")
+        .unwrap_or_else(|| panic!("the running episode was not closed: {lines:#?}"));
+    assert_eq!(end["episode"], 1);
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["type"], "summary");
+    let heard = summary["audio_seconds"].as_f64().unwrap();
+    assert!(heard > 2.0 && heard < 60.0, "{heard}");
+}
+
+#[test]
+fn sighup_applies_a_valid_config_and_keeps_the_old_one_on_an_invalid_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // Strict detector threshold: the synthetic cry (0.84-0.99) makes no episode.
+    let strict =
+        "[detector]\nthreshold = 0.999\n[episode]\nquiet_seconds = 2.0\ncooldown_seconds = 0.0\n";
+    let config = write_config(dir.path(), strict);
+    let mut child = Command::new(bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--no-mqtt", "--input", "-", "--rate", "8000"])
+        .env("RUST_LOG", "babycry=debug")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = collect_stderr(&mut child);
+    let mut stdin = child.stdin.take().unwrap();
+    let mut segment = synth::room_tone(RATE, 4.0, 0.002, 2);
+    synth::mix_into(&mut segment, &synth::cry(RATE, 6.0, 0.5), 2 * RATE as usize);
+    segment.extend(synth::room_tone(RATE, 6.0, 0.002, 3));
+    let seg_s = segment.len() as f64 / f64::from(RATE);
+    let bytes: Vec<u8> = segment
+        .iter()
+        .flat_map(|&s| ((s * 32767.0).round() as i16).to_le_bytes())
+        .collect();
+    let closed = |n: usize| {
+        let stderr = stderr.clone();
+        move || stderr.lock().unwrap().matches("gate closed").count() >= n
+    };
+
+    // 1: strict thresholds, no episode.
+    stdin.write_all(&bytes).unwrap();
+    wait_for(30, "the first cry to pass", closed(1));
+    // 2: an invalid config is refused; the daemon keeps running on the old one.
+    std::fs::write(&config, "[detector]\nthreshold = 7.0\n").unwrap();
+    signal(&child, "HUP");
+    wait_for(10, "the refusal", || {
+        stderr
+            .lock()
+            .unwrap()
+            .contains("configuration not reloaded")
+    });
+    stdin.write_all(&bytes).unwrap();
+    wait_for(30, "the second cry to pass", closed(2));
+    // 3: a valid config with a lower threshold: the same cry is now an episode.
+    write_config(
+        dir.path(),
+        "[detector]\nthreshold = 0.8\n[episode]\nquiet_seconds = 2.0\ncooldown_seconds = 0.0\n",
+    );
+    signal(&child, "HUP");
+    wait_for(10, "the reload", || {
+        stderr.lock().unwrap().contains("configuration reloaded")
+    });
+    stdin.write_all(&bytes).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let log = stderr.lock().unwrap().clone();
+    assert!(out.status.success(), "{log}");
+    let events = parse_events(&String::from_utf8_lossy(&out.stdout));
+    let starts: Vec<f64> = events
+        .iter()
+        .filter(|e| e["type"] == "episode_start")
+        .map(|e| e["start_s"].as_f64().unwrap())
+        .collect();
+    // Only the third segment makes an episode; nothing was dropped, so its cry starts
+    // 2 s into the third segment of stream time (0.5 s pre-roll earlier at most).
+    assert_eq!(starts.len(), 1, "{starts:?}\n{log}");
+    let cry = 2.0 * seg_s + 2.0;
+    assert!(
+        (cry - 0.6..=cry + 3.0).contains(&starts[0]),
+        "{starts:?}, cry at {cry}"
+    );
+    let summary = events.last().unwrap();
+    let heard = summary["audio_seconds"].as_f64().unwrap();
+    assert!((heard - 3.0 * seg_s).abs() < 0.1, "{summary}");
+}
+
+#[test]
+fn sd_notify_sends_ready_status_and_watchdog() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let wav = write_wav(
+        dir.path(),
+        "tone.wav",
+        &synth::room_tone(RATE, 3.0, 0.002, 4),
+    );
+    let config = write_config(dir.path(), "");
+    let mut child = Command::new(bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--no-mqtt", "--input"])
+        .arg(&wav)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 4096];
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        if let Ok(n) = socket.recv(&mut buf) {
+            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        if child.try_wait().unwrap().is_some() {
+            while let Ok(n) = socket.recv(&mut buf) {
+                messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+            break;
+        }
+    }
+    let all = messages.join("\n");
+    assert!(all.contains("READY=1"), "{all}");
+    assert!(all.contains("STATUS=audio running"), "{all}");
+    assert!(all.contains("WATCHDOG=1"), "{all}");
+    // READY comes before any watchdog ping.
+    assert!(all.find("READY=1") < all.find("WATCHDOG=1"), "{all}");
+    assert!(child.wait().unwrap().success());
+}

@@ -1,0 +1,161 @@
+//! The analysis stage on its own, with the shipped models: when an episode starts and
+//! ends in stream time, the cooldown, and that chunking does not change the result.
+
+use std::path::Path;
+
+use babycry::config::Config;
+use babycry::events::{EventKind, Update};
+use babycry::model::Model;
+use babycry::monitor::{CryMonitor, MonitorSettings};
+use babycry::synth;
+
+const RATE: u32 = 8000;
+
+fn monitor(edit: impl FnOnce(&mut Config), with_detector: bool) -> CryMonitor {
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let mut config = Config::default();
+    // The synthetic cry scores 0.84-0.99 on the shipped detector (threshold 0.975).
+    config.detector.threshold = Some(0.8);
+    edit(&mut config);
+    let reason = Model::load(&models.join("cry-reason.onnx")).unwrap();
+    let detector = with_detector.then(|| Model::load(&models.join("cry-detector.onnx")).unwrap());
+    CryMonitor::new(reason, detector, MonitorSettings::from_config(&config)).unwrap()
+}
+
+/// Pushes `audio` in `chunk`-sample pieces; returns (stream seconds when emitted, update).
+fn feed(m: &mut CryMonitor, audio: &[f32], chunk: usize) -> Vec<(f64, Update)> {
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    for piece in audio.chunks(chunk) {
+        pos += piece.len();
+        let at = pos as f64 / f64::from(RATE);
+        m.push(piece, &mut |u| out.push((at, u))).unwrap();
+    }
+    let at = pos as f64 / f64::from(RATE);
+    m.finish(&mut |u| out.push((at, u))).unwrap();
+    out
+}
+
+fn kinds(updates: &[(f64, Update)]) -> Vec<(f64, EventKind)> {
+    updates
+        .iter()
+        .filter_map(|(at, u)| match u {
+            Update::Event(e) => Some((*at, e.kind.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn cry_at(onsets: &[f32], seconds: f32, total: f32) -> Vec<f32> {
+    let mut audio = synth::room_tone(RATE, total, 0.002, 1);
+    for &o in onsets {
+        synth::mix_into(
+            &mut audio,
+            &synth::cry(RATE, seconds, 0.5),
+            (o * RATE as f32) as usize,
+        );
+    }
+    audio
+}
+
+#[test]
+fn an_episode_is_confirmed_within_3_s_and_ends_after_the_quiet_time() {
+    let mut m = monitor(|c| c.episode.quiet_seconds = 4.0, true);
+    let audio = cry_at(&[5.0], 6.0, 30.0);
+    let events = kinds(&feed(&mut m, &audio, 400));
+    let (start_at, start_s) = events
+        .iter()
+        .find_map(|(at, k)| match k {
+            EventKind::EpisodeStart { start_s, .. } => Some((*at, *start_s)),
+            _ => None,
+        })
+        .expect("an episode");
+    // Emitted no later than 3 s of audio after the cry began at 5 s.
+    assert!(start_at <= 8.0, "confirmed at {start_at} s");
+    assert!((4.4..=8.0).contains(&start_s), "{start_s}");
+    let (end_at, end_s) = events
+        .iter()
+        .find_map(|(at, k)| match k {
+            EventKind::EpisodeEnd { end_s, .. } => Some((*at, *end_s)),
+            _ => None,
+        })
+        .expect("an end");
+    // The last burst ends at 5 + 4.5 + 1.2 = 10.7 s.
+    assert!((10.0..=11.8).contains(&end_s), "{end_s}");
+    // Announced once 4 s of quiet followed (within one chunk), not before.
+    assert!(
+        end_at >= end_s + 4.0 && end_at <= end_s + 4.0 + 0.06,
+        "{end_at} vs {end_s}"
+    );
+    assert_eq!(m.summary().episodes, 1);
+}
+
+#[test]
+fn the_cooldown_turns_a_second_cry_into_no_episode() {
+    let audio = cry_at(&[5.0, 25.0], 5.0, 45.0);
+    let quiet = |c: &mut Config| c.episode.quiet_seconds = 3.0;
+    let mut with = monitor(
+        |c| {
+            quiet(c);
+            c.episode.cooldown_seconds = 60.0;
+        },
+        true,
+    );
+    feed(&mut with, &audio, 8000);
+    assert_eq!(with.summary().episodes, 1);
+    assert!(with.summary().suppressed_by_cooldown >= 1);
+    let mut without = monitor(
+        |c| {
+            quiet(c);
+            c.episode.cooldown_seconds = 0.0;
+        },
+        true,
+    );
+    feed(&mut without, &audio, 8000);
+    assert_eq!(without.summary().episodes, 2);
+    assert_eq!(without.summary().suppressed_by_cooldown, 0);
+}
+
+#[test]
+fn chunk_sizes_do_not_change_the_events() {
+    let audio = cry_at(&[3.0], 9.0, 25.0);
+    let run = |chunk| {
+        let mut m = monitor(|_| {}, true);
+        let events: Vec<String> = kinds(&feed(&mut m, &audio, chunk))
+            .into_iter()
+            .map(|(_, k)| match k {
+                EventKind::Window { mut result, .. } => {
+                    result.latency_ms = 0.0;
+                    format!("{result:?}")
+                }
+                other => format!("{other:?}"),
+            })
+            .collect();
+        (events, m.summary())
+    };
+    let (a, sa) = run(audio.len());
+    let (b, sb) = run(333);
+    assert!(!a.is_empty());
+    assert_eq!(a, b);
+    assert_eq!(sa.detector_inferences, sb.detector_inferences);
+    assert_eq!(sa.reason_inferences, sb.reason_inferences);
+}
+
+#[test]
+fn without_a_detector_every_gate_opening_is_crying() {
+    let mut m = monitor(|c| c.episode.quiet_seconds = 2.0, false);
+    let mut audio = synth::room_tone(RATE, 20.0, 0.002, 3);
+    synth::mix_into(
+        &mut audio,
+        &synth::speech_like(RATE, 3.0, 0.3, 4),
+        4 * RATE as usize,
+    );
+    let events = kinds(&feed(&mut m, &audio, 800));
+    assert!(
+        matches!(events[0].1, EventKind::EpisodeStart { .. }),
+        "{events:?}"
+    );
+    let s = m.summary();
+    assert_eq!((s.episodes, s.detector_inferences), (1, 0));
+    assert!(s.reason_inferences >= 1);
+}
