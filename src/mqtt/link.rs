@@ -67,12 +67,10 @@ pub(crate) fn backoff(failures: u32) -> Duration {
 fn describe(e: &ConnectionError, cfg: &MqttConfig) -> String {
     let at = format!("{}:{}", cfg.host, cfg.port);
     match e {
-        ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword) => format!(
-            "broker {at} refused the username {:?} or its password: check [mqtt] username, password, password_file",
-            cfg.username
-        ),
-        ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized) => format!(
-            "broker {at} says not authorised (username {:?}): check [mqtt] username and the broker's ACL",
+        ConnectionError::ConnectionRefused(
+            ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized,
+        ) => format!(
+            "broker {at} refused the credentials (username {:?}): wrong password, or not allowed by the broker's ACL; check [mqtt] username, password, password_file",
             cfg.username
         ),
         ConnectionError::ConnectionRefused(code) => format!("broker {at} refused the connection: {code:?}"),
