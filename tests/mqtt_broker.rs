@@ -933,3 +933,61 @@ async fn tls_with_a_ca_made_at_test_time() {
     assert!(err.contains("TLS"), "{err}");
     assert!(!handle.status().connected);
 }
+
+#[tokio::test]
+async fn mqtt_remove_makes_the_device_disappear() {
+    let broker = Broker::start("");
+    let (handle, _task) = MqttHandle::spawn(&config(broker.port, "testnode"), device());
+    handle.send(Update::Crying(true));
+    wait_until("discovered", Duration::from_secs(10), || {
+        handle.status().discoveries == 1
+    })
+    .await;
+    handle.shutdown(Duration::from_secs(5)).await;
+    let before = Subscriber::start(broker.port, &["homeassistant/#", "babycry/testnode/#"]).await;
+    wait_until("retained configs", Duration::from_secs(5), || {
+        before.all().len() >= 12
+    })
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("config.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nnode_id = \"testnode\"\n",
+            broker.port
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_babycryd"))
+        .arg("--config")
+        .arg(&conf)
+        .arg("mqtt-remove")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("removed 10 Home Assistant entities of node testnode"),
+        "{stdout}"
+    );
+
+    let after = Subscriber::start(broker.port, &["homeassistant/#", "babycry/testnode/#"]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        after.all().is_empty(),
+        "nothing retained is left: {:?}",
+        after.all()
+    );
+    let removals: Vec<Seen> = before
+        .all()
+        .into_iter()
+        .filter(|m| m.topic.ends_with("/config") && m.payload.is_empty())
+        .collect();
+    assert_eq!(removals.len(), 10);
+}

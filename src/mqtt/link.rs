@@ -493,17 +493,16 @@ impl Link {
             Event::Incoming(Incoming::Publish(p)) => {
                 self.on_message(&p.topic, &p.payload, p.retain)
             }
-            Event::Incoming(Incoming::SubAck(ack)) => {
+            Event::Incoming(Incoming::SubAck(ack))
                 if ack
                     .return_codes
                     .iter()
-                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                {
-                    tracing::warn!(
-                        "the broker refused the subscription to {}",
-                        self.topics.ha_status
-                    );
-                }
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) =>
+            {
+                tracing::warn!(
+                    "the broker refused the subscription to {}",
+                    self.topics.ha_status
+                );
             }
             _ => {}
         }
@@ -591,16 +590,26 @@ impl Link {
     }
 }
 
-/// `babycryd mqtt-remove`: connects, publishes empty retained configs (and `offline`),
-/// and returns how many entities were removed.
+/// `babycryd mqtt-remove`: connects, publishes empty retained configs (Home Assistant
+/// removes the entities) and clears the retained states; returns how many entities were
+/// removed.
 pub async fn remove_device(cfg: &MqttConfig, timeout: Duration) -> Result<usize, MqttError> {
     let topics = cfg.topics();
     let mut opts = options(cfg, &topics)?;
     opts.set_client_id(format!("{}-remove", cfg.client_id()));
     let (client, mut eventloop) = AsyncClient::new(opts, CHANNEL);
     let mut messages = removal_messages(&topics);
-    messages.push((topics.status.clone(), "offline".into()));
-    let count = messages.len() - 1;
+    let count = messages.len();
+    // The retained states go too, so nothing of the device is left on the broker.
+    for t in [
+        &topics.crying,
+        &topics.reason,
+        &topics.confidence,
+        &topics.diagnostics,
+        &topics.status,
+    ] {
+        messages.push((t.clone(), String::new()));
+    }
     let work = async {
         let mut pending = 0usize;
         loop {

@@ -220,7 +220,7 @@ impl MqttConfig {
         if self.client_cert.is_empty() != self.client_key.is_empty() {
             return Err("client_cert and client_key go together".into());
         }
-        if !self.tls && !(self.ca_file.is_empty() && self.client_cert.is_empty()) {
+        if !self.tls && (!self.ca_file.is_empty() || !self.client_cert.is_empty()) {
             return Err("ca_file and client_cert need tls = true".into());
         }
         if self.enabled {
