@@ -51,6 +51,8 @@ pub enum Command {
     Run(RunArgs),
     /// List the audio input devices and the formats they offer.
     Devices,
+    /// Remove this monitor from Home Assistant: empty retained discovery configs and states.
+    MqttRemove,
 }
 
 #[derive(Debug, Args)]
@@ -122,6 +124,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig => check_config(&cli),
         Command::Run(args) => run(&cli, args),
         Command::Devices => devices(),
+        Command::MqttRemove => mqtt_remove(&cli),
     }
 }
 
@@ -249,6 +252,38 @@ fn check_config(cli: &Cli) -> anyhow::Result<ExitCode> {
         None => println!("# detector model: none"),
     }
     print!("{effective}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Needs only `[mqtt]`: works where the models are not installed.
+fn mqtt_remove(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let path = cli
+        .config
+        .clone()
+        .or_else(crate::config::default_config_path);
+    let config = match &path {
+        Some(p) => crate::config::Config::load(p)?,
+        None => crate::config::Config::default(),
+    };
+    let mqtt = config.mqtt;
+    mqtt.validate()
+        .map_err(|reason| crate::error::ConfigError::Invalid {
+            path: path.unwrap_or_else(|| "<defaults>".into()),
+            reason: format!("mqtt.{reason}"),
+        })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let removed = runtime.block_on(crate::mqtt::remove_device(
+        &mqtt,
+        std::time::Duration::from_secs(10),
+    ))?;
+    println!(
+        "removed {removed} Home Assistant entities of node {} from {}:{}",
+        mqtt.node_id(),
+        mqtt.host,
+        mqtt.port
+    );
     Ok(ExitCode::SUCCESS)
 }
 

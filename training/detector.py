@@ -23,8 +23,9 @@ SEEDS = (0,)
 SAMPLES_PER_EPOCH = 12000
 # Candidates compared by group CV (recording recall at <= FA_TARGET false episodes per hour
 # of the negatives/ stream, rule DEFAULT_RULE); the winner is trained on everything.
-CONFIGS = {"e8": {"epochs": 8, "window_s": 1.0}, "e20": {"epochs": 20, "window_s": 1.0},
-           "w1.5-e8": {"epochs": 8, "window_s": 1.5}}
+# (A 20-epoch 1 s candidate was started too but stopped after 2 of 5 folds: the shared
+# 2-core machine was too busy to finish it in the session; see training/README.md.)
+CONFIGS = {"e8": {"epochs": 8, "window_s": 1.0}, "w1.5-e8": {"epochs": 8, "window_s": 1.5}}
 QUIET_HOPS = 20        # the daemon ends an episode after 10 s (20 hops) without confirmed crying
 PAUSE_DB = 20.0        # cry-recording windows this far below the recording's loudest are pauses
 RULES = [(1, 1), (2, 2), (2, 3), (3, 4), (3, 5), (4, 6)]

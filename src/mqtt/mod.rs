@@ -1,23 +1,113 @@
 //! MQTT: the connection to the broker, Home Assistant discovery and the queue that keeps
 //! events while the broker is away.
 //!
-//! INTERFACE (implemented by the MQTT work, used by the daemon): `MqttHandle::spawn`
-//! starts the client task; `MqttHandle::send` hands it an [`Update`] without ever
-//! blocking; `MqttHandle::shutdown` publishes `offline` and flushes, bounded in time.
+//! This module owns the `[mqtt]` settings ([`MqttConfig`], secrets redacted when printed
+//! or logged), the topic layout ([`Topics`]) and the handle the daemon holds
+//! ([`MqttHandle`]). `discovery` builds the Home Assistant config payloads, `queue` keeps
+//! undelivered events in order (bounded, optionally spooled to the state directory) and
+//! `link` is the client task: reconnects with backoff, republishes discovery and states
+//! after every ConnAck and on Home Assistant's birth message, and delivers queued events
+//! exactly as acknowledged by the broker (QoS 1 PUBACKs).
+//!
+//! INTERFACE (used by the daemon): `MqttHandle::spawn` starts the client task;
+//! `MqttHandle::send` hands it an [`Update`] without ever blocking;
+//! `MqttHandle::shutdown` publishes `offline` and flushes, bounded in time.
 
+mod discovery;
+mod link;
+mod queue;
+
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::events::{ModelVersion, Update};
 
-/// `[mqtt]`.
+pub use discovery::{discovery_messages, removal_messages};
+pub use link::{remove_device, LinkStatus};
+
+/// Name of the spool file inside the state directory.
+pub const SPOOL_FILE: &str = "mqtt-spool.jsonl";
+
+/// Errors of the MQTT stage that are worth a clear message.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error("mqtt.password_file {path}: cannot read: {source}")]
+    PasswordFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "mqtt.password_file {path}: readable by everyone (mode {mode:o}); run `chmod o-rwx {path}`"
+    )]
+    PasswordFileWorldReadable { path: PathBuf, mode: u32 },
+    #[error("mqtt TLS: {path}: {reason}")]
+    Tls { path: PathBuf, reason: String },
+    #[error("mqtt: {0}")]
+    Broker(String),
+}
+
+/// A string that is never printed: `check-config` and `Debug` show `<redacted>`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "<redacted>" })
+    }
+}
+
+/// `[mqtt]`. Every key is documented, with its default and range, in
+/// `config/babycryd.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
     pub enabled: bool,
     pub host: String,
     pub port: u16,
+    /// Empty: `babycryd-<node_id>`.
+    pub client_id: String,
+    pub username: String,
+    pub password: Secret,
+    /// A file holding the password (first line); must not be world-readable.
+    pub password_file: String,
+    pub keepalive_seconds: u16,
+    /// Empty: `babycry/<node_id>`.
+    pub base_topic: String,
+    pub discovery_prefix: String,
+    /// Empty: the host name, with characters outside `[a-zA-Z0-9_-]` replaced by `_`.
+    pub node_id: String,
+    pub device_name: String,
+    pub tls: bool,
+    pub ca_file: String,
+    pub client_cert: String,
+    pub client_key: String,
+    /// Undelivered events kept in memory; the oldest is dropped (and counted) beyond it.
+    pub queue_size: usize,
+    /// Keep undelivered events in `<state_dir>/mqtt-spool.jsonl` across restarts.
+    pub spool: bool,
+    /// The resolved state directory (from `[daemon] state_dir`); set by the daemon
+    /// through [`MqttConfig::with_state_dir`], not read from the file.
+    #[serde(skip)]
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for MqttConfig {
@@ -26,8 +116,50 @@ impl Default for MqttConfig {
             enabled: true,
             host: "localhost".into(),
             port: 1883,
+            client_id: String::new(),
+            username: String::new(),
+            password: Secret::default(),
+            password_file: String::new(),
+            keepalive_seconds: 30,
+            base_topic: String::new(),
+            discovery_prefix: "homeassistant".into(),
+            node_id: String::new(),
+            device_name: "Baby monitor".into(),
+            tls: false,
+            ca_file: String::new(),
+            client_cert: String::new(),
+            client_key: String::new(),
+            queue_size: 1000,
+            spool: true,
+            state_dir: None,
         }
     }
+}
+
+/// Home Assistant ids allow only these characters.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn valid_topic_prefix(t: &str) -> bool {
+    !t.is_empty() && !t.contains(['+', '#', '\0']) && !t.starts_with('/') && !t.ends_with('/')
+}
+
+/// The state directory: `[daemon] state_dir`, else `$STATE_DIRECTORY` (systemd; the first
+/// of several), else `/var/lib/babycryd`.
+pub fn resolve_state_dir(configured: &str) -> PathBuf {
+    if !configured.is_empty() {
+        return PathBuf::from(configured);
+    }
+    std::env::var_os("STATE_DIRECTORY")
+        .and_then(|d| {
+            let first = d.to_string_lossy().split(':').next()?.to_owned();
+            (!first.is_empty()).then(|| PathBuf::from(first))
+        })
+        .unwrap_or_else(|| PathBuf::from("/var/lib/babycryd"))
 }
 
 impl MqttConfig {
@@ -35,7 +167,205 @@ impl MqttConfig {
         if self.host.trim().is_empty() {
             return Err("host must not be empty".into());
         }
+        if self.port == 0 {
+            return Err("port = 0 must be within 1..=65535".into());
+        }
+        if !(5..=3600).contains(&self.keepalive_seconds) {
+            return Err(format!(
+                "keepalive_seconds = {} must be within 5..=3600",
+                self.keepalive_seconds
+            ));
+        }
+        if !(1..=100_000).contains(&self.queue_size) {
+            return Err(format!(
+                "queue_size = {} must be within 1..=100000",
+                self.queue_size
+            ));
+        }
+        if !self.node_id.is_empty() && !valid_id(&self.node_id) {
+            return Err(format!(
+                "node_id = {:?} may only contain a-z, A-Z, 0-9, _ and -",
+                self.node_id
+            ));
+        }
+        if !self.client_id.is_empty() && self.client_id.len() > 64 {
+            return Err("client_id must be at most 64 characters".into());
+        }
+        if !self.base_topic.is_empty() && !valid_topic_prefix(&self.base_topic) {
+            return Err(format!(
+                "base_topic = {:?}: no wildcards, no leading or trailing '/'",
+                self.base_topic
+            ));
+        }
+        if !valid_topic_prefix(&self.discovery_prefix) {
+            return Err(format!(
+                "discovery_prefix = {:?}: not empty, no wildcards, no leading or trailing '/'",
+                self.discovery_prefix
+            ));
+        }
+        if self.device_name.trim().is_empty() {
+            return Err("device_name must not be empty".into());
+        }
+        if !self.password.0.is_empty() && !self.password_file.is_empty() {
+            return Err("set password or password_file, not both".into());
+        }
+        if (!self.password.0.is_empty() || !self.password_file.is_empty())
+            && self.username.is_empty()
+        {
+            return Err("a password needs a username".into());
+        }
+        if self.tls && self.ca_file.is_empty() {
+            return Err("ca_file must name the broker's CA certificate when tls = true".into());
+        }
+        if self.client_cert.is_empty() != self.client_key.is_empty() {
+            return Err("client_cert and client_key go together".into());
+        }
+        if !self.tls && (!self.ca_file.is_empty() || !self.client_cert.is_empty()) {
+            return Err("ca_file and client_cert need tls = true".into());
+        }
+        if self.enabled {
+            self.password().map_err(|e| e.to_string())?;
+            if self.tls {
+                link::tls_config(self).map_err(|e| e.to_string())?;
+            }
+        }
         Ok(())
+    }
+
+    /// A copy that spools to `dir` (when `spool` is on).
+    pub fn with_state_dir(mut self, dir: PathBuf) -> Self {
+        self.state_dir = Some(dir);
+        self
+    }
+
+    /// The spool file, when spooling is on and a state directory is known.
+    pub fn spool_path(&self) -> Option<PathBuf> {
+        self.state_dir
+            .as_ref()
+            .filter(|_| self.spool)
+            .map(|d| d.join(SPOOL_FILE))
+    }
+
+    /// The node id: configured, else the sanitised host name.
+    pub fn node_id(&self) -> String {
+        if !self.node_id.is_empty() {
+            return self.node_id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .unwrap_or_default();
+        let id: String = host
+            .trim()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        if id.is_empty() {
+            "babycryd".into()
+        } else {
+            id
+        }
+    }
+
+    pub fn client_id(&self) -> String {
+        if self.client_id.is_empty() {
+            format!("babycryd-{}", self.node_id())
+        } else {
+            self.client_id.clone()
+        }
+    }
+
+    pub fn topics(&self) -> Topics {
+        let node = self.node_id();
+        let base = if self.base_topic.is_empty() {
+            format!("babycry/{node}")
+        } else {
+            self.base_topic.clone()
+        };
+        Topics::new(&base, &self.discovery_prefix, &node)
+    }
+
+    /// The password: inline, or the first line of `password_file` (refused when the file
+    /// is readable by everyone).
+    pub fn password(&self) -> Result<Option<String>, MqttError> {
+        if !self.password.0.is_empty() {
+            return Ok(Some(self.password.0.clone()));
+        }
+        if self.password_file.is_empty() {
+            return Ok(None);
+        }
+        read_password_file(Path::new(&self.password_file)).map(Some)
+    }
+}
+
+fn read_password_file(path: &Path) -> Result<String, MqttError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |source| MqttError::PasswordFile {
+        path: path.to_owned(),
+        source,
+    };
+    let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
+    if mode & 0o004 != 0 {
+        return Err(MqttError::PasswordFileWorldReadable {
+            path: path.to_owned(),
+            mode: mode & 0o7777,
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    Ok(text.lines().next().unwrap_or_default().to_owned())
+}
+
+/// Every topic the daemon uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    pub node_id: String,
+    pub discovery_prefix: String,
+    pub base: String,
+    /// `online`/`offline`, retained; the last will.
+    pub status: String,
+    /// `ON`/`OFF`, retained.
+    pub crying: String,
+    /// The latest reason or `uncertain`, retained.
+    pub reason: String,
+    /// Percent, retained.
+    pub confidence: String,
+    /// One JSON record per event, QoS 1, not retained.
+    pub event: String,
+    /// The event entity's topic: `{"event_type": <dominant reason>, ...}` once per
+    /// episode, not retained.
+    pub episode: String,
+    /// Health figures as JSON, retained.
+    pub diagnostics: String,
+    /// Home Assistant's birth/last-will topic.
+    pub ha_status: String,
+}
+
+impl Topics {
+    pub fn new(base: &str, discovery_prefix: &str, node_id: &str) -> Self {
+        let t = |s: &str| format!("{base}/{s}");
+        Self {
+            node_id: node_id.into(),
+            discovery_prefix: discovery_prefix.into(),
+            base: base.into(),
+            status: t("status"),
+            crying: t("crying"),
+            reason: t("reason"),
+            confidence: t("confidence"),
+            event: t("event"),
+            episode: t("episode"),
+            diagnostics: t("diagnostics"),
+            ha_status: format!("{discovery_prefix}/status"),
+        }
+    }
+
+    /// The topic for a queued message, stored by suffix so a spool survives a renamed base.
+    pub fn under_base(&self, suffix: &str) -> String {
+        format!("{}/{suffix}", self.base)
     }
 }
 
@@ -48,30 +378,158 @@ pub struct DeviceInfo {
     pub sw_version: String,
 }
 
+enum Msg {
+    Update(Update),
+    Shutdown(Duration, tokio::sync::oneshot::Sender<()>),
+}
+
 /// The handle the daemon holds; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct MqttHandle {
-    tx: tokio::sync::mpsc::UnboundedSender<Update>,
+    tx: tokio::sync::mpsc::UnboundedSender<Msg>,
+    status: tokio::sync::watch::Receiver<LinkStatus>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Msg::Update(u) => write!(f, "Update({u:?})"),
+            Msg::Shutdown(t, _) => write!(f, "Shutdown({t:?})"),
+        }
+    }
 }
 
 impl MqttHandle {
     /// Starts the MQTT task on the current tokio runtime. Never fails for an unreachable
-    /// broker: the task retries in the background.
+    /// broker: the task retries in the background. With `enabled = false` the task only
+    /// drains updates.
     pub fn spawn(config: &MqttConfig, device: DeviceInfo) -> (Self, tokio::task::JoinHandle<()>) {
-        // Placeholder until the MQTT client lands: drains updates so the daemon can be wired.
-        let _ = (config, device);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let task = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-        (Self { tx }, task)
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (status_tx, status) = tokio::sync::watch::channel(LinkStatus::default());
+        let task = if config.enabled {
+            tokio::spawn(link::run(config.clone(), device, rx, status_tx))
+        } else {
+            tokio::spawn(async move {
+                let _status_tx = status_tx;
+                let mut rx = rx;
+                while let Some(msg) = rx.recv().await {
+                    if let Msg::Shutdown(_, done) = msg {
+                        let _ = done.send(());
+                        return;
+                    }
+                }
+            })
+        };
+        (Self { tx, status }, task)
     }
 
     /// Hands an update to the MQTT task; never blocks.
     pub fn send(&self, update: Update) {
-        let _ = self.tx.send(update);
+        let _ = self.tx.send(Msg::Update(update));
     }
 
-    /// Publishes `offline`, flushes what is queued, and stops, within `timeout`.
+    /// The connection as the task sees it now.
+    pub fn status(&self) -> LinkStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Publishes `offline`, flushes what is queued (to the broker, else to the spool), and
+    /// stops, within `timeout`.
     pub async fn shutdown(self, timeout: Duration) {
-        let _ = timeout;
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Msg::Shutdown(timeout, done_tx)).is_err() {
+            return;
+        }
+        // The task bounds itself by `timeout`; a little slack for writing the spool.
+        let _ = tokio::time::timeout(timeout + Duration::from_secs(2), done_rx).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> MqttConfig {
+        crate::config::Config::parse_str(&format!("[mqtt]\n{text}"), Path::new("c.toml"))
+            .unwrap()
+            .mqtt
+    }
+
+    #[test]
+    fn the_password_is_never_printed() {
+        let c = parse("username = \"u\"\npassword = \"hunter2\"\n");
+        assert_eq!(c.password.expose(), "hunter2");
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let printed = toml::to_string(&c).unwrap();
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains("password = \"<redacted>\""), "{printed}");
+    }
+
+    #[test]
+    fn ranges_and_combinations_are_checked() {
+        let bad = [
+            ("keepalive_seconds = 2", "keepalive_seconds"),
+            ("queue_size = 0", "queue_size"),
+            ("node_id = \"baby room\"", "node_id"),
+            ("base_topic = \"a/#\"", "base_topic"),
+            ("discovery_prefix = \"\"", "discovery_prefix"),
+            ("password = \"x\"", "username"),
+            ("tls = true", "ca_file"),
+            (
+                "tls = true\nca_file = \"ca\"\nclient_cert = \"c\"",
+                "client_key",
+            ),
+            ("port = 0", "port"),
+        ];
+        for (text, key) in bad {
+            let e = parse(text).validate().unwrap_err();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        assert_eq!(MqttConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_world_readable_password_file_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "s3cret\nignored\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let c = parse(&format!(
+            "username = \"u\"\npassword_file = \"{}\"",
+            path.display()
+        ));
+        let e = c.validate().unwrap_err();
+        assert!(
+            e.contains("readable by everyone") && e.contains("644"),
+            "{e}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.password().unwrap().as_deref(), Some("s3cret"));
+    }
+
+    #[test]
+    fn topics_follow_the_node_id() {
+        let c = parse("node_id = \"nursery\"");
+        let t = c.topics();
+        assert_eq!(t.status, "babycry/nursery/status");
+        assert_eq!(t.ha_status, "homeassistant/status");
+        assert_eq!(c.client_id(), "babycryd-nursery");
+        let c = parse("node_id = \"n\"\nbase_topic = \"home/baby\"");
+        assert_eq!(c.topics().event, "home/baby/event");
+        assert!(valid_id(&MqttConfig::default().node_id()));
+    }
+
+    #[test]
+    fn the_state_dir_falls_back_to_var_lib() {
+        assert_eq!(resolve_state_dir("/srv/x"), PathBuf::from("/srv/x"));
+        let c = MqttConfig::default().with_state_dir("/srv/x".into());
+        assert_eq!(
+            c.spool_path(),
+            Some(PathBuf::from("/srv/x/mqtt-spool.jsonl"))
+        );
+        let off = MqttConfig { spool: false, ..c };
+        assert_eq!(off.spool_path(), None);
     }
 }

@@ -1,0 +1,198 @@
+//! Home Assistant MQTT discovery: the retained config payloads that make one device with
+//! its entities appear (crying, reason, confidence, the per-episode event and the
+//! diagnostics), and the empty payloads that make it disappear again. Pure functions of
+//! the topics and the device description, so tests check them without a broker.
+
+use serde_json::{json, Value};
+
+use super::{DeviceInfo, Topics};
+use crate::events::UNCERTAIN;
+
+/// One entity: component, object id suffix and its specific keys.
+struct Entity {
+    component: &'static str,
+    key: &'static str,
+    config: Value,
+}
+
+/// The diagnostic sensors: key in the diagnostics JSON, name, unit, device class.
+const DIAGNOSTICS: [(&str, &str, Option<&str>, Option<&str>); 6] = [
+    ("noise_floor_dbfs", "Noise floor", Some("dBFS"), None),
+    ("audio_state", "Audio device", None, None),
+    (
+        "last_inference_ms",
+        "Last inference",
+        Some("ms"),
+        Some("duration"),
+    ),
+    ("gate_openings_per_hour", "Gate openings", Some("/h"), None),
+    ("events_queued", "Events queued", None, None),
+    ("events_dropped", "Events dropped", None, None),
+];
+
+fn options(device: &DeviceInfo) -> Vec<String> {
+    let mut o: Vec<String> = device.labels.clone();
+    if !o.iter().any(|l| l == UNCERTAIN) {
+        o.push(UNCERTAIN.into());
+    }
+    o
+}
+
+fn entities(t: &Topics, device: &DeviceInfo) -> Vec<Entity> {
+    let mut list = vec![
+        Entity {
+            component: "binary_sensor",
+            key: "crying",
+            config: json!({
+                "name": "Crying",
+                "device_class": "sound",
+                "state_topic": t.crying,
+                "payload_on": "ON",
+                "payload_off": "OFF",
+            }),
+        },
+        Entity {
+            component: "sensor",
+            key: "reason",
+            config: json!({
+                "name": "Cry reason",
+                "device_class": "enum",
+                "options": options(device),
+                "state_topic": t.reason,
+                "icon": "mdi:emoticon-cry-outline",
+            }),
+        },
+        Entity {
+            component: "sensor",
+            key: "confidence",
+            config: json!({
+                "name": "Cry reason confidence",
+                "state_topic": t.confidence,
+                "unit_of_measurement": "%",
+                "state_class": "measurement",
+                "suggested_display_precision": 0,
+            }),
+        },
+        Entity {
+            component: "event",
+            key: "episode",
+            config: json!({
+                "name": "Cry episode",
+                "state_topic": t.episode,
+                "event_types": options(device),
+            }),
+        },
+    ];
+    for (key, name, unit, class) in DIAGNOSTICS {
+        let mut config = json!({
+            "name": name,
+            "entity_category": "diagnostic",
+            "state_topic": t.diagnostics,
+            "value_template": format!("{{{{ value_json.{key} }}}}"),
+        });
+        if let Some(unit) = unit {
+            config["unit_of_measurement"] = unit.into();
+            config["state_class"] = "measurement".into();
+        }
+        if let Some(class) = class {
+            config["device_class"] = class.into();
+        }
+        if key == "events_dropped" {
+            config["state_class"] = "total_increasing".into();
+        }
+        list.push(Entity {
+            component: "sensor",
+            key,
+            config,
+        });
+    }
+    list
+}
+
+fn config_topic(t: &Topics, component: &str, key: &str) -> String {
+    format!(
+        "{}/{component}/{}_{key}/config",
+        t.discovery_prefix, t.node_id
+    )
+}
+
+/// The discovery messages (topic, retained payload), one per entity.
+pub fn discovery_messages(
+    t: &Topics,
+    device_name: &str,
+    device: &DeviceInfo,
+) -> Vec<(String, String)> {
+    let models: Vec<String> = device
+        .models
+        .iter()
+        .map(|m| format!("{} {}", m.name, m.version))
+        .collect();
+    let device_block = json!({
+        "identifiers": [format!("babycryd_{}", t.node_id)],
+        "name": device_name,
+        "manufacturer": "babycryd",
+        "model": if models.is_empty() { "babycryd".to_owned() } else { format!("babycryd ({})", models.join(", ")) },
+        "sw_version": device.sw_version,
+    });
+    let origin = json!({
+        "name": "babycryd",
+        "sw_version": device.sw_version,
+        "support_url": env!("CARGO_PKG_REPOSITORY"),
+    });
+    entities(t, device)
+        .into_iter()
+        .map(|e| {
+            let mut c = e.config;
+            let id = format!("{}_{}", t.node_id, e.key);
+            c["unique_id"] = id.clone().into();
+            c["object_id"] = id.into();
+            c["availability_topic"] = t.status.clone().into();
+            c["payload_available"] = "online".into();
+            c["payload_not_available"] = "offline".into();
+            c["qos"] = 1.into();
+            c["device"] = device_block.clone();
+            c["origin"] = origin.clone();
+            (
+                config_topic(t, e.component, e.key),
+                serde_json::to_string(&c).expect("discovery JSON"),
+            )
+        })
+        .collect()
+}
+
+/// Empty retained payloads on every config topic: Home Assistant removes the entities.
+pub fn removal_messages(t: &Topics) -> Vec<(String, String)> {
+    let device = DeviceInfo {
+        labels: vec![],
+        models: vec![],
+        sw_version: String::new(),
+    };
+    entities(t, &device)
+        .into_iter()
+        .map(|e| (config_topic(t, e.component, e.key), String::new()))
+        .collect()
+}
+
+/// The event entity's payload for an episode end.
+pub(crate) fn episode_payload(event: &crate::events::Event) -> Option<String> {
+    match &event.kind {
+        crate::events::EventKind::EpisodeEnd {
+            episode,
+            duration_s,
+            dominant_reason,
+            confidence,
+            ..
+        } => Some(
+            json!({
+                "event_type": dominant_reason,
+                "episode": episode,
+                "duration_s": duration_s,
+                "confidence": confidence,
+                "id": event.id,
+                "timestamp": event.timestamp,
+            })
+            .to_string(),
+        ),
+        _ => None,
+    }
+}

@@ -1,0 +1,667 @@
+//! The client task: one rumqttc event loop polled in its own task (the driver), with
+//! exponential backoff and jitter between failed attempts (1 s to 60 s), and the link task
+//! that owns everything else: the outbox, the current states, discovery and shutdown.
+//!
+//! The link task never awaits a publish: it uses `try_publish`, and learns what the broker
+//! has taken from the driver's events. Every publish is tagged in submission order; rumqttc
+//! reports each one as `Outgoing::Publish(pkid)` in that same order, so a PUBACK's packet
+//! id maps back to its outbox entry, which is only then removed. The session is clean,
+//! so after a reconnect rumqttc forgets unacknowledged packets and the link task resends
+//! them from its outbox, in order, after `online`, discovery and the current states.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, LastWill,
+    MqttOptions, Outgoing, QoS, TlsConfiguration, Transport,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::discovery::{discovery_messages, episode_payload, removal_messages};
+use super::queue::Outbox;
+use super::{DeviceInfo, MqttConfig, MqttError, Msg, Topics};
+use crate::events::{Diagnostics, Update};
+
+/// Requests rumqttc's channel holds; the link task keeps at most `WINDOW` events in it.
+const CHANNEL: usize = 512;
+/// Events submitted but not yet acknowledged, at most.
+const WINDOW: usize = 64;
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Home Assistant's birth message triggers rediscovery after a random delay in this range
+/// (milliseconds), so a restarted HA is not flooded by every device at once.
+const REDISCOVERY_DELAY_MS: std::ops::Range<u64> = 500..2500;
+
+/// The connection as the link task sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkStatus {
+    pub connected: bool,
+    /// Successful connections (ConnAcks) since start.
+    pub connections: u64,
+    /// Failed connection attempts and lost connections since start.
+    pub failures: u64,
+    /// The last error, as logged.
+    pub last_error: Option<String>,
+    /// Events waiting for the broker.
+    pub queued: usize,
+    /// Events dropped because the queue was full.
+    pub dropped: u64,
+    /// Times discovery was published.
+    pub discoveries: u64,
+}
+
+/// The delay before retry number `failures` (1-based): doubling from 1 s, capped at 60 s,
+/// each scaled by a random 50..100 % so many clients do not retry in step.
+pub(crate) fn backoff(failures: u32) -> Duration {
+    let exp = BACKOFF_MIN.saturating_mul(1u32 << failures.saturating_sub(1).min(6));
+    let base = exp.min(BACKOFF_MAX);
+    base.mul_f64(rand::rng().random_range(0.5..=1.0))
+        .max(BACKOFF_MIN)
+}
+
+/// A readable cause for a failed connection.
+fn describe(e: &ConnectionError, cfg: &MqttConfig) -> String {
+    let at = format!("{}:{}", cfg.host, cfg.port);
+    match e {
+        ConnectionError::ConnectionRefused(
+            ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized,
+        ) => format!(
+            "broker {at} refused the credentials (username {:?}): wrong password, or not allowed by the broker's ACL; check [mqtt] username, password, password_file",
+            cfg.username
+        ),
+        ConnectionError::ConnectionRefused(code) => format!("broker {at} refused the connection: {code:?}"),
+        ConnectionError::Io(io) => format!("cannot reach broker {at}: {io}"),
+        ConnectionError::Tls(tls) => format!("TLS with broker {at} failed: {tls}"),
+        other => format!("connection to broker {at} failed: {other}"),
+    }
+}
+
+/// The rustls client configuration (ring provider) for `ca_file` and the optional client
+/// certificate.
+pub(crate) fn tls_config(cfg: &MqttConfig) -> Result<Arc<rustls::ClientConfig>, MqttError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let err = |path: &str, reason: String| MqttError::Tls {
+        path: path.into(),
+        reason,
+    };
+    let certs = |path: &str| -> Result<Vec<CertificateDer<'static>>, MqttError> {
+        let list = CertificateDer::pem_file_iter(path)
+            .map_err(|e| err(path, e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| err(path, e.to_string()))?;
+        if list.is_empty() {
+            return Err(err(path, "no PEM certificate in the file".into()));
+        }
+        Ok(list)
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(&cfg.ca_file)? {
+        roots.add(c).map_err(|e| err(&cfg.ca_file, e.to_string()))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| err(&cfg.ca_file, e.to_string()))?
+    .with_root_certificates(roots);
+    let config = if cfg.client_cert.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let key = PrivateKeyDer::from_pem_file(&cfg.client_key)
+            .map_err(|e| err(&cfg.client_key, e.to_string()))?;
+        builder
+            .with_client_auth_cert(certs(&cfg.client_cert)?, key)
+            .map_err(|e| err(&cfg.client_cert, e.to_string()))?
+    };
+    Ok(Arc::new(config))
+}
+
+fn options(cfg: &MqttConfig, topics: &Topics) -> Result<MqttOptions, MqttError> {
+    let mut o = MqttOptions::new(cfg.client_id(), cfg.host.clone(), cfg.port);
+    o.set_keep_alive(Duration::from_secs(cfg.keepalive_seconds.into()))
+        .set_clean_session(true)
+        .set_max_packet_size(256 * 1024, 256 * 1024)
+        .set_last_will(LastWill::new(
+            &topics.status,
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
+    if !cfg.username.is_empty() {
+        o.set_credentials(cfg.username.clone(), cfg.password()?.unwrap_or_default());
+    }
+    if cfg.tls {
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            tls_config(cfg)?,
+        )));
+    }
+    Ok(o)
+}
+
+/// What the driver tells the link task.
+enum Net {
+    Event(Event),
+    /// The connection failed or was lost; the driver retries after `retry_in`.
+    Down {
+        error: String,
+        retry_in: Duration,
+    },
+}
+
+/// Polls the event loop forever, sleeping with backoff after each failure.
+async fn drive(mut eventloop: EventLoop, cfg: MqttConfig, tx: mpsc::UnboundedSender<Net>) {
+    let mut failures = 0u32;
+    loop {
+        match eventloop.poll().await {
+            Ok(event) => {
+                if matches!(event, Event::Incoming(Incoming::ConnAck(_))) {
+                    failures = 0;
+                }
+                if tx.send(Net::Event(event)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let retry_in = backoff(failures);
+                let error = describe(&e, &cfg);
+                if tx.send(Net::Down { error, retry_in }).is_err() {
+                    return;
+                }
+                tokio::time::sleep(retry_in).await;
+                // Requests the link task submitted before it heard of the failure must
+                // not reach the next connection: it resends from its outbox.
+                eventloop.clean();
+            }
+        }
+    }
+}
+
+/// What a submitted publish was, to match its `Outgoing::Publish(pkid)` and PUBACK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    State,
+    Queued(u64),
+    Offline,
+}
+
+/// The latest states, republished after every connect.
+#[derive(Debug, Default)]
+struct Current {
+    crying: bool,
+    reason: Option<(String, f32)>,
+    diagnostics: Option<Diagnostics>,
+}
+
+struct Closing {
+    deadline: Instant,
+    done: oneshot::Sender<()>,
+    offline_acked: bool,
+    disconnect_requested: bool,
+    disconnected: bool,
+}
+
+struct Link {
+    cfg: MqttConfig,
+    topics: Topics,
+    device: DeviceInfo,
+    client: AsyncClient,
+    outbox: Outbox,
+    current: Current,
+    connected: bool,
+    /// Tags of publishes submitted on this connection, not yet seen as Outgoing::Publish.
+    submitted: VecDeque<Tag>,
+    /// Packet id -> tag, until the PUBACK.
+    inflight: HashMap<u16, Tag>,
+    /// Queued messages submitted and not yet acknowledged.
+    queued_in_flight: usize,
+    /// Next outbox sequence number to submit.
+    next_seq: u64,
+    rediscover_at: Option<Instant>,
+    closing: Option<Closing>,
+    status: LinkStatus,
+    status_tx: watch::Sender<LinkStatus>,
+}
+
+/// The link task: see the module docs.
+pub(crate) async fn run(
+    cfg: MqttConfig,
+    device: DeviceInfo,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    status_tx: watch::Sender<LinkStatus>,
+) {
+    let topics = cfg.topics();
+    let (net_tx, mut net_rx) = mpsc::unbounded_channel();
+    let (client, driver) = match options(&cfg, &topics) {
+        Ok(o) => {
+            let (client, eventloop) = AsyncClient::new(o, CHANNEL);
+            let driver = tokio::spawn(drive(eventloop, cfg.clone(), net_tx.clone()));
+            (client, Some(driver))
+        }
+        Err(e) => {
+            // Keep queueing (and spooling) events; nothing will connect.
+            tracing::error!("mqtt disabled until restart: {e}");
+            let (client, _unused) = AsyncClient::new(MqttOptions::new("unused", "localhost", 1), 1);
+            (client, None)
+        }
+    };
+    let outbox = Outbox::new(cfg.queue_size, cfg.spool_path());
+    let mut link = Link {
+        topics,
+        device,
+        client,
+        outbox,
+        current: Current::default(),
+        connected: false,
+        submitted: VecDeque::new(),
+        inflight: HashMap::new(),
+        queued_in_flight: 0,
+        next_seq: 0,
+        rediscover_at: None,
+        closing: None,
+        status: LinkStatus::default(),
+        status_tx,
+        cfg,
+    };
+    link.report();
+    tracing::info!(
+        broker = %format!("{}:{}", link.cfg.host, link.cfg.port),
+        base = %link.topics.base,
+        "mqtt starting"
+    );
+    let mut spool_tick = tokio::time::interval(Duration::from_secs(1));
+    spool_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let rediscover = link.rediscover_at;
+        let deadline = link.closing.as_ref().map(|c| c.deadline);
+        tokio::select! {
+            msg = rx.recv(), if link.closing.is_none() => match msg {
+                Some(Msg::Update(u)) => link.update(u),
+                Some(Msg::Shutdown(timeout, done)) => link.begin_shutdown(timeout, done),
+                // Every handle dropped without a shutdown: keep what is undelivered.
+                None => break,
+            },
+            net = net_rx.recv() => match net {
+                Some(Net::Event(e)) => link.on_event(e),
+                Some(Net::Down { error, retry_in }) => link.on_down(error, retry_in),
+                None => break,
+            },
+            _ = sleep_until_opt(rediscover) => {
+                link.rediscover_at = None;
+                if link.connected {
+                    tracing::info!("home assistant came online: resending discovery and states");
+                    link.announce();
+                }
+            },
+            _ = sleep_until_opt(deadline) => {
+                tracing::warn!(queued = link.outbox.len(), "mqtt shutdown timed out; undelivered events stay in the spool");
+                break;
+            },
+            _ = spool_tick.tick() => link.outbox.save_if_dirty(),
+        }
+        if link.finished() {
+            break;
+        }
+    }
+    link.outbox.save_if_dirty();
+    if let Some(driver) = driver {
+        driver.abort();
+    }
+    link.connected = false;
+    link.report();
+    if let Some(c) = link.closing.take() {
+        let _ = c.done.send(());
+    }
+    drop(net_tx);
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Link {
+    fn report(&mut self) {
+        self.status.connected = self.connected;
+        self.status.queued = self.outbox.len();
+        self.status.dropped = self.outbox.dropped;
+        self.status_tx.send_replace(self.status.clone());
+    }
+
+    fn publish(&mut self, topic: &str, retain: bool, payload: String, tag: Tag) -> bool {
+        match self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+        {
+            Ok(()) => {
+                self.submitted.push_back(tag);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(topic, "mqtt publish not submitted: {e}");
+                false
+            }
+        }
+    }
+
+    fn update(&mut self, update: Update) {
+        match update {
+            Update::Event(event) => {
+                self.outbox.push("event".into(), event.to_json());
+                if let Some(payload) = episode_payload(&event) {
+                    self.outbox.push("episode".into(), payload);
+                }
+                self.pump();
+            }
+            Update::Crying(on) => {
+                self.current.crying = on;
+                self.publish_crying();
+            }
+            Update::Reason { reason, confidence } => {
+                self.current.reason = Some((reason, confidence));
+                self.publish_reason();
+            }
+            Update::Diagnostics(d) => {
+                self.current.diagnostics = Some(d);
+                self.publish_diagnostics();
+            }
+        }
+        self.report();
+    }
+
+    fn publish_crying(&mut self) {
+        if self.connected {
+            let payload = if self.current.crying { "ON" } else { "OFF" };
+            let topic = self.topics.crying.clone();
+            self.publish(&topic, true, payload.into(), Tag::State);
+        }
+    }
+
+    fn publish_reason(&mut self) {
+        if let (true, Some((reason, confidence))) = (self.connected, self.current.reason.clone()) {
+            let (rt, ct) = (self.topics.reason.clone(), self.topics.confidence.clone());
+            self.publish(&rt, true, reason, Tag::State);
+            self.publish(&ct, true, format!("{:.1}", confidence * 100.0), Tag::State);
+        }
+    }
+
+    fn publish_diagnostics(&mut self) {
+        if let (true, Some(d)) = (self.connected, self.current.diagnostics.clone()) {
+            let mut v = serde_json::to_value(&d).expect("diagnostics serialise");
+            v["events_queued"] = self.outbox.len().into();
+            v["events_dropped"] = self.outbox.dropped.into();
+            let topic = self.topics.diagnostics.clone();
+            self.publish(&topic, true, v.to_string(), Tag::State);
+        }
+    }
+
+    /// `online`, discovery, then the current states.
+    fn announce(&mut self) {
+        let status = self.topics.status.clone();
+        self.publish(&status, true, "online".into(), Tag::State);
+        for (topic, payload) in
+            discovery_messages(&self.topics, &self.cfg.device_name, &self.device)
+        {
+            self.publish(&topic, true, payload, Tag::State);
+        }
+        self.status.discoveries += 1;
+        self.publish_crying();
+        self.publish_reason();
+        self.publish_diagnostics();
+    }
+
+    /// Submits queued messages in order, up to the window (all of them when closing).
+    fn pump(&mut self) {
+        let window = if self.closing.is_some() {
+            CHANNEL / 2
+        } else {
+            WINDOW
+        };
+        while self.connected && self.queued_in_flight < window {
+            let Some(q) = self.outbox.next_from(self.next_seq) else {
+                break;
+            };
+            let (seq, topic, payload) =
+                (q.seq, self.topics.under_base(&q.topic), q.payload.clone());
+            if !self.publish(&topic, false, payload, Tag::Queued(seq)) {
+                break;
+            }
+            self.next_seq = seq + 1;
+            self.queued_in_flight += 1;
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Incoming(Incoming::ConnAck(_)) => {
+                self.connected = true;
+                self.submitted.clear();
+                self.inflight.clear();
+                self.queued_in_flight = 0;
+                self.next_seq = 0;
+                self.status.connections += 1;
+                tracing::info!(
+                    broker = %format!("{}:{}", self.cfg.host, self.cfg.port),
+                    queued = self.outbox.len(),
+                    "mqtt connected"
+                );
+                // A clean session forgets subscriptions: subscribe on every ConnAck.
+                if let Err(e) = self
+                    .client
+                    .try_subscribe(self.topics.ha_status.clone(), QoS::AtLeastOnce)
+                {
+                    tracing::warn!("cannot subscribe to {}: {e}", self.topics.ha_status);
+                }
+                self.announce();
+                self.pump();
+                if self.closing.is_some() {
+                    self.send_offline();
+                }
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                if let Some(tag) = self.submitted.pop_front() {
+                    if pkid != 0 {
+                        self.inflight.insert(pkid, tag);
+                    }
+                }
+            }
+            Event::Incoming(Incoming::PubAck(ack)) => match self.inflight.remove(&ack.pkid) {
+                Some(Tag::Queued(seq)) => {
+                    self.outbox.remove(seq);
+                    self.queued_in_flight = self.queued_in_flight.saturating_sub(1);
+                    self.pump();
+                }
+                Some(Tag::Offline) => {
+                    if let Some(c) = self.closing.as_mut() {
+                        c.offline_acked = true;
+                    }
+                }
+                Some(Tag::State) | None => {}
+            },
+            Event::Outgoing(Outgoing::Disconnect) => {
+                if let Some(c) = self.closing.as_mut() {
+                    c.disconnected = true;
+                }
+            }
+            Event::Incoming(Incoming::Publish(p)) => {
+                self.on_message(&p.topic, &p.payload, p.retain)
+            }
+            Event::Incoming(Incoming::SubAck(ack))
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) =>
+            {
+                tracing::warn!(
+                    "the broker refused the subscription to {}",
+                    self.topics.ha_status
+                );
+            }
+            _ => {}
+        }
+        self.report();
+    }
+
+    /// Only Home Assistant's status is accepted, and only `online`/`offline`.
+    fn on_message(&mut self, topic: &str, payload: &[u8], retained: bool) {
+        if topic != self.topics.ha_status {
+            tracing::warn!(topic, "ignoring a message on a topic not subscribed to");
+            return;
+        }
+        match std::str::from_utf8(payload).map(str::trim) {
+            // A retained `online` arrives at every subscribe; discovery was just sent.
+            Ok("online") if !retained => {
+                let delay = rand::rng().random_range(REDISCOVERY_DELAY_MS);
+                self.rediscover_at = Some(Instant::now() + Duration::from_millis(delay));
+            }
+            Ok("online") | Ok("offline") => {}
+            _ => tracing::warn!(
+                topic,
+                bytes = payload.len(),
+                "ignoring an unexpected payload (expected online or offline)"
+            ),
+        }
+    }
+
+    fn on_down(&mut self, error: String, retry_in: Duration) {
+        if self.connected {
+            tracing::warn!(
+                queued = self.outbox.len(),
+                "mqtt connection lost: {error}; retrying in {:.1} s",
+                retry_in.as_secs_f64()
+            );
+        } else {
+            tracing::error!("mqtt: {error}; retrying in {:.1} s", retry_in.as_secs_f64());
+        }
+        self.connected = false;
+        self.submitted.clear();
+        self.inflight.clear();
+        self.queued_in_flight = 0;
+        self.status.failures += 1;
+        self.status.last_error = Some(error);
+        self.report();
+    }
+
+    fn begin_shutdown(&mut self, timeout: Duration, done: oneshot::Sender<()>) {
+        self.closing = Some(Closing {
+            deadline: Instant::now() + timeout,
+            done,
+            offline_acked: false,
+            disconnect_requested: false,
+            disconnected: false,
+        });
+        if self.connected {
+            self.pump();
+            self.send_offline();
+        }
+    }
+
+    fn send_offline(&mut self) {
+        let status = self.topics.status.clone();
+        self.publish(&status, true, "offline".into(), Tag::Offline);
+    }
+
+    /// Shutting down and either disconnected (nothing more can be sent now) or with
+    /// everything delivered and `offline` acknowledged.
+    fn finished(&mut self) -> bool {
+        let delivered =
+            self.queued_in_flight == 0 && self.outbox.next_from(self.next_seq).is_none();
+        let Some(c) = self.closing.as_mut() else {
+            return false;
+        };
+        if !self.connected || c.disconnected {
+            return true;
+        }
+        if c.offline_acked && delivered && !c.disconnect_requested {
+            c.disconnect_requested = true;
+            if let Err(e) = self.client.try_disconnect() {
+                tracing::warn!("mqtt disconnect not submitted: {e}");
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// `babycryd mqtt-remove`: connects, publishes empty retained configs (Home Assistant
+/// removes the entities) and clears the retained states; returns how many entities were
+/// removed.
+pub async fn remove_device(cfg: &MqttConfig, timeout: Duration) -> Result<usize, MqttError> {
+    let topics = cfg.topics();
+    let mut opts = options(cfg, &topics)?;
+    opts.set_client_id(format!("{}-remove", cfg.client_id()));
+    let (client, mut eventloop) = AsyncClient::new(opts, CHANNEL);
+    let mut messages = removal_messages(&topics);
+    let count = messages.len();
+    // The retained states go too, so nothing of the device is left on the broker.
+    for t in [
+        &topics.crying,
+        &topics.reason,
+        &topics.confidence,
+        &topics.diagnostics,
+        &topics.status,
+    ] {
+        messages.push((t.clone(), String::new()));
+    }
+    let work = async {
+        let mut pending = 0usize;
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                    for (topic, payload) in &messages {
+                        client
+                            .try_publish(topic, QoS::AtLeastOnce, true, payload.clone())
+                            .map_err(|e| MqttError::Broker(e.to_string()))?;
+                        pending += 1;
+                    }
+                }
+                Ok(Event::Incoming(Incoming::PubAck(_))) => {
+                    pending -= 1;
+                    if pending == 0 {
+                        client
+                            .try_disconnect()
+                            .map_err(|e| MqttError::Broker(e.to_string()))?;
+                    }
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(count),
+                Ok(_) => {}
+                Err(e) => return Err(MqttError::Broker(describe(&e, cfg))),
+            }
+        }
+    };
+    tokio::time::timeout(timeout, work).await.map_err(|_| {
+        MqttError::Broker(format!(
+            "no answer from {}:{} within {timeout:?}",
+            cfg.host, cfg.port
+        ))
+    })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_between_one_and_sixty_seconds() {
+        for _ in 0..200 {
+            assert_eq!(backoff(1), BACKOFF_MIN);
+            let b3 = backoff(3);
+            assert!(
+                b3 >= Duration::from_secs(2) && b3 <= Duration::from_secs(4),
+                "{b3:?}"
+            );
+            let b20 = backoff(20);
+            assert!(
+                b20 >= Duration::from_secs(30) && b20 <= BACKOFF_MAX,
+                "{b20:?}"
+            );
+        }
+    }
+}

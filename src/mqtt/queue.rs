@@ -1,0 +1,203 @@
+//! The outbox: messages that must reach the broker (events and the episode event), in
+//! order, until the broker acknowledges them. Bounded (the oldest is dropped and counted
+//! on overflow) and optionally mirrored to a small spool file in the state directory, so
+//! undelivered events survive a daemon restart. The spool is rewritten atomically (temp
+//! file + rename) at most once a second and only while something is undelivered, which
+//! keeps SD-card writes to the time the broker is away.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// One message waiting for its PUBACK.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Queued {
+    #[serde(skip)]
+    pub seq: u64,
+    /// Topic under the base topic (`event`, `episode`).
+    pub topic: String,
+    pub payload: String,
+}
+
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    items: VecDeque<Queued>,
+    capacity: usize,
+    next_seq: u64,
+    /// Dropped on overflow since start.
+    pub dropped: u64,
+    spool: Option<PathBuf>,
+    /// The spool file differs from `items`.
+    dirty: bool,
+}
+
+impl Outbox {
+    /// An outbox of `capacity`, loaded from `spool` when that file exists.
+    pub fn new(capacity: usize, spool: Option<PathBuf>) -> Self {
+        let mut outbox = Self {
+            items: VecDeque::new(),
+            capacity,
+            next_seq: 1,
+            dropped: 0,
+            spool,
+            dirty: false,
+        };
+        if let Some(path) = outbox.spool.clone() {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                        match serde_json::from_str::<Queued>(line) {
+                            Ok(q) => outbox.push(q.topic, q.payload),
+                            Err(e) => {
+                                tracing::warn!(spool = %path.display(), "skipping a bad spool line: {e}")
+                            }
+                        }
+                    }
+                    if !outbox.items.is_empty() {
+                        tracing::info!(spool = %path.display(), events = outbox.items.len(), "loaded undelivered events from the spool");
+                    }
+                    outbox.dirty = false;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(spool = %path.display(), "cannot read the spool: {e}"),
+            }
+        }
+        outbox
+    }
+
+    /// Appends a message; drops (and counts) the oldest beyond capacity.
+    pub fn push(&mut self, topic: String, payload: String) {
+        if self.items.len() >= self.capacity {
+            self.items.pop_front();
+            self.dropped += 1;
+        }
+        self.items.push_back(Queued {
+            seq: self.next_seq,
+            topic,
+            payload,
+        });
+        self.next_seq += 1;
+        self.dirty = true;
+    }
+
+    /// Removes a delivered message; false when it is no longer there.
+    pub fn remove(&mut self, seq: u64) -> bool {
+        match self.items.binary_search_by_key(&seq, |q| q.seq) {
+            Ok(i) => {
+                self.items.remove(i);
+                self.dirty = true;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The first message with `seq >= from`.
+    pub fn next_from(&self, from: u64) -> Option<&Queued> {
+        let i = self.items.partition_point(|q| q.seq < from);
+        self.items.get(i)
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Mirrors the queue to the spool file if it changed: rewritten when messages are
+    /// waiting, removed when none are.
+    pub fn save_if_dirty(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        let Some(path) = self.spool.clone() else {
+            self.dirty = false;
+            return;
+        };
+        match self.write_spool(&path) {
+            Ok(()) => self.dirty = false,
+            Err(e) => {
+                tracing::warn!(spool = %path.display(), "cannot write the spool (events stay in memory): {e}");
+                // Do not retry every tick against a read-only or missing directory.
+                self.dirty = false;
+            }
+        }
+    }
+
+    fn write_spool(&self, path: &Path) -> std::io::Result<()> {
+        if self.items.is_empty() {
+            return match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("jsonl.tmp");
+        let mut text = String::new();
+        for q in &self.items {
+            text.push_str(&serde_json::to_string(q).expect("queued messages serialise"));
+            text.push('\n');
+        }
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_drops_the_oldest_and_counts_it() {
+        let mut q = Outbox::new(3, None);
+        for i in 0..5 {
+            q.push("event".into(), format!("{i}"));
+        }
+        assert_eq!(q.dropped, 2);
+        assert_eq!(q.len(), 3);
+        let first = q.next_from(0).unwrap();
+        assert_eq!((first.seq, first.payload.as_str()), (3, "2"));
+        assert!(q.remove(4));
+        assert!(!q.remove(4));
+        assert_eq!(q.next_from(4).unwrap().payload, "4");
+    }
+
+    #[test]
+    fn the_spool_survives_a_restart_and_disappears_when_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state").join("spool.jsonl");
+        let mut q = Outbox::new(10, Some(path.clone()));
+        q.push("event".into(), "{\"a\":1}".into());
+        q.push("episode".into(), "{\"b\":2}".into());
+        q.save_if_dirty();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        let mut again = Outbox::new(10, Some(path.clone()));
+        assert_eq!(again.len(), 2);
+        let first = again.next_from(0).unwrap().clone();
+        assert_eq!(
+            (first.topic.as_str(), first.payload.as_str()),
+            ("event", "{\"a\":1}")
+        );
+        let second = again.next_from(first.seq + 1).unwrap().clone();
+        assert_eq!(second.topic, "episode");
+        again.remove(first.seq);
+        again.remove(second.seq);
+        again.save_if_dirty();
+        assert!(!path.exists());
+    }
+}
