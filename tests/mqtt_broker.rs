@@ -561,7 +561,10 @@ async fn events_wait_for_a_broker_that_is_down_at_boot_and_overflow_drops_the_ol
     let diag = live.on("babycry/testnode/diagnostics");
     let v: Value = serde_json::from_str(&diag.last().unwrap().payload).unwrap();
     assert_eq!(v["events_dropped"], 3);
-    assert_eq!(handle.status().queued, 0);
+    wait_until("every PUBACK counted", Duration::from_secs(5), || {
+        handle.status().queued == 0
+    })
+    .await;
     handle.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -593,10 +596,16 @@ async fn a_broker_killed_mid_stream_loses_and_duplicates_nothing() {
             live.wait_subscribed(2).await;
         }
     }
+    let streamed = Instant::now();
     wait_until("every event arrived", Duration::from_secs(30), || {
         live.on("babycry/testnode/event").len() >= sent.len()
     })
     .await;
+    eprintln!(
+        "broker restart: all {} events delivered {:?} after the last send",
+        sent.len(),
+        streamed.elapsed()
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let got: Vec<String> = live
         .on("babycry/testnode/event")
