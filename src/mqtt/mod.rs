@@ -232,6 +232,15 @@ impl MqttConfig {
         Ok(())
     }
 
+    /// What the daemon passes to [`MqttHandle::spawn`]: `[mqtt]` with the state directory
+    /// resolved from `[daemon] state_dir` (see [`resolve_state_dir`]).
+    pub fn for_daemon(config: &crate::config::Config) -> Self {
+        config
+            .mqtt
+            .clone()
+            .with_state_dir(resolve_state_dir(&config.daemon.state_dir))
+    }
+
     /// A copy that spools to `dir` (when `spool` is on).
     pub fn with_state_dir(mut self, dir: PathBuf) -> Self {
         self.state_dir = Some(dir);
@@ -531,5 +540,11 @@ mod tests {
         );
         let off = MqttConfig { spool: false, ..c };
         assert_eq!(off.spool_path(), None);
+        let mut config = crate::config::Config::default();
+        config.daemon.state_dir = "/srv/y".into();
+        assert_eq!(
+            MqttConfig::for_daemon(&config).spool_path(),
+            Some(PathBuf::from("/srv/y/mqtt-spool.jsonl"))
+        );
     }
 }
