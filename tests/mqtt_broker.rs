@@ -34,15 +34,16 @@ struct Broker {
 }
 
 impl Broker {
-    /// Starts Mosquitto on a free port; `extra` is appended to its config.
-    fn start(extra: &str) -> Self {
-        Self::start_on(free_port(), extra)
+    /// Starts Mosquitto on a free port.
+    fn start() -> Self {
+        Self::start_on(free_port())
     }
 
-    fn start_on(port: u16, extra: &str) -> Self {
+    /// Starts an anonymous Mosquitto on `port`.
+    fn start_on(port: u16) -> Self {
         Self::start_on_conf(
             port,
-            &format!("listener {port} 127.0.0.1\nallow_anonymous true\n{extra}\n"),
+            &format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
         )
     }
 
@@ -359,7 +360,7 @@ fn check_discovery(topic: &str, payload: &str, base: &str, labels: &[&str]) -> (
 
 #[tokio::test]
 async fn discovery_states_and_events_arrive_with_the_right_retain_flags() {
-    let broker = Broker::start("");
+    let broker = Broker::start();
     let base = "babycry/testnode";
     let live = Subscriber::start(broker.port, &["babycry/testnode/#", "homeassistant/#"]).await;
     let (handle, task) = MqttHandle::spawn(&config(broker.port, "testnode"), device());
@@ -465,7 +466,7 @@ async fn discovery_states_and_events_arrive_with_the_right_retain_flags() {
 
 #[tokio::test]
 async fn home_assistant_birth_message_triggers_rediscovery_and_junk_is_ignored() {
-    let broker = Broker::start("");
+    let broker = Broker::start();
     let (handle, _task) = MqttHandle::spawn(&config(broker.port, "testnode"), device());
     wait_until("connected", Duration::from_secs(10), || {
         handle.status().discoveries == 1
@@ -540,7 +541,7 @@ async fn events_wait_for_a_broker_that_is_down_at_boot_and_overflow_drops_the_ol
     assert_eq!((st.queued, st.dropped), (5, 3));
     assert!(st.last_error.unwrap().contains("cannot reach broker"));
 
-    let broker = Broker::start_on(port, "");
+    let broker = Broker::start_on(port);
     let live = Subscriber::start(broker.port, &["babycry/testnode/#"]).await;
     wait_until("the queue drains", Duration::from_secs(15), || {
         live.on("babycry/testnode/event").len() >= 5
@@ -561,13 +562,16 @@ async fn events_wait_for_a_broker_that_is_down_at_boot_and_overflow_drops_the_ol
     let diag = live.on("babycry/testnode/diagnostics");
     let v: Value = serde_json::from_str(&diag.last().unwrap().payload).unwrap();
     assert_eq!(v["events_dropped"], 3);
-    assert_eq!(handle.status().queued, 0);
+    wait_until("every PUBACK counted", Duration::from_secs(5), || {
+        handle.status().queued == 0
+    })
+    .await;
     handle.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
 async fn a_broker_killed_mid_stream_loses_and_duplicates_nothing() {
-    let mut broker = Broker::start("");
+    let mut broker = Broker::start();
     let live = Subscriber::start(broker.port, &["babycry/testnode/event"]).await;
     let (handle, _task) = MqttHandle::spawn(&config(broker.port, "testnode"), device());
     wait_until("connected", Duration::from_secs(10), || {
@@ -593,10 +597,16 @@ async fn a_broker_killed_mid_stream_loses_and_duplicates_nothing() {
             live.wait_subscribed(2).await;
         }
     }
+    let streamed = Instant::now();
     wait_until("every event arrived", Duration::from_secs(30), || {
         live.on("babycry/testnode/event").len() >= sent.len()
     })
     .await;
+    eprintln!(
+        "broker restart: all {} events delivered {:?} after the last send",
+        sent.len(),
+        streamed.elapsed()
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let got: Vec<String> = live
         .on("babycry/testnode/event")
@@ -617,24 +627,30 @@ async fn a_broker_killed_mid_stream_loses_and_duplicates_nothing() {
     handle.shutdown(Duration::from_secs(5)).await;
 }
 
-/// Run by `a_killed_process_leaves_offline_through_the_last_will` in a child process.
+/// Run in a child process by the tests that SIGKILL it: connects as node `killme` and
+/// sends two events.
 #[test]
 #[ignore = "helper: run in a child process"]
 fn child_process_holding_a_connection() {
     let Ok(port) = std::env::var("BABYCRY_MQTT_CHILD_PORT") else {
         return;
     };
+    let mut cfg = config(port.parse().unwrap(), "killme");
+    if let Ok(state) = std::env::var("BABYCRY_MQTT_CHILD_STATE") {
+        cfg = MqttConfig { spool: true, ..cfg }.with_state_dir(state.into());
+    }
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let (_handle, _task) =
-            MqttHandle::spawn(&config(port.parse().unwrap(), "killme"), device());
+        let (handle, _task) = MqttHandle::spawn(&cfg, device());
+        handle.send(Update::Event(window_event(5, 0)));
+        handle.send(Update::Event(window_event(5, 1)));
         tokio::time::sleep(Duration::from_secs(60)).await;
     });
 }
 
 #[tokio::test]
 async fn a_killed_process_leaves_offline_through_the_last_will() {
-    let broker = Broker::start("");
+    let broker = Broker::start();
     let live = Subscriber::start(broker.port, &["babycry/killme/status"]).await;
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
@@ -771,7 +787,7 @@ async fn the_spool_keeps_events_across_a_daemon_restart() {
         "3 events and the episode event: {lines}"
     );
 
-    let broker = Broker::start_on(port, "");
+    let broker = Broker::start_on(port);
     let live = Subscriber::start(
         broker.port,
         &["babycry/testnode/event", "babycry/testnode/episode"],
@@ -936,7 +952,7 @@ async fn tls_with_a_ca_made_at_test_time() {
 
 #[tokio::test]
 async fn mqtt_remove_makes_the_device_disappear() {
-    let broker = Broker::start("");
+    let broker = Broker::start();
     let (handle, _task) = MqttHandle::spawn(&config(broker.port, "testnode"), device());
     handle.send(Update::Crying(true));
     wait_until("discovered", Duration::from_secs(10), || {
@@ -990,4 +1006,56 @@ async fn mqtt_remove_makes_the_device_disappear() {
         .filter(|m| m.topic.ends_with("/config") && m.payload.is_empty())
         .collect();
     assert_eq!(removals.len(), 10);
+}
+
+#[tokio::test]
+async fn events_spooled_by_a_killed_process_are_delivered_by_the_next_one() {
+    let state = tempfile::tempdir().unwrap();
+    let spool = state.path().join(babycry::mqtt::SPOOL_FILE);
+    let port = free_port();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_process_holding_a_connection", "--ignored"])
+        .env("BABYCRY_MQTT_CHILD_PORT", port.to_string())
+        .env("BABYCRY_MQTT_CHILD_STATE", state.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("both events spooled", Duration::from_secs(20), || {
+        std::fs::read_to_string(&spool).is_ok_and(|t| t.lines().count() == 2)
+    })
+    .await;
+    child.kill().unwrap(); // SIGKILL, broker never seen
+    child.wait().unwrap();
+    let spooled: Vec<String> = std::fs::read_to_string(&spool)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["payload"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+
+    let broker = Broker::start_on(port);
+    let live = Subscriber::start(broker.port, &["babycry/killme/event"]).await;
+    let cfg = MqttConfig {
+        spool: true,
+        ..config(port, "killme")
+    }
+    .with_state_dir(state.path().to_owned());
+    let (handle, _task) = MqttHandle::spawn(&cfg, device());
+    wait_until("the spooled events arrive", Duration::from_secs(10), || {
+        live.all().len() >= 2
+    })
+    .await;
+    let got: Vec<String> = live.all().into_iter().map(|m| m.payload).collect();
+    assert_eq!(got, spooled);
+    let first: Value = serde_json::from_str(&got[0]).unwrap();
+    assert_eq!(
+        (first["episode"].as_u64(), first["index"].as_u64()),
+        (Some(5), Some(0))
+    );
+    handle.shutdown(Duration::from_secs(5)).await;
 }

@@ -144,8 +144,7 @@ pub fn discovery_messages(
         .map(|e| {
             let mut c = e.config;
             let id = format!("{}_{}", t.node_id, e.key);
-            c["unique_id"] = id.clone().into();
-            c["object_id"] = id.into();
+            c["unique_id"] = id.into();
             c["availability_topic"] = t.status.clone().into();
             c["payload_available"] = "online".into();
             c["payload_not_available"] = "offline".into();

@@ -8,6 +8,10 @@
 //! id maps back to its outbox entry, which is only then removed. The session is clean,
 //! so after a reconnect rumqttc forgets unacknowledged packets and the link task resends
 //! them from its outbox, in order, after `online`, discovery and the current states.
+//!
+//! Delivery is exactly once for every event that was not in flight when a connection
+//! died; one whose PUBACK was lost with the connection is sent again (QoS 1 semantics),
+//! so consumers that must never double-count dedupe by the event's unique `id`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -293,7 +297,7 @@ pub(crate) async fn run(
             },
             _ = sleep_until_opt(rediscover) => {
                 link.rediscover_at = None;
-                if link.connected {
+                if link.connected && link.closing.is_none() {
                     tracing::info!("home assistant came online: resending discovery and states");
                     link.announce();
                 }
@@ -358,7 +362,12 @@ impl Link {
                 if let Some(payload) = episode_payload(&event) {
                     self.outbox.push("episode".into(), payload);
                 }
-                self.pump();
+                if self.connected {
+                    self.pump();
+                } else {
+                    // Events are rare: spool at once so even a SIGKILL keeps them.
+                    self.outbox.save_if_dirty();
+                }
             }
             Update::Crying(on) => {
                 self.current.crying = on;

@@ -7,7 +7,7 @@
 //! undelivered events in order (bounded, optionally spooled to the state directory) and
 //! `link` is the client task: reconnects with backoff, republishes discovery and states
 //! after every ConnAck and on Home Assistant's birth message, and delivers queued events
-//! exactly as acknowledged by the broker (QoS 1 PUBACKs).
+//! in order, removing each only when the broker acknowledges it (QoS 1 PUBACK).
 //!
 //! INTERFACE (used by the daemon): `MqttHandle::spawn` starts the client task;
 //! `MqttHandle::send` hands it an [`Update`] without ever blocking;
@@ -230,6 +230,15 @@ impl MqttConfig {
             }
         }
         Ok(())
+    }
+
+    /// What the daemon passes to [`MqttHandle::spawn`]: `[mqtt]` with the state directory
+    /// resolved from `[daemon] state_dir` (see [`resolve_state_dir`]).
+    pub fn for_daemon(config: &crate::config::Config) -> Self {
+        config
+            .mqtt
+            .clone()
+            .with_state_dir(resolve_state_dir(&config.daemon.state_dir))
     }
 
     /// A copy that spools to `dir` (when `spool` is on).
@@ -531,5 +540,11 @@ mod tests {
         );
         let off = MqttConfig { spool: false, ..c };
         assert_eq!(off.spool_path(), None);
+        let mut config = crate::config::Config::default();
+        config.daemon.state_dir = "/srv/y".into();
+        assert_eq!(
+            MqttConfig::for_daemon(&config).spool_path(),
+            Some(PathBuf::from("/srv/y/mqtt-spool.jsonl"))
+        );
     }
 }
