@@ -231,7 +231,7 @@ pub async fn run(
         out_rx,
         writer,
         options.mqtt,
-        settings.config.mqtt.clone(),
+        MqttConfig::for_daemon(&settings.config),
         device,
     ));
 
@@ -274,7 +274,7 @@ pub async fn run(
                                 tracing::warn!("model changes take effect after a restart");
                             }
                             monitor.apply(MonitorSettings::from_config(&new.config));
-                            let _ = out_tx.send(OutputMessage::Mqtt(new.config.mqtt.clone())).await;
+                            let _ = out_tx.send(OutputMessage::Mqtt(MqttConfig::for_daemon(&new.config))).await;
                             settings = new;
                             tracing::info!("configuration reloaded");
                         }
