@@ -79,6 +79,10 @@ pub struct RunArgs {
     /// Do not connect to MQTT, whatever the configuration says.
     #[arg(long)]
     pub no_mqtt: bool,
+    /// Replay a bundled synthetic night (room tone, a clap, a cry-like burst, speech-like
+    /// sound) as fast as possible, without MQTT: the monitor with no microphone or broker.
+    #[arg(long, conflicts_with = "input")]
+    pub demo: bool,
 }
 
 #[derive(Debug, Args)]
@@ -302,6 +306,16 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
 
 /// The audio source `args` ask for.
 fn audio_source(args: &RunArgs, settings: &Settings) -> anyhow::Result<Box<dyn AudioSource>> {
+    if args.demo {
+        let rate = 8000;
+        let night = crate::synth::demo_night(rate);
+        return Ok(Box::new(FileSource::from_samples(
+            "<demo night>".into(),
+            night,
+            rate,
+            false,
+        )));
+    }
     match args.input.as_deref() {
         Some(p) if p == Path::new("-") => Ok(Box::new(RawPcmSource::new(
             "stdin".into(),
@@ -345,7 +359,7 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
             .events
             .clone()
             .map_or(EventSink::Stdout, EventSink::File),
-        mqtt: !args.no_mqtt,
+        mqtt: !args.no_mqtt && !args.demo,
         retry: None,
     };
     let config_path = settings.source.clone();

@@ -88,6 +88,17 @@ pub fn speech_like(rate: u32, seconds: f32, amplitude: f32, seed: u64) -> Vec<f3
         .collect()
 }
 
+/// The bundled demo night for `babycryd run --demo`: 80 s of room tone with a clap at 5 s,
+/// a 12 s cry-like burst at 15 s and speech-like sound at 50 s, at 8 kHz.
+pub fn demo_night(rate: u32) -> Vec<f32> {
+    let at = |s: f32| (s * rate as f32) as usize;
+    let mut audio = room_tone(rate, 80.0, 0.002, 11);
+    mix_into(&mut audio, &clap(rate, 1.0, 0.9, 12), at(5.0));
+    mix_into(&mut audio, &cry(rate, 12.0, 0.5), at(15.0));
+    mix_into(&mut audio, &speech_like(rate, 6.0, 0.3, 13), at(50.0));
+    audio
+}
+
 /// Adds `b` into `a` starting at sample `at` (growing `a` if needed).
 pub fn mix_into(a: &mut Vec<f32>, b: &[f32], at: usize) {
     if a.len() < at + b.len() {
