@@ -321,6 +321,10 @@ pub async fn run(
                 state == AudioState::Running || matches!(state, AudioState::Lost(_))
             }
             SourceEvent::Retrying => matches!(state, AudioState::Lost(_)),
+            SourceEvent::Xruns(n) => {
+                xruns = n;
+                state == AudioState::Running
+            }
             SourceEvent::End { xruns: n } => {
                 xruns = n;
                 break;

@@ -145,6 +145,8 @@ pub enum SourceEvent {
     State(AudioState),
     /// The capture thread is alive and retrying (about once a second while lost).
     Retrying,
+    /// The source's overrun count went up to this total (counted, not a loss).
+    Xruns(u64),
     /// No more audio; the xruns counted.
     End {
         xruns: u64,
@@ -345,12 +347,21 @@ impl Capture {
         let mut mono = Vec::with_capacity(format.sample_rate as usize);
         let mut zero_run = 0u64;
         let mut last_audio = Instant::now();
+        let mut xruns = self.source.xruns();
         loop {
             if self.stopped() {
                 return Ok(true);
             }
             buf.clear();
-            match self.source.pull(&mut buf)? {
+            let pulled = self.source.pull(&mut buf)?;
+            if self.source.xruns() > xruns {
+                xruns = self.source.xruns();
+                tracing::debug!(source = %self.source.describe(), xruns, "capture overrun");
+                if !self.send(SourceEvent::Xruns(xruns)) {
+                    return Ok(false);
+                }
+            }
+            match pulled {
                 Pull::End => return Ok(true),
                 Pull::Idle => {
                     if last_audio.elapsed() >= stall_time {
