@@ -143,8 +143,9 @@ pub enum SourceEvent {
     /// Mono samples at the target rate.
     Audio(Vec<f32>),
     State(AudioState),
-    /// The capture thread is alive and retrying (about once a second while lost).
-    Retrying,
+    /// The capture thread is alive with no audio to send: retrying a lost source
+    /// (about once a second) or waiting on an idle one.
+    Heartbeat,
     /// The source's overrun count went up to this total (counted, not a loss).
     Xruns(u64),
     /// No more audio; the xruns counted.
@@ -271,7 +272,7 @@ impl Capture {
             }
             if beat.elapsed() >= Duration::from_secs(1) {
                 beat = Instant::now();
-                if !self.send(SourceEvent::Retrying) {
+                if !self.send(SourceEvent::Heartbeat) {
                     return false;
                 }
             }
@@ -370,7 +371,7 @@ impl Capture {
                         if !self.set_state(AudioState::Stalled(detail)) {
                             return Ok(false);
                         }
-                    } else if !self.send(SourceEvent::Retrying) {
+                    } else if !self.send(SourceEvent::Heartbeat) {
                         return Ok(false);
                     }
                 }
