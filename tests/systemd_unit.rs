@@ -68,10 +68,16 @@ fn the_unit_has_the_lifecycle_and_sandbox_settings() {
 
 #[test]
 fn systemd_analyze_verify_passes() {
-    let Some(tool) = systemd_analyze() else { return };
+    let Some(tool) = systemd_analyze() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let unit = testable_unit(dir.path());
-    let out = Command::new(tool).arg("verify").arg(&unit).output().unwrap();
+    let out = Command::new(tool)
+        .arg("verify")
+        .arg(&unit)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "verify failed:\n{stderr}");
     // verify prints warnings without failing; there must be none about our unit.
@@ -83,7 +89,9 @@ fn systemd_analyze_verify_passes() {
 
 #[test]
 fn systemd_analyze_security_scores_ok_or_better() {
-    let Some(tool) = systemd_analyze() else { return };
+    let Some(tool) = systemd_analyze() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let unit = testable_unit(dir.path());
     let out = Command::new(tool)
