@@ -28,7 +28,8 @@ struct Shared {
     lost: AtomicBool,
     reason: Mutex<String>,
     xruns: AtomicU64,
-    /// Samples the ring buffer had no room for.
+    /// Callbacks whose samples did not all fit in the ring buffer (the capture thread
+    /// fell behind): counted with the xruns.
     overflows: AtomicU64,
 }
 
@@ -109,9 +110,7 @@ impl CpalSource {
                 // Real-time context: no allocation, no lock, no blocking.
                 let pushed = producer.push_iter(data.iter().map(|&s| s.to_sample::<f32>()));
                 if pushed < data.len() {
-                    data_shared
-                        .overflows
-                        .fetch_add((data.len() - pushed) as u64, Ordering::Relaxed);
+                    data_shared.overflows.fetch_add(1, Ordering::Relaxed);
                 }
             },
             move |err: cpal::Error| {
@@ -216,7 +215,7 @@ impl AudioSource for CpalSource {
     }
 
     fn xruns(&self) -> u64 {
-        self.shared.xruns.load(Ordering::Relaxed)
+        self.shared.xruns.load(Ordering::Relaxed) + self.shared.overflows.load(Ordering::Relaxed)
     }
 }
 

@@ -368,11 +368,17 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let summary = runtime.block_on(async move {
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
-        tokio::spawn(forward_signals(tx, config_path));
-        crate::daemon::run(settings, source, options, rx).await
-    })?;
+    let summary = runtime
+        .block_on(async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(8);
+            tokio::spawn(forward_signals(tx, config_path));
+            crate::daemon::run(settings, source, options, rx).await
+        })
+        .map_err(|e| match e {
+            // Keep the model error itself in the chain: it selects the exit code.
+            crate::daemon::DaemonError::Model(m) => anyhow::Error::from(m),
+            other => anyhow::Error::from(other),
+        })?;
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     tracing::debug!(?summary, "exit");
     Ok(ExitCode::SUCCESS)

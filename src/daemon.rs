@@ -273,6 +273,9 @@ pub async fn run(
                             {
                                 tracing::warn!("model changes take effect after a restart");
                             }
+                            if new.config.audio != settings.config.audio {
+                                tracing::warn!("[audio] changes take effect after a restart");
+                            }
                             monitor.apply(MonitorSettings::from_config(&new.config));
                             let _ = out_tx.send(OutputMessage::Mqtt(MqttConfig::for_daemon(&new.config))).await;
                             settings = new;
@@ -320,7 +323,11 @@ pub async fn run(
                 }
                 state == AudioState::Running || matches!(state, AudioState::Lost(_))
             }
-            SourceEvent::Retrying => matches!(state, AudioState::Lost(_)),
+            SourceEvent::Heartbeat => matches!(state, AudioState::Lost(_)),
+            SourceEvent::Xruns(n) => {
+                xruns = n;
+                state == AudioState::Running
+            }
             SourceEvent::End { xruns: n } => {
                 xruns = n;
                 break;

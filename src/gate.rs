@@ -245,6 +245,25 @@ mod tests {
     }
 
     #[test]
+    fn out_of_range_settings_are_refused_by_name() {
+        assert!(GateConfig::default().validate().is_ok());
+        let e = GateConfig {
+            hangover_seconds: 11.0,
+            ..GateConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.starts_with("hangover_seconds = 11"), "{e}");
+        let e = GateConfig {
+            min_level_dbfs: 3.0,
+            ..GateConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.starts_with("min_level_dbfs"), "{e}");
+    }
+
+    #[test]
     fn levels_are_dbfs() {
         assert!((level_dbfs(&[1.0; 256]) - 0.0).abs() < 1e-9);
         assert!((level_dbfs(&[0.1; 256]) + 20.0).abs() < 1e-6);

@@ -143,8 +143,11 @@ pub enum SourceEvent {
     /// Mono samples at the target rate.
     Audio(Vec<f32>),
     State(AudioState),
-    /// The capture thread is alive and retrying (about once a second while lost).
-    Retrying,
+    /// The capture thread is alive with no audio to send: retrying a lost source
+    /// (about once a second) or waiting on an idle one.
+    Heartbeat,
+    /// The source's overrun count went up to this total (counted, not a loss).
+    Xruns(u64),
     /// No more audio; the xruns counted.
     End {
         xruns: u64,
@@ -269,7 +272,7 @@ impl Capture {
             }
             if beat.elapsed() >= Duration::from_secs(1) {
                 beat = Instant::now();
-                if !self.send(SourceEvent::Retrying) {
+                if !self.send(SourceEvent::Heartbeat) {
                     return false;
                 }
             }
@@ -345,12 +348,21 @@ impl Capture {
         let mut mono = Vec::with_capacity(format.sample_rate as usize);
         let mut zero_run = 0u64;
         let mut last_audio = Instant::now();
+        let mut xruns = self.source.xruns();
         loop {
             if self.stopped() {
                 return Ok(true);
             }
             buf.clear();
-            match self.source.pull(&mut buf)? {
+            let pulled = self.source.pull(&mut buf)?;
+            if self.source.xruns() > xruns {
+                xruns = self.source.xruns();
+                tracing::debug!(source = %self.source.describe(), xruns, "capture overrun");
+                if !self.send(SourceEvent::Xruns(xruns)) {
+                    return Ok(false);
+                }
+            }
+            match pulled {
                 Pull::End => return Ok(true),
                 Pull::Idle => {
                     if last_audio.elapsed() >= stall_time {
@@ -359,7 +371,7 @@ impl Capture {
                         if !self.set_state(AudioState::Stalled(detail)) {
                             return Ok(false);
                         }
-                    } else if !self.send(SourceEvent::Retrying) {
+                    } else if !self.send(SourceEvent::Heartbeat) {
                         return Ok(false);
                     }
                 }

@@ -147,7 +147,13 @@ fn an_hour_of_room_tone_runs_the_models_only_inside_gate_openings() {
     );
     let wav = write_wav(dir.path(), "hour.wav", &audio);
     let config = write_config(dir.path(), SYNTH_DETECTOR);
+    let started = std::time::Instant::now();
     let run = run_fast(&config, &wav, &[]);
+    // Reported, not asserted: wall time depends on the machine.
+    println!(
+        "replayed {hour} s of audio in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let s = run.summary();
     println!("summary: {s}");
@@ -313,4 +319,33 @@ fn shared_data() -> Option<std::path::PathBuf> {
     }
     eprintln!("SKIPPED: {msg}");
     None
+}
+
+#[test]
+fn a_broken_model_exits_with_the_model_code_and_a_missing_file_with_the_input_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    for f in ["cry-detector.toml", "cry-reason.toml", "cry-reason.onnx"] {
+        std::fs::copy(repo().join("models").join(f), models.join(f)).unwrap();
+    }
+    std::fs::write(models.join("cry-detector.onnx"), b"not a model").unwrap();
+    let config = dir.path().join("broken.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[models]\ndir = {:?}\n[mqtt]\nenabled = false\n",
+            models.display().to_string()
+        ),
+    )
+    .unwrap();
+    let wav = write_wav(dir.path(), "q.wav", &synth::room_tone(RATE, 1.0, 0.002, 1));
+    let run = run_fast(&config, &wav, &[]);
+    assert_eq!(run.code, Some(4), "{}", run.stderr);
+    assert!(run.stderr.contains("cry-detector.onnx"), "{}", run.stderr);
+
+    let good = write_config(dir.path(), "");
+    let run = run_fast(&good, &dir.path().join("missing.wav"), &[]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("missing.wav"), "{}", run.stderr);
 }

@@ -1,7 +1,8 @@
 //! The capture thread's recovery, driven through `daemon::run` with a source that is
 //! missing at boot, is unplugged while running, is busy, then delivers digital silence
-//! (stalled) before real audio: the daemon reports each state once, reopens the source
-//! by itself and never exits before the source ends.
+//! (stalled) before real audio, with xruns along the way: the daemon reports each state
+//! once, counts the xruns without treating them as a loss, reopens the source by itself
+//! and never exits before the source ends.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -32,6 +33,8 @@ struct FlakySource {
     steps: VecDeque<Step>,
     current: Option<(Vec<f32>, usize, bool)>,
     opens: Arc<AtomicUsize>,
+    /// Pulls that delivered audio; every tenth counts as an xrun.
+    audio_pulls: u64,
 }
 
 impl AudioSource for FlakySource {
@@ -70,7 +73,12 @@ impl AudioSource for FlakySource {
         let end = (*pos + RATE as usize / 10).min(samples.len());
         buf.extend(samples[*pos..end].iter().flat_map(|&s| [s, s]));
         *pos = end;
+        self.audio_pulls += 1;
         Ok(Pull::Audio)
+    }
+
+    fn xruns(&self) -> u64 {
+        self.audio_pulls / 10
     }
 
     fn close(&mut self) {
@@ -105,6 +113,7 @@ async fn a_lost_source_is_retried_reported_and_resumed() {
         ]),
         current: None,
         opens: opens.clone(),
+        audio_pulls: 0,
     };
     let events = dir.path().join("events.jsonl");
     let options = DaemonOptions {
@@ -160,5 +169,8 @@ async fn a_lost_source_is_retried_reported_and_resumed() {
         "{}",
         summary.audio_seconds
     );
+    // 60 pulls of 100 ms: 6 xruns, counted without any state change.
+    assert_eq!(summary.xruns, 6);
     assert_eq!(lines.last().unwrap()["type"], "summary");
+    assert_eq!(lines.last().unwrap()["xruns"], 6);
 }
