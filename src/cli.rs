@@ -385,29 +385,31 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// SIGTERM and SIGINT ask for a shutdown; SIGHUP reloads the configuration file.
+/// signal-hook's iterator runs on its own thread, so the handlers themselves only set
+/// flags (async-signal-safe) and a burst of SIGHUPs collapses into few reloads.
 async fn forward_signals(tx: tokio::sync::mpsc::Sender<Control>, config: Option<PathBuf>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    loop {
-        let control = tokio::select! {
-            _ = term.recv() => Control::Shutdown,
-            _ = int.recv() => Control::Shutdown,
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading the configuration");
-                Control::Reload(Box::new(load_settings(config.as_deref())))
-            }
-        };
-        if tx.send(control).await.is_err() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot install signal handlers: {e}");
             return;
         }
-    }
+    };
+    let _ = tokio::task::spawn_blocking(move || {
+        for signal in signals.forever() {
+            let control = if signal == SIGHUP {
+                tracing::info!("SIGHUP: reloading the configuration");
+                Control::Reload(Box::new(load_settings(config.as_deref())))
+            } else {
+                Control::Shutdown
+            };
+            if tx.blocking_send(control).is_err() {
+                return;
+            }
+        }
+    })
+    .await;
 }
 
 #[cfg(feature = "alsa")]

@@ -11,10 +11,28 @@ use rubato::{Fft, FixedSync, Resampler};
 
 use crate::error::ResampleError;
 
-/// Input frames rubato processes at a time: about 170-190 ms at 44.1/48 kHz. The FFT
-/// length, and so the anti-aliasing filter's sharpness, follows it: with 1024 frames a
-/// 44.1 kHz input loses 10 dB at 3.4 kHz; with 8192 the passband is flat to 3.4 kHz.
-const CHUNK: usize = 8192;
+/// Output frames per FFT block, at least: the block length sets how sharp the
+/// anti-aliasing filter is. With 160 output frames (rubato's default split for 44.1 kHz)
+/// the passband loses 10 dB at 3.4 kHz; from 1024 on it is flat to 3.4 kHz.
+const MIN_BLOCK_OUT: usize = 1024;
+
+/// The input chunk: the smallest block of `from/gcd` input frames, times the power of two
+/// that gives at least [`MIN_BLOCK_OUT`] output frames. Keeping the factor a power of two
+/// keeps both FFT lengths smooth (48 kHz: 6144 -> 1024; 44.1 kHz: 7056 -> 1280); an
+/// arbitrary chunk such as 8192 gives a 8196-point FFT with a prime factor of 683, several
+/// times slower.
+fn chunk_for(from_rate: u32, to_rate: u32) -> usize {
+    let (mut a, mut b) = (from_rate as usize, to_rate as usize);
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    let (block_in, block_out) = (from_rate as usize / a, to_rate as usize / a);
+    let mut k = 1;
+    while block_out * k < MIN_BLOCK_OUT {
+        k *= 2;
+    }
+    block_in * k
+}
 
 fn err(from_rate: u32, to_rate: u32, e: impl std::fmt::Display) -> ResampleError {
     ResampleError {
@@ -30,7 +48,7 @@ fn fft_resampler(from_rate: u32, to_rate: u32) -> Result<Fft<f32>, ResampleError
     Fft::<f32>::new_custom(
         from_rate as usize,
         to_rate as usize,
-        CHUNK,
+        chunk_for(from_rate, to_rate),
         1,
         1,
         rubato::WindowFunction::BlackmanHarris2,
@@ -114,7 +132,7 @@ impl StreamResampler {
             from_rate,
             to_rate,
             inner,
-            pending: Vec::with_capacity(2 * CHUNK),
+            pending: Vec::with_capacity(2 * chunk_for(from_rate, to_rate)),
             chunk_out,
             delay_left,
         })
@@ -241,6 +259,13 @@ mod tests {
             );
             println!("{rate} Hz -> 8 kHz: passband error {worst_pass_db:.4} dB, worst alias {worst_alias_db:.1} dB");
         }
+    }
+
+    #[test]
+    fn chunks_keep_the_fft_lengths_smooth() {
+        assert_eq!(chunk_for(48_000, 8000), 6144);
+        assert_eq!(chunk_for(44_100, 8000), 7056);
+        assert_eq!(chunk_for(16_000, 8000), 2048);
     }
 
     #[test]
