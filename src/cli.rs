@@ -45,6 +45,8 @@ pub enum Command {
     Classify(ClassifyArgs),
     /// Validate a configuration file and print the effective settings.
     CheckConfig,
+    /// Time every pipeline stage on this machine and print a table for an issue.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +90,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Classify(args) => classify(&cli, args),
         Command::CheckConfig => check_config(&cli),
+        Command::Bench(args) => crate::bench::run(&cli, args),
     }
 }
 

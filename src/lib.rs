@@ -13,6 +13,7 @@
 //! `babycryd classify`), `daemon` wires them into the live service (`babycryd run`),
 //! `config` parses and validates the settings, `cli` holds the command line.
 
+pub mod bench;
 pub mod classify;
 pub mod cli;
 pub mod config;
