@@ -47,6 +47,8 @@ pub enum Command {
     Classify(ClassifyArgs),
     /// Validate a configuration file and print the effective settings.
     CheckConfig,
+    /// Time every pipeline stage on this machine and print a table for an issue.
+    Bench(crate::bench::BenchArgs),
     /// Run the monitor: listen, detect crying, report episodes (the service).
     Run(RunArgs),
     /// List the audio input devices and the formats they offer.
@@ -129,6 +131,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run(&cli, args),
         Command::Devices => devices(),
         Command::MqttRemove => mqtt_remove(&cli),
+        Command::Bench(args) => crate::bench::run(&cli, args),
     }
 }
 

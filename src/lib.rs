@@ -15,6 +15,7 @@
 //! (`babycryd run`), `capture` is the cpal source (feature `alsa`), `config` parses and
 //! validates the settings, `cli` holds the command line.
 
+pub mod bench;
 #[cfg(feature = "alsa")]
 pub mod capture;
 pub mod classify;

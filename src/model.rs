@@ -252,6 +252,8 @@ pub struct Model {
     onnx_path: PathBuf,
     front_end: FrontEnd,
     plan: Arc<TypedRunnableModel>,
+    /// Reused between windows: spawning a state per run costs an allocation per node.
+    state: TypedSimpleState,
     features: MelMatrix,
     window: Vec<f32>,
 }
@@ -369,6 +371,7 @@ impl Model {
             });
         }
         let plan = typed.into_runnable().map_err(onnx_err)?;
+        let state = plan.spawn().map_err(onnx_err)?;
         let front_end = FrontEnd::new(
             &sidecar.features,
             sidecar.audio.sample_rate,
@@ -380,6 +383,7 @@ impl Model {
             onnx_path: path.to_owned(),
             front_end,
             plan,
+            state,
             features: MelMatrix {
                 n_mels: 0,
                 n_frames: 0,
@@ -401,6 +405,11 @@ impl Model {
         self.sidecar.window_samples()
     }
 
+    /// The optimised tract plan (for inspection; [`Model::predict`] runs it).
+    pub fn plan(&self) -> &Arc<TypedRunnableModel> {
+        &self.plan
+    }
+
     /// Runs one window. `samples` at the model's rate; shorter input is zero-padded at
     /// the end and longer input is cut, as the contract says.
     pub fn predict(&mut self, samples: &[f32]) -> Result<Prediction, ModelError> {
@@ -409,11 +418,27 @@ impl Model {
         self.window[n..].fill(0.0);
         self.front_end
             .features_into(&self.window, &mut self.features);
-        let input = build_input(&self.features, &self.sidecar.input);
+        let features = std::mem::replace(
+            &mut self.features,
+            MelMatrix {
+                n_mels: 0,
+                n_frames: 0,
+                data: Vec::new(),
+            },
+        );
+        let result = self.predict_features(&features);
+        self.features = features;
+        result
+    }
+
+    /// Runs the network alone on features the front end already computed (the shape
+    /// `[n_mels, frames]` of [`Sidecar::feature_shape`]).
+    pub fn predict_features(&mut self, features: &MelMatrix) -> Result<Prediction, ModelError> {
+        let input = build_input(features, &self.sidecar.input);
         let tensor = Tensor::from_shape(&self.sidecar.input.shape, &input)
             .map_err(|e| self.inference_err(e))?;
         let outputs = self
-            .plan
+            .state
             .run(tvec!(tensor.into()))
             .map_err(|e| self.inference_err(e))?;
         let raw = outputs[0]
@@ -515,6 +540,12 @@ pub fn resize_bilinear(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_model_can_move_to_another_thread() {
+        fn is_send<T: Send>() {}
+        is_send::<Model>();
+    }
 
     #[test]
     fn softmax_with_temperature_flattens() {
