@@ -374,7 +374,7 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let summary = runtime
         .block_on(async move {
             let (tx, rx) = tokio::sync::mpsc::channel(8);
-            tokio::spawn(forward_signals(tx, config_path));
+            forward_signals(tx, config_path);
             crate::daemon::run(settings, source, options, rx).await
         })
         .map_err(|e| match e {
@@ -390,7 +390,7 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
 /// SIGTERM and SIGINT ask for a shutdown; SIGHUP reloads the configuration file.
 /// signal-hook's iterator runs on its own thread, so the handlers themselves only set
 /// flags (async-signal-safe) and a burst of SIGHUPs collapses into few reloads.
-async fn forward_signals(tx: tokio::sync::mpsc::Sender<Control>, config: Option<PathBuf>) {
+fn forward_signals(tx: tokio::sync::mpsc::Sender<Control>, config: Option<PathBuf>) {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
@@ -399,20 +399,26 @@ async fn forward_signals(tx: tokio::sync::mpsc::Sender<Control>, config: Option<
             return;
         }
     };
-    let _ = tokio::task::spawn_blocking(move || {
-        for signal in signals.forever() {
-            let control = if signal == SIGHUP {
-                tracing::info!("SIGHUP: reloading the configuration");
-                Control::Reload(Box::new(load_settings(config.as_deref())))
-            } else {
-                Control::Shutdown
-            };
-            if tx.blocking_send(control).is_err() {
-                return;
+    // A detached thread, not spawn_blocking: the runtime's shutdown would wait for it
+    // forever, and an error exit (a broken model) must not hang.
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                let control = if signal == SIGHUP {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    Control::Reload(Box::new(load_settings(config.as_deref())))
+                } else {
+                    Control::Shutdown
+                };
+                if tx.blocking_send(control).is_err() {
+                    return;
+                }
             }
-        }
-    })
-    .await;
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the signal thread: {e}");
+    }
 }
 
 #[cfg(feature = "alsa")]

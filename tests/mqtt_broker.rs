@@ -1059,3 +1059,121 @@ async fn events_spooled_by_a_killed_process_are_delivered_by_the_next_one() {
     );
     handle.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A config for the real daemon: the repository's models, MQTT at `port`, node `node`.
+fn daemon_config(dir: &Path, port: u16, node: &str) -> PathBuf {
+    let conf = dir.join("config.toml");
+    let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
+    std::fs::write(
+        &conf,
+        format!(
+            "[models]\ndir = {:?}\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nnode_id = \"{node}\"\n\n[daemon]\nstate_dir = {:?}\n",
+            models.display().to_string(),
+            dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+/// The real `babycryd run` on a replayed recording: every record it prints (windows,
+/// episode start and end, audio states, the summary) also arrives on `<base>/event`, in
+/// order, once; `crying` goes ON then OFF; and
+/// the clean exit leaves `offline`.
+#[tokio::test]
+async fn the_daemon_publishes_every_event_of_a_replayed_recording() {
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, &["babycry/e2e/#"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = daemon_config(dir.path(), broker.port, "e2e");
+    let wav = dir.path().join("night.wav");
+    babycry::decode::write_wav_i16(&wav, &babycry::synth::demo_night(8000), 8000).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_babycryd"))
+        .arg("--config")
+        .arg(&conf)
+        .args(["run", "--fast", "--input"])
+        .arg(&wav)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        printed.iter().any(|v| v["type"] == "episode_end"),
+        "the demo night has a cry episode"
+    );
+    let want: Vec<String> = printed
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_owned())
+        .collect();
+    wait_until("every event arrived", Duration::from_secs(10), || {
+        sub.on("babycry/e2e/event").len() >= want.len()
+    })
+    .await;
+    let got: Vec<String> = sub
+        .on("babycry/e2e/event")
+        .iter()
+        .map(|m| {
+            assert!(!m.retain, "events are not retained");
+            serde_json::from_str::<Value>(&m.payload).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(got, want, "every event once, in order");
+    let crying: Vec<String> = sub
+        .on("babycry/e2e/crying")
+        .into_iter()
+        .map(|m| m.payload)
+        .collect();
+    assert!(
+        crying.iter().any(|c| c == "ON"),
+        "crying never went ON: {crying:?}"
+    );
+    assert_eq!(crying.last().map(String::as_str), Some("OFF"), "{crying:?}");
+    let status: Vec<String> = sub
+        .on("babycry/e2e/status")
+        .into_iter()
+        .map(|m| m.payload)
+        .collect();
+    assert_eq!(
+        status.last().map(String::as_str),
+        Some("offline"),
+        "{status:?}"
+    );
+}
+
+/// SIGKILL on the real daemon: the broker publishes the last will, `offline`.
+#[tokio::test]
+async fn a_daemon_killed_with_sigkill_leaves_offline() {
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, &["babycry/kill9/status"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = daemon_config(dir.path(), broker.port, "kill9");
+    let wav = dir.path().join("night.wav");
+    babycry::decode::write_wav_i16(&wav, &babycry::synth::room_tone(8000, 60.0, 0.002, 1), 8000)
+        .unwrap();
+    // Replayed in real time: still running when killed.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_babycryd"))
+        .arg("--config")
+        .arg(&conf)
+        .args(["run", "--input"])
+        .arg(&wav)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    sub.wait_for("babycry/kill9/status", "online", Duration::from_secs(20))
+        .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    sub.wait_for("babycry/kill9/status", "offline", Duration::from_secs(10))
+        .await;
+}
