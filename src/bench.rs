@@ -452,26 +452,12 @@ pub fn format_report(r: &BenchReport) -> String {
 
 /// `babycryd bench`.
 pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
-    let settings = match (&args.model, cli.config.is_some()) {
-        (Some(_), false) => None,
-        _ => Some(crate::cli::settings(cli)?),
-    };
-    let reason_path = match (&args.model, &settings) {
-        (Some(p), _) => p.clone(),
-        (None, Some(s)) => s.reason_model.clone(),
-        (None, None) => unreachable!("settings are loaded when no model is given"),
-    };
-    let detector_path = if args.no_detector {
-        None
-    } else {
-        args.detector.clone().or_else(|| {
-            if args.model.is_some() {
-                None
-            } else {
-                settings.as_ref()?.detector_model.clone()
-            }
-        })
-    };
+    let (_, reason_path, detector_path) = crate::cli::model_paths(
+        cli,
+        args.model.as_ref(),
+        args.detector.as_ref(),
+        args.no_detector,
+    )?;
     let report = measure(
         &reason_path,
         detector_path.as_deref(),

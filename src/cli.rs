@@ -139,28 +139,45 @@ fn load_model(path: &Path) -> anyhow::Result<Model> {
     Ok(Model::load(path)?)
 }
 
-fn classify(cli: &Cli, args: &ClassifyArgs) -> anyhow::Result<ExitCode> {
-    // Explicit model flags work even where the configured models are absent.
-    let settings = match (&args.model, cli.config.is_some()) {
+/// The models a command uses: `--model`/`--detector` flags first (they work even where
+/// the configured models are absent), else the configured ones. Returns the settings when
+/// they were needed.
+pub(crate) fn model_paths(
+    cli: &Cli,
+    model: Option<&PathBuf>,
+    detector: Option<&PathBuf>,
+    no_detector: bool,
+) -> anyhow::Result<(Option<Settings>, PathBuf, Option<PathBuf>)> {
+    let settings = match (model, cli.config.is_some()) {
         (Some(_), false) => None,
         _ => Some(settings(cli)?),
     };
-    let reason_path = match (&args.model, &settings) {
+    let reason_path = match (model, &settings) {
         (Some(p), _) => p.clone(),
         (None, Some(s)) => s.reason_model.clone(),
         (None, None) => unreachable!("settings are loaded when no model is given"),
     };
-    let detector_path = if args.no_detector {
+    let detector_path = if no_detector {
         None
     } else {
-        args.detector.clone().or_else(|| {
-            if args.model.is_some() {
+        detector.cloned().or_else(|| {
+            if model.is_some() {
                 None
             } else {
                 settings.as_ref()?.detector_model.clone()
             }
         })
     };
+    Ok((settings, reason_path, detector_path))
+}
+
+fn classify(cli: &Cli, args: &ClassifyArgs) -> anyhow::Result<ExitCode> {
+    let (settings, reason_path, detector_path) = model_paths(
+        cli,
+        args.model.as_ref(),
+        args.detector.as_ref(),
+        args.no_detector,
+    )?;
     let reason = load_model(&reason_path)?;
     let detector = detector_path.as_deref().map(load_model).transpose()?;
     let mut options = ClassifyOptions {
