@@ -1,8 +1,8 @@
 //! Criterion benches, one per pipeline stage, plus the budgets of issue 8 as ratios.
 //!
 //! Stages: decode (a 7 s 48 kHz WAV), resample (one second of 48 kHz audio to 8 kHz,
-//! streamed in 10 ms blocks), the stand-in gate (7 s; the real gate is on another
-//! branch), the front ends (one window each), each network (one window), and the
+//! streamed in 10 ms blocks), the stand-in energy gate (7 s; `gate::EnergyGate` is not
+//! benched yet), the front ends (one window each), each network (one window), and the
 //! cry-window path (detector front end + network, reason front end + network). The
 //! `baseline/*` group measures, in the same run, what the budgets are relative to: a
 //! plain `f32` multiply-add loop (the machine's speed today, so ratios survive a loaded

@@ -34,20 +34,13 @@ pub const WINDOW_SECONDS: f64 = 7.0;
 pub const REFERENCE_PEAK_FLOPS: f64 = 100e9;
 /// Seconds between detector windows in the daemon (its `[detector] hop_seconds` default).
 pub const DETECTOR_HOP_SECONDS: f64 = 0.5;
-/// Frame of the stand-in energy meter used while the real gate is not merged.
+/// Frame of the stand-in energy meter: the bench does not drive `gate::EnergyGate` yet.
 const GATE_FRAME: usize = 80;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Cry-reason model (.onnx with its .toml sidecar), instead of the configured one.
-    #[arg(long)]
-    pub model: Option<PathBuf>,
-    /// Cry-detector model, instead of the configured one.
-    #[arg(long, conflicts_with = "no_detector")]
-    pub detector: Option<PathBuf>,
-    /// Time the reason model alone.
-    #[arg(long)]
-    pub no_detector: bool,
+    #[command(flatten)]
+    pub models: crate::cli::ModelArgs,
     /// Recordings to time decoding and the models on (default: a synthetic 7 s cry).
     #[arg(long)]
     pub input: Vec<PathBuf>,
@@ -142,7 +135,7 @@ pub struct BenchReport {
     pub load_ms: f64,
     /// `VmHWM` of this process, MiB.
     pub peak_rss_mib: Option<f64>,
-    /// The gate row is a stand-in until the real gate is merged.
+    /// The gate row is a stand-in energy meter, not `gate::EnergyGate` (not wired in yet).
     pub gate_is_stand_in: bool,
 }
 
@@ -452,12 +445,7 @@ pub fn format_report(r: &BenchReport) -> String {
 
 /// `babycryd bench`.
 pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
-    let (_, reason_path, detector_path) = crate::cli::model_paths(
-        cli,
-        args.model.as_ref(),
-        args.detector.as_ref(),
-        args.no_detector,
-    )?;
+    let (_, reason_path, detector_path) = crate::cli::model_paths(cli, &args.models)?;
     let report = measure(
         &reason_path,
         detector_path.as_deref(),

@@ -281,11 +281,7 @@ impl Classifier {
                     probability: pred.probabilities[i],
                 })
                 .collect(),
-            all_probs: labels
-                .iter()
-                .cloned()
-                .zip(pred.probabilities.iter().copied())
-                .collect(),
+            all_probs: pred.by_label(labels),
             decision,
             cry_probability,
         }

@@ -107,13 +107,20 @@ pub struct ClassifyArgs {
     /// Print indented JSON.
     #[arg(long)]
     pub pretty: bool,
+    #[command(flatten)]
+    pub models: ModelArgs,
+}
+
+/// Which models a command loads, when not the configured ones.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
     /// Cry-reason model (.onnx with its .toml sidecar), instead of the configured one.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Cry-detector model, instead of the configured one.
     #[arg(long, conflicts_with = "no_detector")]
     pub detector: Option<PathBuf>,
-    /// Do not load a cry detector: every file is assumed to be crying.
+    /// Do not load a cry detector (classify: every file is assumed to be crying).
     #[arg(long)]
     pub no_detector: bool,
 }
@@ -144,10 +151,9 @@ fn load_model(path: &Path) -> anyhow::Result<Model> {
 /// they were needed.
 pub(crate) fn model_paths(
     cli: &Cli,
-    model: Option<&PathBuf>,
-    detector: Option<&PathBuf>,
-    no_detector: bool,
+    args: &ModelArgs,
 ) -> anyhow::Result<(Option<Settings>, PathBuf, Option<PathBuf>)> {
+    let (model, detector) = (args.model.as_ref(), args.detector.as_ref());
     let settings = match (model, cli.config.is_some()) {
         (Some(_), false) => None,
         _ => Some(settings(cli)?),
@@ -157,7 +163,7 @@ pub(crate) fn model_paths(
         (None, Some(s)) => s.reason_model.clone(),
         (None, None) => unreachable!("settings are loaded when no model is given"),
     };
-    let detector_path = if no_detector {
+    let detector_path = if args.no_detector {
         None
     } else {
         detector.cloned().or_else(|| {
@@ -172,12 +178,7 @@ pub(crate) fn model_paths(
 }
 
 fn classify(cli: &Cli, args: &ClassifyArgs) -> anyhow::Result<ExitCode> {
-    let (settings, reason_path, detector_path) = model_paths(
-        cli,
-        args.model.as_ref(),
-        args.detector.as_ref(),
-        args.no_detector,
-    )?;
+    let (settings, reason_path, detector_path) = model_paths(cli, &args.models)?;
     let reason = load_model(&reason_path)?;
     let detector = detector_path.as_deref().map(load_model).transpose()?;
     let mut options = ClassifyOptions {

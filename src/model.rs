@@ -238,6 +238,15 @@ impl Prediction {
             .unwrap_or((0, 0.0))
     }
 
+    /// The probabilities keyed by label (`labels` in the sidecar's order).
+    pub fn by_label(&self, labels: &[String]) -> BTreeMap<String, f32> {
+        labels
+            .iter()
+            .cloned()
+            .zip(self.probabilities.iter().copied())
+            .collect()
+    }
+
     /// Label indices sorted by falling probability.
     pub fn ranked(&self) -> Vec<usize> {
         let mut idx: Vec<usize> = (0..self.probabilities.len()).collect();

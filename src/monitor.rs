@@ -432,13 +432,7 @@ impl CryMonitor {
             end_s: self.seconds(end),
             reason: reason.clone(),
             confidence,
-            probabilities: self
-                .reason
-                .labels()
-                .iter()
-                .cloned()
-                .zip(pred.probabilities.iter().copied())
-                .collect(),
+            probabilities: pred.by_label(self.reason.labels()),
             cry_probability: (!cry.is_empty()).then(|| cry.iter().sum::<f32>() / cry.len() as f32),
             latency_ms: self
                 .push_started
@@ -494,24 +488,16 @@ impl CryMonitor {
             reason = %dominant_reason,
             "cry episode ended"
         );
-        emit(
-            self.event(EventKind::EpisodeEnd {
-                episode: ep.number,
-                start_s: self.seconds(ep.start_sample),
-                end_s: self.seconds(end),
-                duration_s: self.seconds(end - ep.start_sample),
-                dominant_reason,
-                confidence,
-                probabilities: self
-                    .reason
-                    .labels()
-                    .iter()
-                    .cloned()
-                    .zip(mean.probabilities.iter().copied())
-                    .collect(),
-                windows: ep.windows.len() as u32,
-            }),
-        );
+        emit(self.event(EventKind::EpisodeEnd {
+            episode: ep.number,
+            start_s: self.seconds(ep.start_sample),
+            end_s: self.seconds(end),
+            duration_s: self.seconds(end - ep.start_sample),
+            dominant_reason,
+            confidence,
+            probabilities: mean.by_label(self.reason.labels()),
+            windows: ep.windows.len() as u32,
+        }));
         emit(Update::Crying(false));
         self.cooldown_until = self.framed + self.samples(self.settings.episode.cooldown_seconds);
         self.recent.clear();
