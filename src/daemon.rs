@@ -7,9 +7,10 @@
 //! lines and hands updates to MQTT without ever waiting on the network. [`run`] takes
 //! every input (settings, source, outputs, a control channel for reload and shutdown)
 //! so tests drive the real thing; the CLI turns SIGHUP/SIGTERM/SIGINT into [`Control`].
-//! sd_notify: READY=1 once the models are loaded and the source has been tried,
-//! WATCHDOG=1 only while audio arrives (or the capture thread is alive and retrying a
-//! lost device), STATUS= one line of state.
+//! sd_notify: READY=1 once the models are loaded and the source is running (a missing
+//! microphone keeps the service "activating" with a STATUS= saying so, never failed),
+//! WATCHDOG=1 only while audio frames arrive (so systemd restarts a daemon whose
+//! microphone vanished or whose audio path hung), STATUS= one line of state.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -299,7 +300,9 @@ pub async fn run(
                     next_diagnostics += settings.config.daemon.diagnostics_seconds;
                     updates.push(Update::Diagnostics(diagnostics(&monitor, &state)));
                 }
-                state == AudioState::Running
+                // Frames arrived (digital silence included: that is reported as a
+                // stall, but a restart would not bring sound to a muted microphone).
+                ready
             }
             SourceEvent::State(new) => {
                 state = new;
@@ -312,7 +315,7 @@ pub async fn run(
                 )));
                 updates.push(Update::Diagnostics(diagnostics(&monitor, &state)));
                 let status = status_line(&state, &monitor);
-                if !ready && state != AudioState::Connecting {
+                if !ready && state == AudioState::Running {
                     ready = true;
                     sd_notify(&[
                         sd_notify::NotifyState::Ready,
@@ -321,12 +324,14 @@ pub async fn run(
                 } else {
                     sd_notify(&[sd_notify::NotifyState::Status(&status)]);
                 }
-                state == AudioState::Running || matches!(state, AudioState::Lost(_))
+                false
             }
-            SourceEvent::Heartbeat => matches!(state, AudioState::Lost(_)),
+            // Alive but without audio (retrying a lost device, or an idle source): the
+            // watchdog is for audio, so systemd sees a capture that stopped.
+            SourceEvent::Heartbeat => false,
             SourceEvent::Xruns(n) => {
                 xruns = n;
-                state == AudioState::Running
+                false
             }
             SourceEvent::End { xruns: n } => {
                 xruns = n;

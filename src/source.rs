@@ -511,58 +511,104 @@ impl PcmFormat {
 }
 
 /// Raw interleaved PCM from a reader (stdin: `arecord ... | babycryd run --input -`).
+///
+/// A reader thread does the blocking reads and hands chunks over a bounded channel, so
+/// [`AudioSource::pull`] waits at most 100 ms: a pipe that stays open but stops sending
+/// is then reported as stalled like any other silent source, instead of blocking the
+/// capture thread inside `read`.
 pub struct RawPcmSource<R> {
     name: String,
-    reader: R,
+    reader: Option<R>,
     format: PcmFormat,
     stream: StreamFormat,
-    bytes: Vec<u8>,
-    filled: usize,
+    chunks: Option<std::sync::mpsc::Receiver<Vec<u8>>>,
+    /// Bytes received but not yet decoded (a partial frame waits for the next chunk).
+    pending: Vec<u8>,
 }
 
-impl<R: Read + Send> RawPcmSource<R> {
+/// How long [`RawPcmSource::pull`] waits for the reader thread.
+const RAW_PCM_POLL: Duration = Duration::from_millis(100);
+
+impl<R: Read + Send + 'static> RawPcmSource<R> {
     pub fn new(name: String, reader: R, format: PcmFormat, stream: StreamFormat) -> Self {
-        let frame = format.bytes() * usize::from(stream.channels.max(1));
         Self {
             name,
-            reader,
+            reader: Some(reader),
             format,
             stream,
-            bytes: vec![0; frame * pull_frames(stream.sample_rate)],
-            filled: 0,
+            chunks: None,
+            pending: Vec::new(),
         }
+    }
+
+    fn frame_bytes(&self) -> usize {
+        self.format.bytes() * usize::from(self.stream.channels.max(1))
+    }
+
+    fn spawn_reader(&mut self, mut reader: R) -> Result<(), SourceError> {
+        let chunk = self.frame_bytes() * pull_frames(self.stream.sample_rate);
+        let name = self.name.clone();
+        // A few chunks of slack: the reader never runs far ahead of the pipeline.
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        std::thread::Builder::new()
+            .name("babycryd-pcm-reader".into())
+            .spawn(move || loop {
+                let mut bytes = vec![0; chunk];
+                match reader.read(&mut bytes) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        bytes.truncate(n);
+                        if tx.send(bytes).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        tracing::warn!(source = %name, "read failed: {e}");
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| SourceError::Unavailable {
+                device: self.name.clone(),
+                reason: format!("cannot start the reader thread: {e}"),
+            })?;
+        self.chunks = Some(rx);
+        Ok(())
     }
 }
 
-impl<R: Read + Send> AudioSource for RawPcmSource<R> {
+impl<R: Read + Send + 'static> AudioSource for RawPcmSource<R> {
     fn describe(&self) -> String {
         self.name.clone()
     }
 
     fn open(&mut self) -> Result<StreamFormat, SourceError> {
+        if let Some(reader) = self.reader.take() {
+            self.spawn_reader(reader)?;
+        }
         Ok(self.stream)
     }
 
     fn pull(&mut self, buf: &mut Vec<f32>) -> Result<Pull, SourceError> {
-        let n = match self.reader.read(&mut self.bytes[self.filled..]) {
-            Ok(0) => return Ok(Pull::End),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(Pull::Idle),
-            Err(e) => {
-                tracing::warn!(source = %self.name, "read failed: {e}");
-                return Ok(Pull::End);
-            }
+        let Some(chunks) = &self.chunks else {
+            return Ok(Pull::End);
         };
-        self.filled += n;
-        let frame = self.format.bytes() * usize::from(self.stream.channels.max(1));
-        let whole = self.filled / frame * frame;
+        match chunks.recv_timeout(RAW_PCM_POLL) {
+            Ok(bytes) => self.pending.extend_from_slice(&bytes),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return Ok(Pull::Idle),
+            // The reader ended (end of stream or a read error it logged); a trailing
+            // partial frame is not audio.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(Pull::End),
+        }
+        let frame = self.frame_bytes();
+        let whole = self.pending.len() / frame * frame;
         buf.extend(
-            self.bytes[..whole]
+            self.pending[..whole]
                 .chunks_exact(self.format.bytes())
                 .map(|b| self.format.decode(b)),
         );
-        self.bytes.copy_within(whole..self.filled, 0);
-        self.filled -= whole;
+        self.pending.drain(..whole);
         Ok(if whole > 0 { Pull::Audio } else { Pull::Idle })
     }
 }
@@ -612,8 +658,35 @@ mod tests {
             channels: 2,
         };
         let mut src = RawPcmSource::new("t".into(), Trickle(bytes, 0), PcmFormat::S16le, stream);
+        assert_eq!(src.open().unwrap(), stream);
         let mut buf = Vec::new();
         while src.pull(&mut buf).unwrap() != Pull::End {}
         assert_eq!(buf, vec![0.5, -0.5, 32767.0 / 32768.0, 0.0]);
+    }
+
+    #[test]
+    fn raw_pcm_reports_idle_while_the_writer_keeps_the_pipe_open_and_quiet() {
+        // A pipe whose writer is alive but silent: `read` blocks until it is dropped.
+        let (reader, writer) = std::io::pipe().unwrap();
+        let stream = StreamFormat {
+            sample_rate: 8000,
+            channels: 1,
+        };
+        let mut src = RawPcmSource::new("t".into(), reader, PcmFormat::S16le, stream);
+        src.open().unwrap();
+        let mut buf = Vec::new();
+        let started = Instant::now();
+        assert_eq!(src.pull(&mut buf).unwrap(), Pull::Idle);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        drop(writer);
+        let mut end = Pull::Idle;
+        for _ in 0..50 {
+            end = src.pull(&mut buf).unwrap();
+            if end != Pull::Idle {
+                break;
+            }
+        }
+        assert_eq!(end, Pull::End);
+        assert!(buf.is_empty());
     }
 }

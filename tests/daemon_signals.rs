@@ -179,14 +179,56 @@ fn sighup_applies_a_valid_config_and_keeps_the_old_one_on_an_invalid_one() {
     assert!((heard - 3.0 * seg_s).abs() < 0.1, "{summary}");
 }
 
+/// The messages sent to $NOTIFY_SOCKET, with the time each arrived.
+struct NotifyListener {
+    messages: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl NotifyListener {
+    fn bind(path: &Path) -> Self {
+        let socket = UnixDatagram::bind(path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let sink = messages.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                if let Ok(n) = socket.recv(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    sink.lock().unwrap().push((Instant::now(), text));
+                }
+                if Arc::strong_count(&sink) == 1 {
+                    return;
+                }
+            }
+        });
+        Self { messages }
+    }
+
+    fn all(&self) -> String {
+        let m = self.messages.lock().unwrap();
+        m.iter()
+            .map(|(_, t)| t.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Messages containing `what` that arrived within `from..to`.
+    fn count_between(&self, what: &str, from: Instant, to: Instant) -> usize {
+        let m = self.messages.lock().unwrap();
+        m.iter()
+            .filter(|(t, text)| *t >= from && *t <= to && text.contains(what))
+            .count()
+    }
+}
+
 #[test]
 fn sd_notify_sends_ready_status_and_watchdog() {
     let dir = tempfile::tempdir().unwrap();
     let socket_path = dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    let notify = NotifyListener::bind(&socket_path);
     let wav = write_wav(
         dir.path(),
         "tone.wav",
@@ -203,25 +245,131 @@ fn sd_notify_sends_ready_status_and_watchdog() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut messages = Vec::new();
-    let mut buf = [0u8; 4096];
-    let until = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < until {
-        if let Ok(n) = socket.recv(&mut buf) {
-            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
-        if child.try_wait().unwrap().is_some() {
-            while let Ok(n) = socket.recv(&mut buf) {
-                messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-            break;
-        }
-    }
-    let all = messages.join("\n");
+    assert!(child.wait().unwrap().success());
+    std::thread::sleep(Duration::from_millis(300));
+    let all = notify.all();
     assert!(all.contains("READY=1"), "{all}");
     assert!(all.contains("STATUS=audio running"), "{all}");
     assert!(all.contains("WATCHDOG=1"), "{all}");
     // READY comes before any watchdog ping.
     assert!(all.find("READY=1") < all.find("WATCHDOG=1"), "{all}");
-    assert!(child.wait().unwrap().success());
+}
+
+/// Raw PCM on stdin that pauses with the pipe still open: the watchdog stops while no
+/// frames arrive, the source is reported stalled, and both come back with the audio.
+#[test]
+fn the_watchdog_pauses_while_a_stdin_source_stops_sending() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let notify = NotifyListener::bind(&socket_path);
+    let config = write_config(dir.path(), "[audio]\nstall_seconds = 1.0\n");
+    let mut child = Command::new(bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--no-mqtt", "--input", "-", "--rate", "8000"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = collect_stderr(&mut child);
+    let mut stdin = child.stdin.take().unwrap();
+    // 100 ms of room tone every 100 ms, like a live recorder, for `secs` seconds.
+    let chunk: Vec<u8> = synth::room_tone(RATE, 0.1, 0.002, 5)
+        .iter()
+        .flat_map(|&s| ((s * 32767.0).round() as i16).to_le_bytes())
+        .collect();
+    let mut stream = |secs: f64| {
+        let until = Instant::now() + Duration::from_secs_f64(secs);
+        while Instant::now() < until {
+            stdin.write_all(&chunk).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    stream(4.5);
+    let pause_start = Instant::now();
+    std::thread::sleep(Duration::from_secs(6));
+    let pause_end = Instant::now();
+    stream(4.5);
+    let resumed = Instant::now();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let log = stderr.lock().unwrap().clone();
+    assert!(out.status.success(), "{log}");
+    let all = notify.all();
+    let before = notify.count_between(
+        "WATCHDOG=1",
+        pause_start - Duration::from_secs(4),
+        pause_start,
+    );
+    // The last chunk is analysed within moments; after that, silence on the socket.
+    let during = notify.count_between(
+        "WATCHDOG=1",
+        pause_start + Duration::from_millis(500),
+        pause_end,
+    );
+    let after = notify.count_between("WATCHDOG=1", pause_end, resumed);
+    assert!(before >= 1, "no watchdog while audio flowed:\n{all}");
+    assert_eq!(during, 0, "watchdog pinged while no audio arrived:\n{all}");
+    assert!(after >= 1, "no watchdog after the audio came back:\n{all}");
+    let stalled =
+        notify.count_between("STATUS=audio stalled (no audio for", pause_start, pause_end);
+    assert_eq!(stalled, 1, "{all}");
+    let running = notify.count_between("STATUS=audio running", pause_end, resumed);
+    assert_eq!(running, 1, "{all}");
+    let events = parse_events(&String::from_utf8_lossy(&out.stdout));
+    let states: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "audio_state")
+        .map(|e| e["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        ["connecting", "running", "stalled", "running", "ended"],
+        "{log}"
+    );
+}
+
+/// A microphone that is not there: the daemon keeps retrying, says so in STATUS=, and
+/// neither claims READY nor pings the watchdog; SIGTERM still ends it cleanly.
+#[cfg(feature = "alsa")]
+#[test]
+fn a_missing_microphone_is_never_ready_and_never_pings_the_watchdog() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let notify = NotifyListener::bind(&socket_path);
+    let config = write_config(
+        dir.path(),
+        "[audio]\ndevice = \"babycryd-test-no-such-microphone\"\nretry_max_seconds = 1.0\n",
+    );
+    let mut child = Command::new(bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--no-mqtt"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = collect_stderr(&mut child);
+    wait_for(30, "STATUS=audio lost", || {
+        notify.all().contains("STATUS=audio lost")
+    });
+    // Several retries (1 s apart) pass without READY or a watchdog ping.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(child.try_wait().unwrap().is_none(), "the daemon exited");
+    signal(&child, "TERM");
+    let asked = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let log = stderr.lock().unwrap().clone();
+    assert!(out.status.success(), "{log}");
+    assert!(asked.elapsed() < Duration::from_secs(5));
+    let all = notify.all();
+    assert!(!all.contains("READY=1"), "{all}");
+    assert!(!all.contains("WATCHDOG=1"), "{all}");
+    assert!(all.contains("babycryd-test-no-such-microphone"), "{all}");
+    // The loss is logged once at warn, not once per retry.
+    assert_eq!(log.matches("WARN").count(), 1, "{log}");
 }

@@ -50,6 +50,9 @@ fn the_unit_has_the_lifecycle_and_sandbox_settings() {
         "Type=notify",
         "NotifyAccess=main",
         "WatchdogSec=30",
+        "WatchdogSignal=SIGTERM",
+        // No start timeout: a missing microphone keeps the service waiting, not failed.
+        "TimeoutStartSec=infinity",
         "Restart=on-failure",
         "DynamicUser=yes",
         "SupplementaryGroups=audio",

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use super::discovery::{discovery_messages, episode_payload, removal_messages};
 use super::queue::Outbox;
 use super::{DeviceInfo, MqttConfig, MqttError, Msg, Topics};
-use crate::events::{Diagnostics, Update};
+use crate::events::{Diagnostics, EventKind, Update};
 
 /// Requests rumqttc's channel holds; the link task keeps at most `WINDOW` events in it.
 const CHANNEL: usize = 512;
@@ -60,6 +60,16 @@ pub struct LinkStatus {
 
 /// The delay before retry number `failures` (1-based): doubling from 1 s, capped at 60 s,
 /// each scaled by a random 50..100 % so many clients do not retry in step.
+/// What `<base>/event` carries: one record per classified window and one per episode end.
+/// Episode starts are `crying` = ON, audio states are diagnostics, and the run summary is
+/// for the JSON lines only.
+fn on_event_topic(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Window { .. } | EventKind::EpisodeEnd { .. }
+    )
+}
+
 pub(crate) fn backoff(failures: u32) -> Duration {
     let exp = BACKOFF_MIN.saturating_mul(1u32 << failures.saturating_sub(1).min(6));
     let base = exp.min(BACKOFF_MAX);
@@ -358,15 +368,19 @@ impl Link {
     fn update(&mut self, update: Update) {
         match update {
             Update::Event(event) => {
-                self.outbox.push("event".into(), event.to_json());
+                if on_event_topic(&event.kind) {
+                    self.outbox.push("event".into(), event.to_json());
+                }
                 if let Some(payload) = episode_payload(&event) {
                     self.outbox.push("episode".into(), payload);
                 }
+                // Write ahead: events are rare (one per 7 s window while crying), so each
+                // is on disk before it is on the wire, and a SIGKILL between the publish
+                // and its PUBACK cannot lose it (the next start resends it; consumers
+                // dedupe by `id`). Deliveries are saved by the spool tick.
+                self.outbox.save_if_dirty();
                 if self.connected {
                     self.pump();
-                } else {
-                    // Events are rare: spool at once so even a SIGKILL keeps them.
-                    self.outbox.save_if_dirty();
                 }
             }
             Update::Crying(on) => {

@@ -343,7 +343,7 @@ pub struct Topics {
     pub reason: String,
     /// Percent, retained.
     pub confidence: String,
-    /// One JSON record per event, QoS 1, not retained.
+    /// One JSON record per classified window and per episode end, QoS 1, not retained.
     pub event: String,
     /// The event entity's topic: `{"event_type": <dominant reason>, ...}` once per
     /// episode, not retained.
