@@ -1077,12 +1077,18 @@ async fn events_spooled_by_a_killed_process_are_delivered_by_the_next_one() {
 
 /// A config for the real daemon: the repository's models, MQTT at `port`, node `node`.
 fn daemon_config(dir: &Path, port: u16, node: &str) -> PathBuf {
+    daemon_config_with(dir, port, node, "")
+}
+
+/// [`daemon_config`] with `extra` TOML appended (sections other than [models], [mqtt] and
+/// [daemon]).
+fn daemon_config_with(dir: &Path, port: u16, node: &str, extra: &str) -> PathBuf {
     let conf = dir.join("config.toml");
     let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
     std::fs::write(
         &conf,
         format!(
-            "[models]\ndir = {:?}\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nnode_id = \"{node}\"\n\n[daemon]\nstate_dir = {:?}\n",
+            "[models]\ndir = {:?}\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nnode_id = \"{node}\"\n\n[daemon]\nstate_dir = {:?}\n\n{extra}\n",
             models.display().to_string(),
             dir.display().to_string()
         ),
@@ -1419,4 +1425,67 @@ async fn events_awaiting_their_puback_survive_a_sigkill_of_the_daemon() {
     })
     .await;
     next.finish();
+}
+
+/// SIGHUP with new MQTT settings (another node id) moves the running daemon to the new
+/// topics: the old base says `offline`, the new one `online`, the next episode's events
+/// go to the new base, and no audio was dropped across the reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_moves_the_daemon_to_new_mqtt_settings_without_dropping_audio() {
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, &["babycry/#"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let quick = "[episode]\nquiet_seconds = 2.0\ncooldown_seconds = 0.0\n";
+    let conf = daemon_config_with(dir.path(), broker.port, "hupold", quick);
+    let mut daemon = StdinDaemon::start(&conf);
+    sub.wait_for("babycry/hupold/status", "online", Duration::from_secs(20))
+        .await;
+    // Two cries with quiet after each (longer than quiet_seconds): two episodes.
+    let with_quiet = |seed| {
+        let mut audio = tone_then_cry(seed);
+        audio.extend(babycry::synth::room_tone(8000, 5.0, 0.002, seed));
+        audio
+    };
+    let first = with_quiet(41);
+    daemon.feed(&first);
+    daemon_config_with(dir.path(), broker.port, "hupnew", quick);
+    let status = Command::new("kill")
+        .args(["-HUP", &daemon.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    sub.wait_for("babycry/hupnew/status", "online", Duration::from_secs(20))
+        .await;
+    sub.wait_for("babycry/hupold/status", "offline", Duration::from_secs(5))
+        .await;
+    let second = with_quiet(42);
+    daemon.feed(&second);
+    wait_until("the second episode's end", Duration::from_secs(30), || {
+        daemon.printed("episode_end") == 2
+    })
+    .await;
+    let printed = daemon.printed.clone();
+    daemon.finish();
+    let printed = printed.lock().unwrap().clone();
+    let summary = printed.last().unwrap();
+    assert_eq!(summary["type"], "summary");
+    let fed = (first.len() + second.len()) as f64 / 8000.0;
+    let heard = summary["audio_seconds"].as_f64().unwrap();
+    assert!((heard - fed).abs() < 0.05, "fed {fed} s, heard {heard} s");
+    // The second episode ended after the reload: its end is on the new base only.
+    let last_end = printed
+        .iter()
+        .rev()
+        .find(|v| v["type"] == "episode_end")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_until(
+        "the last episode end on the new base",
+        Duration::from_secs(10),
+        || ids_of(&sub.on("babycry/hupnew/event")).contains(&last_end),
+    )
+    .await;
+    assert!(!ids_of(&sub.on("babycry/hupold/event")).contains(&last_end));
 }
