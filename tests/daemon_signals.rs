@@ -224,28 +224,36 @@ impl NotifyListener {
     }
 }
 
+/// `babycryd --config <config with extra> run --no-mqtt <args>` with $NOTIFY_SOCKET on a
+/// listener in `dir`; stdin, stdout and stderr piped.
+fn spawn_notified(dir: &Path, extra: &str, args: &[&str]) -> (NotifyListener, Child) {
+    let socket_path = dir.join("notify.sock");
+    let notify = NotifyListener::bind(&socket_path);
+    let config = write_config(dir, extra);
+    let child = Command::new(bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--no-mqtt"])
+        .args(args)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    (notify, child)
+}
+
 #[test]
 fn sd_notify_sends_ready_status_and_watchdog() {
     let dir = tempfile::tempdir().unwrap();
-    let socket_path = dir.path().join("notify.sock");
-    let notify = NotifyListener::bind(&socket_path);
     let wav = write_wav(
         dir.path(),
         "tone.wav",
         &synth::room_tone(RATE, 3.0, 0.002, 4),
     );
-    let config = write_config(dir.path(), "");
-    let mut child = Command::new(bin())
-        .arg("--config")
-        .arg(&config)
-        .args(["run", "--no-mqtt", "--input"])
-        .arg(&wav)
-        .env("NOTIFY_SOCKET", &socket_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    let (notify, child) = spawn_notified(dir.path(), "", &["--input", wav.to_str().unwrap()]);
+    assert!(child.wait_with_output().unwrap().status.success());
     std::thread::sleep(Duration::from_millis(300));
     let all = notify.all();
     assert!(all.contains("READY=1"), "{all}");
@@ -260,19 +268,11 @@ fn sd_notify_sends_ready_status_and_watchdog() {
 #[test]
 fn the_watchdog_pauses_while_a_stdin_source_stops_sending() {
     let dir = tempfile::tempdir().unwrap();
-    let socket_path = dir.path().join("notify.sock");
-    let notify = NotifyListener::bind(&socket_path);
-    let config = write_config(dir.path(), "[audio]\nstall_seconds = 1.0\n");
-    let mut child = Command::new(bin())
-        .arg("--config")
-        .arg(&config)
-        .args(["run", "--no-mqtt", "--input", "-", "--rate", "8000"])
-        .env("NOTIFY_SOCKET", &socket_path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (notify, mut child) = spawn_notified(
+        dir.path(),
+        "[audio]\nstall_seconds = 1.0\n",
+        &["--input", "-", "--rate", "8000"],
+    );
     let stderr = collect_stderr(&mut child);
     let mut stdin = child.stdin.take().unwrap();
     // 100 ms of room tone every 100 ms, like a live recorder, for `secs` seconds.
@@ -338,21 +338,11 @@ fn the_watchdog_pauses_while_a_stdin_source_stops_sending() {
 #[test]
 fn a_missing_microphone_is_never_ready_and_never_pings_the_watchdog() {
     let dir = tempfile::tempdir().unwrap();
-    let socket_path = dir.path().join("notify.sock");
-    let notify = NotifyListener::bind(&socket_path);
-    let config = write_config(
+    let (notify, mut child) = spawn_notified(
         dir.path(),
         "[audio]\ndevice = \"babycryd-test-no-such-microphone\"\nretry_max_seconds = 1.0\n",
+        &[],
     );
-    let mut child = Command::new(bin())
-        .arg("--config")
-        .arg(&config)
-        .args(["run", "--no-mqtt"])
-        .env("NOTIFY_SOCKET", &socket_path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let stderr = collect_stderr(&mut child);
     wait_for(30, "STATUS=audio lost", || {
         notify.all().contains("STATUS=audio lost")
