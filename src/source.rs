@@ -501,11 +501,22 @@ impl PcmFormat {
         }
     }
 
+    /// One sample from its `self.bytes()` bytes, always finite and within [-1, 1]: a
+    /// float stream's NaN, infinities and out-of-range values would otherwise poison the
+    /// gate's noise floor and the models, so non-finite samples become 0 and the rest are
+    /// clamped (the integer formats are in range by construction).
     fn decode(self, b: &[u8]) -> f32 {
         match self {
             Self::S16le => f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0,
             Self::S32le => i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32 / 2_147_483_648.0,
-            Self::F32le => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            Self::F32le => {
+                let x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                if x.is_finite() {
+                    x.clamp(-1.0, 1.0)
+                } else {
+                    0.0
+                }
+            }
         }
     }
 }
@@ -552,20 +563,22 @@ impl<R: Read + Send + 'static> RawPcmSource<R> {
         let (tx, rx) = std::sync::mpsc::sync_channel(8);
         std::thread::Builder::new()
             .name("babycryd-pcm-reader".into())
-            .spawn(move || loop {
+            .spawn(move || {
+                // One buffer for every read; each chunk sent holds only the bytes read.
                 let mut bytes = vec![0; chunk];
-                match reader.read(&mut bytes) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        bytes.truncate(n);
-                        if tx.send(bytes).is_err() {
+                loop {
+                    match reader.read(&mut bytes) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            if tx.send(bytes[..n].to_vec()).is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            tracing::warn!(source = %name, "read failed: {e}");
                             break;
                         }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        tracing::warn!(source = %name, "read failed: {e}");
-                        break;
                     }
                 }
             })
@@ -662,6 +675,28 @@ mod tests {
         let mut buf = Vec::new();
         while src.pull(&mut buf).unwrap() != Pull::End {}
         assert_eq!(buf, vec![0.5, -0.5, 32767.0 / 32768.0, 0.0]);
+    }
+
+    #[test]
+    fn float_pcm_is_sanitised_to_finite_samples_within_one() {
+        let cases = [
+            (f32::NAN, 0.0),
+            (f32::INFINITY, 0.0),
+            (f32::NEG_INFINITY, 0.0),
+            (1e30, 1.0),
+            (-3.5, -1.0),
+            (f32::MIN_POSITIVE, f32::MIN_POSITIVE),
+            (0.25, 0.25),
+            (-1.0, -1.0),
+        ];
+        for (raw, want) in cases {
+            let got = PcmFormat::F32le.decode(&raw.to_le_bytes());
+            assert_eq!(got, want, "{raw}");
+        }
+        // Integer extremes stay within [-1, 1).
+        assert_eq!(PcmFormat::S16le.decode(&i16::MIN.to_le_bytes()), -1.0);
+        assert_eq!(PcmFormat::S32le.decode(&i32::MIN.to_le_bytes()), -1.0);
+        assert!(PcmFormat::S32le.decode(&i32::MAX.to_le_bytes()) <= 1.0);
     }
 
     #[test]
