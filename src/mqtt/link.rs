@@ -84,7 +84,7 @@ fn describe(e: &ConnectionError, cfg: &MqttConfig) -> String {
         ConnectionError::ConnectionRefused(
             ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized,
         ) => format!(
-            "broker {at} refused the credentials (username {:?}): wrong password, or not allowed by the broker's ACL; check [mqtt] username, password, password_file",
+            "broker {at} refused the credentials (username {:?}): wrong password, or not allowed by the broker's ACL; check [mqtt] username, password, password_file or $BABYCRYD_MQTT_PASSWORD",
             cfg.username
         ),
         ConnectionError::ConnectionRefused(code) => format!("broker {at} refused the connection: {code:?}"),
@@ -155,6 +155,46 @@ fn options(cfg: &MqttConfig, topics: &Topics) -> Result<MqttOptions, MqttError> 
         )));
     }
     Ok(o)
+}
+
+/// What the link does with an incoming message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncomingAction {
+    /// Home Assistant came online: resend discovery and the states after a random delay.
+    Rediscover,
+    /// Nothing changes.
+    Ignore(Ignored),
+}
+
+/// Why an incoming message changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ignored {
+    /// Not `<discovery_prefix>/status`, the one topic the daemon subscribes to.
+    OtherTopic,
+    /// The retained `online` the broker hands out at every subscribe: discovery was just
+    /// sent on connect.
+    RetainedOnline,
+    /// Home Assistant went away; nothing to send until it is back.
+    Offline,
+    /// Neither `online` nor `offline` (surrounding whitespace aside): invalid UTF-8,
+    /// junk, or a huge payload.
+    UnexpectedPayload,
+}
+
+/// The daemon's whole reaction to incoming MQTT messages. It subscribes to one topic,
+/// Home Assistant's status (`<discovery_prefix>/status`), and accepts no commands: only a
+/// non-retained `online` there does anything (rediscovery); every other topic or payload
+/// is ignored. Pure, so it is fuzzed (`tests/fuzz.rs`).
+pub fn incoming(topics: &Topics, topic: &str, payload: &[u8], retained: bool) -> IncomingAction {
+    if topic != topics.ha_status {
+        return IncomingAction::Ignore(Ignored::OtherTopic);
+    }
+    match payload.trim_ascii() {
+        b"online" if retained => IncomingAction::Ignore(Ignored::RetainedOnline),
+        b"online" => IncomingAction::Rediscover,
+        b"offline" => IncomingAction::Ignore(Ignored::Offline),
+        _ => IncomingAction::Ignore(Ignored::UnexpectedPayload),
+    }
 }
 
 /// What the driver tells the link task.
@@ -532,23 +572,24 @@ impl Link {
         self.report();
     }
 
-    /// Only Home Assistant's status is accepted, and only `online`/`offline`.
+    /// Acts on a message the broker delivered; what to do is [`incoming`]'s decision.
     fn on_message(&mut self, topic: &str, payload: &[u8], retained: bool) {
-        if topic != self.topics.ha_status {
-            tracing::warn!(topic, "ignoring a message on a topic not subscribed to");
-            return;
-        }
-        match std::str::from_utf8(payload).map(str::trim) {
-            // A retained `online` arrives at every subscribe; discovery was just sent.
-            Ok("online") if !retained => {
+        match incoming(&self.topics, topic, payload, retained) {
+            IncomingAction::Rediscover => {
                 let delay = rand::rng().random_range(REDISCOVERY_DELAY_MS);
                 self.rediscover_at = Some(Instant::now() + Duration::from_millis(delay));
             }
-            Ok("online") | Ok("offline") => {}
-            _ => tracing::warn!(
-                topic,
+            IncomingAction::Ignore(Ignored::RetainedOnline | Ignored::Offline) => {}
+            // Neither payload nor topic is logged: it is whatever someone published.
+            IncomingAction::Ignore(Ignored::OtherTopic) => tracing::warn!(
                 bytes = payload.len(),
-                "ignoring an unexpected payload (expected online or offline)"
+                "ignoring a message on a topic other than {}",
+                self.topics.ha_status
+            ),
+            IncomingAction::Ignore(Ignored::UnexpectedPayload) => tracing::warn!(
+                bytes = payload.len(),
+                "ignoring an unexpected payload on {} (expected online or offline)",
+                self.topics.ha_status
             ),
         }
     }
@@ -670,6 +711,56 @@ pub async fn remove_device(cfg: &MqttConfig, timeout: Duration) -> Result<usize,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_live_online_on_the_home_assistant_status_rediscovers() {
+        let t = Topics::new("babycry/n", "homeassistant", "n");
+        let act = |topic: &str, payload: &[u8], retained| incoming(&t, topic, payload, retained);
+        assert_eq!(
+            act("homeassistant/status", b"online", false),
+            IncomingAction::Rediscover
+        );
+        assert_eq!(
+            act("homeassistant/status", b" online\n", false),
+            IncomingAction::Rediscover
+        );
+        let ignored = [
+            (
+                "homeassistant/status",
+                &b"online"[..],
+                true,
+                Ignored::RetainedOnline,
+            ),
+            ("homeassistant/status", b"offline", false, Ignored::Offline),
+            (
+                "homeassistant/status",
+                b"ONLINE",
+                false,
+                Ignored::UnexpectedPayload,
+            ),
+            (
+                "homeassistant/status",
+                b"\xff\xfe",
+                false,
+                Ignored::UnexpectedPayload,
+            ),
+            (
+                "homeassistant/status/x",
+                b"online",
+                false,
+                Ignored::OtherTopic,
+            ),
+            ("babycry/n/status", b"online", false, Ignored::OtherTopic),
+            ("babycry/n/crying", b"ON", false, Ignored::OtherTopic),
+        ];
+        for (topic, payload, retained, why) in ignored {
+            assert_eq!(
+                act(topic, payload, retained),
+                IncomingAction::Ignore(why),
+                "{topic} {payload:?} {retained}"
+            );
+        }
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_between_one_and_sixty_seconds() {

@@ -25,7 +25,11 @@ use serde::{Deserialize, Serialize};
 use crate::events::{ModelVersion, Update};
 
 pub use discovery::{discovery_messages, removal_messages};
-pub use link::{remove_device, LinkStatus};
+pub use link::{incoming, remove_device, Ignored, IncomingAction, LinkStatus};
+
+/// The environment variable holding the MQTT password when neither `[mqtt] password` nor
+/// `password_file` is set (e.g. `Environment=`/`EnvironmentFile=` in a systemd drop-in).
+pub const PASSWORD_ENV: &str = "BABYCRYD_MQTT_PASSWORD";
 
 /// Name of the spool file inside the state directory.
 pub const SPOOL_FILE: &str = "mqtt-spool.jsonl";
@@ -299,16 +303,16 @@ impl MqttConfig {
         Topics::new(&base, &self.discovery_prefix, &node)
     }
 
-    /// The password: inline, or the first line of `password_file` (refused when the file
-    /// is readable by everyone).
+    /// The password: inline, else the first line of `password_file` (refused when the
+    /// file is readable by everyone), else `$BABYCRYD_MQTT_PASSWORD` when set and not empty.
     pub fn password(&self) -> Result<Option<String>, MqttError> {
         if !self.password.0.is_empty() {
             return Ok(Some(self.password.0.clone()));
         }
-        if self.password_file.is_empty() {
-            return Ok(None);
+        if !self.password_file.is_empty() {
+            return read_password_file(Path::new(&self.password_file)).map(Some);
         }
-        read_password_file(Path::new(&self.password_file)).map(Some)
+        Ok(std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty()))
     }
 }
 
