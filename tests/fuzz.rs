@@ -1,9 +1,12 @@
-//! Mutation fuzzing on stable Rust: every parser that reads outside input (audio
-//! decoding, the config file, model sidecars) gets mutated versions of a committed seed
-//! corpus and must answer with a value or a typed error: never a panic or a hang.
-//! The time per target is bounded by `BABYCRY_FUZZ_SECONDS` (default 8 s); a crash
-//! found is printed with its input in hex and becomes a regression seed under
-//! `tests/fuzz-corpus/`.
+//! Mutation fuzzing on stable Rust: everything that reads outside input (audio
+//! decoding, the config file, model sidecars, raw PCM on stdin, incoming MQTT messages)
+//! gets mutated versions of a committed seed corpus and must answer with a value or a
+//! typed error: never a panic or a hang. The PCM reader must also deliver exactly the
+//! whole frames it was given, every sample finite and within [-1, 1]; of the MQTT
+//! messages only a non-retained `online` on `<discovery_prefix>/status` may act.
+//! The time per target is bounded by `BABYCRY_FUZZ_SECONDS` (default 8 s; CI sets it in
+//! `scripts/test.sh`); a crash found is printed with its input in hex and becomes a
+//! regression seed under `tests/fuzz-corpus/`.
 
 mod common;
 
@@ -158,4 +161,90 @@ fn fuzz_model_sidecar_parser() {
             .expect("a valid sidecar gives a valid front end");
         }
     });
+}
+
+/// Rates a PCM seed's first byte selects (`byte >> 5`), the CLI's extremes included.
+const PCM_RATES: [u32; 8] = [1000, 8000, 16000, 22050, 44100, 48000, 96000, 768_000];
+
+/// `tests/fuzz-corpus/pcm/`: byte 0 sets the stream (channels `1 + (b & 31)`, rate
+/// `PCM_RATES[b >> 5]`), the rest is the bytes on stdin, read in each format.
+#[test]
+fn fuzz_stdin_pcm_reader() {
+    use babycry::source::{AudioSource, PcmFormat, Pull, RawPcmSource, StreamFormat};
+    let seeds = seeds(&common::repo().join("tests/fuzz-corpus/pcm"));
+    let mut samples_seen = 0usize;
+    fuzz("pcm", &seeds, |_, bytes| {
+        let Some((&params, pcm)) = bytes.split_first() else {
+            return;
+        };
+        let stream = StreamFormat {
+            sample_rate: PCM_RATES[usize::from(params >> 5)],
+            channels: 1 + u16::from(params & 31),
+        };
+        for format in [PcmFormat::S16le, PcmFormat::S32le, PcmFormat::F32le] {
+            let reader = std::io::Cursor::new(pcm.to_vec());
+            let mut source = RawPcmSource::new("fuzz".into(), reader, format, stream);
+            assert_eq!(source.open().unwrap(), stream);
+            let mut buf = Vec::new();
+            while source.pull(&mut buf).unwrap() != Pull::End {}
+            let channels = usize::from(stream.channels);
+            let frame = format.bytes() * channels;
+            assert_eq!(
+                buf.len(),
+                pcm.len() / frame * channels,
+                "{format:?} {stream:?}"
+            );
+            assert!(
+                buf.iter()
+                    .all(|s| s.is_finite() && (-1.0..=1.0).contains(s)),
+                "{format:?}: a sample is not finite or outside [-1, 1]"
+            );
+            samples_seen += buf.len();
+        }
+    });
+    assert!(samples_seen > 0, "the corpus must yield samples");
+}
+
+/// `tests/fuzz-corpus/mqtt/`: byte 0 holds flags (bit 0: retained; bit 1: discovery
+/// prefix `ha/x` instead of `homeassistant`), then the topic, a 0 byte and the payload.
+#[test]
+fn fuzz_incoming_mqtt_messages() {
+    use babycry::mqtt::{incoming, IncomingAction, Topics};
+    let seeds = seeds(&common::repo().join("tests/fuzz-corpus/mqtt"));
+    let (mut rediscovered, mut ignored) = (0usize, 0usize);
+    fuzz("mqtt", &seeds, |_, bytes| {
+        let Some((&flags, rest)) = bytes.split_first() else {
+            return;
+        };
+        let retained = flags & 1 != 0;
+        let prefix = if flags & 2 != 0 {
+            "ha/x"
+        } else {
+            "homeassistant"
+        };
+        let topics = Topics::new("babycry/n", prefix, "n");
+        let split = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        // rumqttc hands over topics as strings; a payload is any bytes.
+        let topic = String::from_utf8_lossy(&rest[..split]);
+        let payload = rest.get(split + 1..).unwrap_or_default();
+        let action = incoming(&topics, &topic, payload, retained);
+        let birth = String::from_utf8_lossy(payload)
+            .trim_matches(|c: char| c.is_ascii_whitespace())
+            == "online";
+        let expected = topic == format!("{prefix}/status") && !retained && birth;
+        assert_eq!(
+            action == IncomingAction::Rediscover,
+            expected,
+            "{topic:?} retained={retained} payload={payload:?}: {action:?}"
+        );
+        if expected {
+            rediscovered += 1;
+        } else {
+            ignored += 1;
+        }
+    });
+    assert!(
+        rediscovered > 0 && ignored > 0,
+        "both outcomes exercised: {rediscovered} rediscoveries, {ignored} ignored"
+    );
 }
