@@ -77,14 +77,40 @@ fn decode_source(
     path: &Path,
 ) -> Result<DecodedAudio, DecodeError> {
     // symphonia asserts on some malformed headers (a zero sample rate reaches a division
-    // in its time base, found by tests/fuzz.rs); a bad file must be an error, never a crash.
+    // in its time base, found by tests/fuzz.rs); a bad file must be an error, never a crash,
+    // and the user sees that error alone, not the decoder's panic message.
+    quiet_decoder_panics();
+    DECODING.with(|d| d.set(true));
     let guarded = std::panic::AssertUnwindSafe(|| decode_unguarded(source, ext, path));
-    std::panic::catch_unwind(guarded).unwrap_or_else(|_| {
+    let outcome = std::panic::catch_unwind(guarded);
+    DECODING.with(|d| d.set(false));
+    outcome.unwrap_or_else(|_| {
         Err(DecodeError::Corrupt {
             path: path.to_owned(),
             reason: "malformed header or stream (the decoder gave up)".into(),
         })
     })
+}
+
+thread_local! {
+    /// Set while this thread runs the decoder inside `catch_unwind`.
+    static DECODING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Installs (once) a panic hook that logs a decoder's panic at debug level instead of
+/// printing it; every other panic goes to the hook that was there before.
+fn quiet_decoder_panics() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if DECODING.with(std::cell::Cell::get) {
+                tracing::debug!("the decoder panicked: {info}");
+            } else {
+                previous(info);
+            }
+        }));
+    });
 }
 
 fn decode_unguarded(
