@@ -312,6 +312,23 @@ fn mqtt_remove(cli: &Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The message for an error that ended the program: its causes joined by ": ", each
+/// cause only once (an error whose text already quotes its source is not followed by it).
+pub fn error_message(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 /// The exit code for an error that ended the program.
 pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
@@ -371,7 +388,7 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let source = match audio_source(args, &settings) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("babycryd: {e:#}");
+            eprintln!("babycryd: {}", error_message(&e));
             return Ok(ExitCode::from(exit::INPUT_FAILED));
         }
     };
@@ -478,11 +495,14 @@ pub fn configured_logging(cli: &Cli) -> (Option<String>, bool) {
 }
 
 /// Logging through tracing on stderr: plain lines without colour (journald adds the
-/// time), or JSON with `--log-json`. RUST_LOG wins over the config's `level`.
+/// time), or JSON with `--log-json`. RUST_LOG wins over the config's `level`. The audio
+/// decoder's own log lines ("probe reach EOF", "ignoring unknown chunk") are dropped
+/// unless RUST_LOG asks for them: a bad file is reported once, as a decode error.
 pub fn init_logging(json: bool, level: Option<&str>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::try_new(level.unwrap_or("info"))
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        let level = level.unwrap_or("info");
+        tracing_subscriber::EnvFilter::try_new(format!("{level},symphonia=off"))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,symphonia=off"))
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
