@@ -228,9 +228,9 @@ impl MqttConfig {
             return Err("ca_file and client_cert need tls = true".into());
         }
         if self.enabled {
-            self.password().map_err(|e| e.to_string())?;
+            self.password().map_err(in_section)?;
             if self.tls {
-                link::tls_config(self).map_err(|e| e.to_string())?;
+                link::tls_config(self).map_err(in_section)?;
             }
         }
         Ok(())
@@ -313,6 +313,17 @@ impl MqttConfig {
             return read_password_file(Path::new(&self.password_file)).map(Some);
         }
         Ok(std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty()))
+    }
+}
+
+/// An [`MqttError`] as a reason inside `[mqtt]` (the caller prefixes `mqtt.`).
+fn in_section(e: MqttError) -> String {
+    match e {
+        MqttError::Tls { path, reason } => format!("tls: {}: {reason}", path.display()),
+        other => {
+            let text = other.to_string();
+            text.strip_prefix("mqtt.").unwrap_or(&text).to_owned()
+        }
     }
 }
 
@@ -513,10 +524,11 @@ mod tests {
             path.display()
         ));
         let e = c.validate().unwrap_err();
-        assert!(
-            e.contains("readable by everyone") && e.contains("644"),
-            "{e}"
+        let want = format!(
+            "password_file {}: readable by everyone (mode 644)",
+            path.display()
         );
+        assert!(e.starts_with(&want), "{e}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         assert_eq!(c.validate(), Ok(()));
         assert_eq!(c.password().unwrap().as_deref(), Some("s3cret"));
