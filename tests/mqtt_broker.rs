@@ -492,20 +492,38 @@ async fn home_assistant_birth_message_triggers_rediscovery_and_junk_is_ignored()
     let retained_configs = live.all().len();
     assert_eq!(retained_configs, 10);
 
-    let (ha, mut ha_loop) =
-        AsyncClient::new(MqttOptions::new("fake-ha", "127.0.0.1", broker.port), 10);
+    let mut ha_opts = MqttOptions::new("fake-ha", "127.0.0.1", broker.port);
+    ha_opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (ha, mut ha_loop) = AsyncClient::new(ha_opts, 10);
     let poller = tokio::spawn(async move { while ha_loop.poll().await.is_ok() {} });
-    ha.publish("homeassistant/status", QoS::AtLeastOnce, false, "bogus")
-        .await
-        .unwrap();
-    ha.publish("babycry/testnode/crying", QoS::AtLeastOnce, false, "ON")
-        .await
-        .unwrap();
+    // Junk on Home Assistant's status and on the daemon's own topics (commands it does
+    // not have): wrong words, invalid UTF-8, a retained offline, payloads up to the
+    // client's 256 KiB packet limit.
+    let junk: [(&str, Vec<u8>, bool); 8] = [
+        ("homeassistant/status", b"bogus".to_vec(), false),
+        ("homeassistant/status", vec![0xff, 0xfe, 0x00, 0x80], false),
+        ("homeassistant/status", b"online ".repeat(36_000), false),
+        ("homeassistant/status/extra", b"online".to_vec(), false),
+        ("babycry/testnode/crying", b"ON".to_vec(), false),
+        ("babycry/testnode/set", vec![0xff; 200_000], false),
+        (
+            "babycry/testnode/command",
+            b"{\"rediscover\": true}".to_vec(),
+            false,
+        ),
+        ("homeassistant/status", b"offline".to_vec(), true),
+    ];
+    for (topic, payload, retain) in junk {
+        ha.publish(topic, QoS::AtLeastOnce, retain, payload)
+            .await
+            .unwrap();
+    }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        handle.status().discoveries,
-        1,
-        "junk must not trigger discovery"
+    let st = handle.status();
+    assert_eq!(st.discoveries, 1, "junk must not trigger discovery");
+    assert!(
+        st.connected && st.connections == 1 && st.failures == 0,
+        "junk must not cost the connection: {st:?}"
     );
 
     let asked = Instant::now();
@@ -523,6 +541,24 @@ async fn home_assistant_birth_message_triggers_rediscovery_and_junk_is_ignored()
     );
     assert_eq!(handle.status().discoveries, 2);
     assert!(live.all()[retained_configs..].iter().all(|m| !m.retain));
+
+    // Over the 256 KiB packet limit: MQTT 3.1.1 cannot refuse it, so rumqttc drops the
+    // connection; the link reconnects (backoff from 1 s) and announces itself again.
+    ha.publish(
+        "homeassistant/status",
+        QoS::AtLeastOnce,
+        false,
+        vec![b'x'; 300 * 1024],
+    )
+    .await
+    .unwrap();
+    wait_until("reconnected", Duration::from_secs(10), || {
+        let st = handle.status();
+        st.connected && st.connections == 2
+    })
+    .await;
+    let st = handle.status();
+    assert_eq!((st.failures, st.discoveries), (1, 3), "{st:?}");
     poller.abort();
     handle.shutdown(Duration::from_secs(5)).await;
 }
