@@ -389,12 +389,9 @@ fn run(case: &Case, dir: &Path, args: &[String], extra_env: &[(&str, &str)]) -> 
         }
         drop(stdin);
         if case.ends == Ends::Term {
-            let pid = child.id().to_string();
-            assert!(Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success());
+            let mut sigterm = Command::new("kill");
+            sigterm.arg("-TERM").arg(child.id().to_string());
+            assert!(sigterm.status().unwrap().success());
         }
     }
     let code = wait_exit(&mut child, Duration::from_secs(60));
