@@ -1,0 +1,459 @@
+//! Helpers of the tests that run a real Mosquitto: the broker (a process on a free port,
+//! killed on drop), a real rumqttc subscriber, and the real `babycryd run --input -`
+//! fed raw PCM by the test, with configs pointing it at the broker.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Incoming, MqttOptions, QoS};
+use serde_json::Value;
+
+pub const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A Mosquitto process; killed on drop.
+pub struct Broker {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    pub child: Option<Child>,
+    /// Other directories the broker reads (password file, certificates).
+    pub keep: Vec<tempfile::TempDir>,
+}
+
+impl Broker {
+    /// Starts Mosquitto on a free port.
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// Starts an anonymous Mosquitto on `port`, logging every connect and disconnect.
+    pub fn start_on(port: u16) -> Self {
+        Self::start_on_conf(
+            port,
+            &format!("listener {port} 127.0.0.1\nallow_anonymous true\nlog_type all\n"),
+        )
+    }
+
+    /// Starts Mosquitto with a whole config; `port` is where tests connect.
+    pub fn start_on_conf(port: u16, conf: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
+        let mut b = Self {
+            dir,
+            port,
+            child: None,
+            keep: Vec::new(),
+        };
+        b.restart();
+        b
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// (Re)starts the process on the same port and waits until it accepts connections.
+    pub fn restart(&mut self) {
+        let log = std::fs::File::create(self.path("mosquitto.log")).unwrap();
+        let child = Command::new(MOSQUITTO)
+            .arg("-c")
+            .arg(self.path("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("mosquitto runs");
+        self.child = Some(child);
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "mosquitto did not start: {}",
+                std::fs::read_to_string(self.path("mosquitto.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What the broker logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// SIGSTOP or SIGCONT: stopped, the broker keeps its connections open but reads and
+    /// acknowledges nothing.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("the broker runs").id();
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGKILL: no clean shutdown, no saved state.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            // A stopped process ignores nothing but SIGKILL; let it run its last steps.
+            self.signal("CONT");
+        }
+        self.kill();
+    }
+}
+
+/// One message as a subscriber saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub topic: String,
+    pub payload: String,
+    pub retain: bool,
+}
+
+/// A rumqttc subscriber that reconnects every 100 ms and resubscribes on every ConnAck.
+pub struct Subscriber {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    subacks: Arc<Mutex<u64>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscriber {
+    pub async fn start(port: u16, filters: &[&str]) -> Self {
+        let id = format!("test-sub-{}", free_port());
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_clean_session(true)
+            .set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = AsyncClient::new(opts, 100);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let subacks = Arc::new(Mutex::new(0));
+        let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
+        let (s, a) = (seen.clone(), subacks.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(Incoming::ConnAck(_))) => {
+                        for f in &filters {
+                            client.try_subscribe(f.clone(), QoS::AtLeastOnce).unwrap();
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(Incoming::SubAck(_))) => *a.lock().unwrap() += 1,
+                    Ok(rumqttc::Event::Incoming(Incoming::Publish(p))) => {
+                        s.lock().unwrap().push(Seen {
+                            topic: p.topic.clone(),
+                            payload: String::from_utf8_lossy(&p.payload).into_owned(),
+                            retain: p.retain,
+                        })
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        let sub = Self {
+            seen,
+            subacks,
+            task,
+        };
+        sub.wait_subscribed(1).await;
+        sub
+    }
+
+    /// Waits until `at_least` SUBACKs arrived since the start (one per filter and connect).
+    pub async fn wait_subscribed(&self, at_least: u64) {
+        let subacks = self.subacks.clone();
+        wait_until(
+            "the subscriber is subscribed",
+            Duration::from_secs(10),
+            || *subacks.lock().unwrap() >= at_least,
+        )
+        .await;
+    }
+
+    pub fn on(&self, topic: &str) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.topic == topic)
+            .cloned()
+            .collect()
+    }
+
+    pub fn all(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits for a message on `topic` with `payload`.
+    pub async fn wait_for(&self, topic: &str, payload: &str, timeout: Duration) -> Seen {
+        let what = format!("{topic} = {payload}");
+        let start = Instant::now();
+        loop {
+            if let Some(m) = self.on(topic).into_iter().find(|m| m.payload == payload) {
+                return m;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out waiting for {what}; saw {:?}",
+                self.on(topic)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < timeout, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A config for the real daemon: the repository's models, MQTT at `port`, node `node`.
+pub fn daemon_config(dir: &Path, port: u16, node: &str) -> PathBuf {
+    daemon_config_with(dir, port, node, "")
+}
+
+/// [`daemon_config`] with `extra` TOML appended (sections other than [models], [mqtt] and
+/// [daemon]).
+pub fn daemon_config_with(dir: &Path, port: u16, node: &str, extra: &str) -> PathBuf {
+    daemon_config_at(dir, port, node, dir, extra)
+}
+
+/// [`daemon_config_with`] with the spool in `state_dir`.
+pub fn daemon_config_at(
+    dir: &Path,
+    port: u16,
+    node: &str,
+    state_dir: &Path,
+    extra: &str,
+) -> PathBuf {
+    let conf = dir.join("config.toml");
+    let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
+    std::fs::write(
+        &conf,
+        format!(
+            "[models]\ndir = {:?}\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nnode_id = \"{node}\"\n\n[daemon]\nstate_dir = {:?}\n\n{extra}\n",
+            models.display().to_string(),
+            state_dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+/// The real `babycryd run --input - --rate 8000` (raw PCM on stdin), fed by the test, with
+/// its printed records collected as they come.
+pub struct StdinDaemon {
+    pub child: Child,
+    pub stdin: Option<std::process::ChildStdin>,
+    pub printed: Arc<Mutex<Vec<Value>>>,
+    pub stderr: Arc<Mutex<String>>,
+    /// Ends when the daemon's stdout closes: joined to have every printed record.
+    stdout_reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StdinDaemon {
+    pub fn start(conf: &Path) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_babycryd"))
+            .arg("--config")
+            .arg(conf)
+            .args(["run", "--input", "-", "--rate", "8000"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let printed = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (p, out) = (printed.clone(), child.stdout.take().unwrap());
+        let stdout_reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                p.lock().unwrap().push(serde_json::from_str(&line).unwrap());
+            }
+        });
+        let (e, err) = (stderr.clone(), child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let mut e = e.lock().unwrap();
+                e.push_str(&line);
+                e.push('\n');
+            }
+        });
+        Self {
+            stdin: child.stdin.take(),
+            child,
+            printed,
+            stderr,
+            stdout_reader: Some(stdout_reader),
+        }
+    }
+
+    /// Writes `samples` as s16le (blocking while the daemon catches up).
+    pub fn feed(&mut self, samples: &[f32]) {
+        use std::io::Write;
+        self.stdin
+            .as_mut()
+            .unwrap()
+            .write_all(&s16le(samples))
+            .unwrap();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name}");
+    }
+
+    /// Resident memory now, in KiB (VmRSS of /proc/<pid>/status).
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+
+    /// Open file descriptors now (entries of /proc/<pid>/fd).
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+
+    /// What the daemon logged so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Every record printed so far; everything once the process has exited.
+    pub fn records(&mut self) -> Vec<Value> {
+        if self.child.try_wait().unwrap().is_some() {
+            if let Some(reader) = self.stdout_reader.take() {
+                reader.join().unwrap();
+            }
+        }
+        self.printed.lock().unwrap().clone()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status and how long it took.
+    pub fn wait_exit(&mut self, timeout: Duration) -> (std::process::ExitStatus, Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, start.elapsed());
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "the daemon did not exit within {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn printed(&self, kind: &str) -> usize {
+        self.printed
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["type"] == kind)
+            .count()
+    }
+
+    /// The ids of the printed records that go to `<base>/event`, in order.
+    pub fn event_ids(&self) -> Vec<String> {
+        self.printed
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["type"] == "window" || v["type"] == "episode_end")
+            .map(|v| v["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Closes stdin (end of audio) and waits for a clean exit; every printed record.
+    pub fn finish(mut self) -> Vec<Value> {
+        drop(self.stdin.take());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{}", self.stderr.lock().unwrap());
+        self.records()
+    }
+}
+
+/// Mono samples as raw s16le PCM.
+pub fn s16le(samples: &[f32]) -> Vec<u8> {
+    samples
+        .iter()
+        .flat_map(|&s| ((s * 32767.0).round() as i16).to_le_bytes())
+        .collect()
+}
+
+/// VmRSS of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS in /proc/<pid>/status");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Room tone, then a 12 s synthetic cry from 3 s on: 15 s.
+pub fn tone_then_cry(seed: u64) -> Vec<f32> {
+    let mut audio = babycry::synth::room_tone(8000, 15.0, 0.002, seed);
+    babycry::synth::mix_into(&mut audio, &babycry::synth::cry(8000, 12.0, 0.5), 3 * 8000);
+    audio
+}
+
+/// More crying, then 15 s of quiet that ends the episode.
+pub fn cry_then_quiet(seed: u64) -> Vec<f32> {
+    let mut audio = babycry::synth::room_tone(8000, 27.0, 0.002, seed);
+    babycry::synth::mix_into(&mut audio, &babycry::synth::cry(8000, 12.0, 0.5), 0);
+    audio
+}
+
+pub fn ids_of(messages: &[Seen]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| {
+            serde_json::from_str::<Value>(&m.payload).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
