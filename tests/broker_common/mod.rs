@@ -344,9 +344,7 @@ impl StdinDaemon {
 
     /// Open file descriptors now (entries of /proc/<pid>/fd).
     pub fn fd_count(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .unwrap()
-            .count()
+        fd_count(self.pid())
     }
 
     /// What the daemon logged so far.
@@ -424,12 +422,24 @@ pub fn s16le(samples: &[f32]) -> Vec<u8> {
 
 /// VmRSS of process `pid`, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmRSS")
+}
+
+/// A KiB figure of /proc/<pid>/status: `VmRSS` (resident now), `VmHWM` (peak resident).
+pub fn proc_status_kib(pid: u32, key: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS in /proc/<pid>/status");
+        .find(|l| l.strip_prefix(key).is_some_and(|r| r.starts_with(':')))
+        .unwrap_or_else(|| panic!("{key} in /proc/{pid}/status"));
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Open file descriptors of process `pid` (entries of /proc/<pid>/fd).
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
 
 /// Room tone, then a 12 s synthetic cry from 3 s on: 15 s.
