@@ -329,11 +329,11 @@ async fn a_long_mixed_replay_keeps_memory_fds_and_the_queue_flat_and_delivers_ev
         );
     }
 
-    // The detector's measured recall is about 0.45 per recording; a cry makes an
-    // episode only when 3 of 4 half-second windows agree, so ask for a third of that.
+    // The detector's measured recall is about 0.45 per held-out recording (0.57 on this
+    // mix over 24 h, 0.67 in the first hour); ask for 0.3.
     let cries = replay.cries.len();
     assert!(
-        hits * 20 >= cries * 3,
+        hits * 10 >= cries * 3,
         "{hits} of {cries} cries made an episode"
     );
     // Under one false alarm per hour of negatives was measured; a few per hour of this
