@@ -147,7 +147,7 @@ fn replay(
         audio.truncate(SLOT_S * second);
         stdin.write_all(&s16le(&audio)).unwrap();
         let written = (slot + 1) * SLOT_S;
-        if written % SAMPLE_EVERY_S == 0 {
+        if written.is_multiple_of(SAMPLE_EVERY_S) {
             out.samples.push(ProcessSample {
                 audio_s: written as f64,
                 rss_kib: rss_kib(pid),
