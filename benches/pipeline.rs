@@ -1,8 +1,9 @@
 //! Criterion benches, one per pipeline stage, plus the budgets of issue 8 as ratios.
 //!
 //! Stages: decode (a 7 s 48 kHz WAV), resample (one second of 48 kHz audio to 8 kHz,
-//! streamed in 10 ms blocks), the stand-in energy gate (7 s; `gate::EnergyGate` is not
-//! benched yet), the front ends (one window each), each network (one window), and the
+//! streamed in 10 ms blocks), the quiet room through the daemon's always-on path (7 s at
+//! 8 kHz and at 48 kHz: capture conversion, energy gate, monitor; an hour of it is 514x
+//! the 7 s figure), the front ends (one window each), each network (one window), and the
 //! cry-window path (detector front end + network, reason front end + network). The
 //! `baseline/*` group measures, in the same run, what the budgets are relative to: a
 //! plain `f32` multiply-add loop (the machine's speed today, so ratios survive a loaded
@@ -16,7 +17,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::Duration;
 
-use babycry::bench::{energy_frames_above, synthetic_cry, CAPTURE_RATE};
+use babycry::bench::{quiet_room, synthetic_cry, AlwaysOnPath, CAPTURE_RATE};
 use babycry::decode::{decode_file, write_wav_i16};
 use babycry::features::{FrontEnd, MelMatrix};
 use babycry::model::Model;
@@ -62,10 +63,21 @@ fn stages(c: &mut Criterion) {
     });
     group.finish();
 
-    let quiet = babycry::synth::room_tone(RATE, 7.0, 0.002, 3);
-    c.bench_function("gate_stand_in/energy_7s", |b| {
-        b.iter(|| energy_frames_above(black_box(&quiet), 1e-3))
-    });
+    // The always-on path in a quiet room (capture conversion, gate, monitor), per 7 s.
+    for capture_rate in [RATE, CAPTURE_RATE] {
+        let mut path = AlwaysOnPath::with_models(
+            &models_dir().join("cry-reason.onnx"),
+            Some(&models_dir().join("cry-detector.onnx")),
+            capture_rate,
+        )
+        .unwrap();
+        path.feed(&quiet_room(capture_rate, 100.0)).unwrap();
+        let quiet = quiet_room(capture_rate, 7.0);
+        c.bench_function(&format!("quiet_room/{capture_rate}_hz_7s"), |b| {
+            b.iter(|| path.feed(black_box(&quiet)).unwrap())
+        });
+        assert_eq!(path.monitor().summary().gate_openings, 0);
+    }
 
     let audio = synthetic_cry(RATE, 7.0);
     let mut detector = Model::load(&models_dir().join("cry-detector.onnx")).unwrap();

@@ -3,12 +3,14 @@
 //!
 //! It owns the definitions behind the published performance figures (docs/performance.md):
 //! what a "window" costs per stage (median and p95 over repeated runs), the real-time
-//! factor of a quiet room (capture rate conversion and the energy gate only) and of a
-//! crying baby (everything: the detector every hop and the reason model every 7 s), the
+//! factor of a quiet room (the daemon's always-on path, [`AlwaysOnPath`]: capture
+//! conversion, the energy gate and the monitor, at 8 kHz and at 48 kHz) and of a crying
+//! baby (everything: the detector every hop and the reason model every 7 s), the
 //! models' multiply-accumulate counts (walked from tract's decluttered graph) and the
 //! fraction of this machine's peak they reach, the model load time and the process's peak
-//! resident memory (`VmHWM`). Numbers are measured, never asserted: speed budgets live in
-//! the criterion benches (`benches/pipeline.rs`) as ratios, not in tests.
+//! resident memory (`VmHWM`), and with `--starts N` the time from starting `babycryd run`
+//! to its `READY=1`. Numbers are measured, never asserted: speed budgets live in the
+//! criterion benches (`benches/pipeline.rs`) as ratios, not in tests.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,10 +23,13 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::Cost;
 
 use crate::cli::Cli;
+use crate::config::Config;
 use crate::decode::{decode_file, write_wav_i16};
 use crate::features::{FrontEnd, MelMatrix};
 use crate::model::Model;
-use crate::resample::{resample_all, StreamResampler};
+use crate::monitor::{CryMonitor, MonitorSettings};
+use crate::resample::resample_all;
+use crate::source::{CaptureConverter, StreamFormat};
 
 /// The capture rate the resampling stage is timed at (USB microphones default to it).
 pub const CAPTURE_RATE: u32 = 48_000;
@@ -34,8 +39,11 @@ pub const WINDOW_SECONDS: f64 = 7.0;
 pub const REFERENCE_PEAK_FLOPS: f64 = 100e9;
 /// Seconds between detector windows in the daemon (its `[detector] hop_seconds` default).
 pub const DETECTOR_HOP_SECONDS: f64 = 0.5;
-/// Frame of the stand-in energy meter: the bench does not drive `gate::EnergyGate` yet.
-const GATE_FRAME: usize = 80;
+/// Audio per block handed to the always-on path: 10 ms, what a capture callback delivers.
+const BLOCK_SECONDS: f64 = 0.01;
+/// 7 s windows of quiet room fed before timing: long enough for the monitor's history
+/// buffer to reach its steady size (it trims at twice its 40 s).
+const WARM_UP_WINDOWS: usize = 15;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -50,6 +58,9 @@ pub struct BenchArgs {
     /// Peak FLOP/s of one core, for the fraction of peak (default: the reference machine).
     #[arg(long, default_value_t = REFERENCE_PEAK_FLOPS)]
     pub peak_flops: f64,
+    /// Also time this many starts of `babycryd run` to READY=1 (0: skip).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub starts: u32,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -126,17 +137,73 @@ pub struct BenchReport {
     pub cry_window_path: StageTime,
     /// `2 * (detector + reason MACs) / peak` over the cry-window path median.
     pub cry_window_floor_ratio: f64,
-    /// Audio seconds per CPU second with the gate closed (resample + gate).
-    pub realtime_quiet: f64,
-    /// Audio seconds per CPU second while crying (resample + gate + detector every hop +
-    /// reason every window).
+    /// Audio seconds per CPU second in a quiet room (gate closed) with an 8 kHz source:
+    /// the monitor's framing, history and gate.
+    pub realtime_quiet_8k: f64,
+    /// The same with a 48 kHz source: capture conversion (rubato) too.
+    pub realtime_quiet_48k: f64,
+    /// Gate openings while the quiet room was timed (0, or the quiet figures are wrong).
+    pub quiet_gate_openings: u64,
+    /// Audio seconds per CPU second while crying (48 kHz conversion + gate + detector
+    /// every hop + reason every window).
     pub realtime_crying: f64,
     /// Both models loaded and planned, ms.
     pub load_ms: f64,
+    /// Starts of `babycryd run` (`--starts`).
+    pub starts: Option<StartFigures>,
     /// `VmHWM` of this process, MiB.
     pub peak_rss_mib: Option<f64>,
-    /// The gate row is a stand-in energy meter, not `gate::EnergyGate` (not wired in yet).
-    pub gate_is_stand_in: bool,
+}
+
+/// The daemon's always-on path, driven directly: audio at the capture rate in 10 ms
+/// blocks, converted as the capture thread does ([`CaptureConverter`]), then analysed by
+/// a [`CryMonitor`] (framing, history, the energy gate, and the models when it opens).
+#[derive(Debug)]
+pub struct AlwaysOnPath {
+    converter: CaptureConverter,
+    monitor: CryMonitor,
+    block: usize,
+}
+
+impl AlwaysOnPath {
+    pub fn new(monitor: CryMonitor, capture_rate: u32) -> anyhow::Result<Self> {
+        let format = StreamFormat {
+            sample_rate: capture_rate,
+            channels: 1,
+        };
+        Ok(Self {
+            converter: CaptureConverter::new(format, monitor.sample_rate())?,
+            monitor,
+            block: ((f64::from(capture_rate) * BLOCK_SECONDS) as usize).max(1),
+        })
+    }
+
+    /// The daemon's default settings with the given models.
+    pub fn with_models(
+        reason: &Path,
+        detector: Option<&Path>,
+        capture_rate: u32,
+    ) -> anyhow::Result<Self> {
+        let monitor = CryMonitor::new(
+            Model::load(reason)?,
+            detector.map(Model::load).transpose()?,
+            MonitorSettings::from_config(&Config::default()),
+        )?;
+        Self::new(monitor, capture_rate)
+    }
+
+    /// Feeds mono audio at the capture rate; what the monitor emits is dropped.
+    pub fn feed(&mut self, audio: &[f32]) -> anyhow::Result<()> {
+        for block in audio.chunks(self.block) {
+            let samples = self.converter.convert(block)?;
+            self.monitor.push(&samples, &mut |_| {})?;
+        }
+        Ok(())
+    }
+
+    pub fn monitor(&self) -> &CryMonitor {
+        &self.monitor
+    }
 }
 
 fn time_ms<T>(iterations: u32, mut f: impl FnMut() -> T) -> Vec<f64> {
@@ -173,19 +240,110 @@ pub fn count_macs(onnx: &Path, input_shape: &[usize]) -> anyhow::Result<u64> {
 
 /// `VmHWM` (peak resident set) of this process in MiB, where /proc has it.
 pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    vm_hwm_mib(&std::fs::read_to_string("/proc/self/status").ok()?)
+}
+
+/// `VmHWM` in MiB from the text of a `/proc/<pid>/status`.
+fn vm_hwm_mib(status: &str) -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
 
-/// Stand-in for the energy gate: mean square per 10 ms frame compared with a floor, what
-/// any level gate has to compute at least. Returns how many frames were above it.
-pub fn energy_frames_above(samples: &[f32], floor: f32) -> usize {
-    samples
-        .chunks(GATE_FRAME)
-        .filter(|f| f.iter().map(|s| s * s).sum::<f32>() / f.len() as f32 > floor)
-        .count()
+/// Quiet room tone at `rate`: what the always-on path sees most of the night.
+pub fn quiet_room(rate: u32, seconds: f32) -> Vec<f32> {
+    crate::synth::room_tone(rate, seconds, 0.002, 3)
+}
+
+/// A directory under the system's temporary directory, removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new(what: &str) -> anyhow::Result<Self> {
+        let dir =
+            std::env::temp_dir().join(format!("babycryd-bench-{what}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Times `babycryd run` (this executable) from spawn to the READY=1 it sends on its
+/// $NOTIFY_SOCKET, `starts` times: models loaded and optimised, audio flowing (a WAV
+/// replayed in real time), MQTT off. Each process is killed once it is ready.
+pub fn start_to_ready(reason: &Path, starts: u32) -> anyhow::Result<StartFigures> {
+    use std::os::unix::net::UnixDatagram;
+    let dir = ScratchDir::new("starts")?;
+    let models_dir = reason.parent().unwrap_or(Path::new("."));
+    let config = dir.path().join("babycryd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[models]\ndir = {:?}\nreason = {:?}\n\n[mqtt]\nenabled = false\n",
+            models_dir.display().to_string(),
+            reason.file_name().unwrap_or_default().to_string_lossy()
+        ),
+    )?;
+    let wav = dir.path().join("room.wav");
+    write_wav_i16(&wav, &quiet_room(CAPTURE_RATE, 30.0), CAPTURE_RATE)?;
+    let exe = std::env::current_exe().context("finding the babycryd executable")?;
+    let mut times = Vec::new();
+    let mut rss = Vec::new();
+    for i in 0..starts {
+        let socket_path = dir.path().join(format!("notify-{i}.sock"));
+        let socket = UnixDatagram::bind(&socket_path)?;
+        socket.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+        let t = Instant::now();
+        let mut child = std::process::Command::new(&exe)
+            .arg("--config")
+            .arg(&config)
+            .args(["run", "--no-mqtt", "--input"])
+            .arg(&wav)
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("RUST_LOG", "error")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting babycryd run")?;
+        let mut buf = [0u8; 4096];
+        let ready = loop {
+            match socket.recv(&mut buf) {
+                Ok(n) if String::from_utf8_lossy(&buf[..n]).contains("READY=1") => {
+                    break Ok(t.elapsed().as_secs_f64() * 1e3)
+                }
+                Ok(_) => {}
+                Err(e) => break Err(e),
+            }
+        };
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()));
+        let _ = child.kill();
+        let _ = child.wait();
+        times.push(ready.context("no READY=1 within 10 s")?);
+        rss.extend(status.ok().as_deref().and_then(vm_hwm_mib));
+    }
+    Ok(StartFigures {
+        ready_ms: StageTime::from_samples(&mut times, 1.0),
+        peak_rss_at_ready_mib: rss.into_iter().reduce(f64::max),
+    })
+}
+
+/// What `--starts` measures of the daemon itself.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StartFigures {
+    /// From spawning `babycryd run` to its READY=1, ms.
+    pub ready_ms: StageTime,
+    /// The daemon's own `VmHWM` when it said READY (models loaded, audio flowing), MiB.
+    pub peak_rss_at_ready_mib: Option<f64>,
 }
 
 /// A synthetic crying window at `rate`: room tone with a cry-like signal mixed in.
@@ -211,12 +369,12 @@ pub fn measure(
     let mut stages = Vec::new();
 
     // Decode: the given recordings, else a synthetic cry written as a 48 kHz WAV.
-    let tmp;
+    let scratch = ScratchDir::new("decode")?;
     let files: Vec<PathBuf> = if inputs.is_empty() {
-        tmp = std::env::temp_dir().join(format!("babycryd-bench-{}.wav", std::process::id()));
-        write_wav_i16(&tmp, &synthetic_cry(CAPTURE_RATE, 7.0), CAPTURE_RATE)
+        let wav = scratch.path().join("cry.wav");
+        write_wav_i16(&wav, &synthetic_cry(CAPTURE_RATE, 7.0), CAPTURE_RATE)
             .context("writing the synthetic recording")?;
-        vec![tmp.clone()]
+        vec![wav]
     } else {
         inputs.to_vec()
     };
@@ -233,41 +391,55 @@ pub fn measure(
         );
         recordings.push(resample_all(&audio.samples, audio.sample_rate, rate)?);
     }
-    if inputs.is_empty() {
-        let _ = std::fs::remove_file(&files[0]);
-    }
     stages.push(StageRow {
         stage: "decode".into(),
         unit: format!("{} file(s), scaled to 7 s", files.len()),
         time: StageTime::from_samples(&mut decode_ms, 1.0),
     });
 
-    // Resample, as the daemon does it: a stream in 10 ms capture blocks.
+    // Capture conversion, as the capture thread does it: 10 ms blocks of 48 kHz through
+    // rubato into pooled buffers.
     let capture = synthetic_cry(CAPTURE_RATE, WINDOW_SECONDS as f32);
-    let mut stream = StreamResampler::new(CAPTURE_RATE, rate)?;
-    let mut out = Vec::with_capacity(capture.len());
+    let format = StreamFormat {
+        sample_rate: CAPTURE_RATE,
+        channels: 1,
+    };
+    let mut converter = CaptureConverter::new(format, rate)?;
+    let block = (f64::from(CAPTURE_RATE) * BLOCK_SECONDS) as usize;
     let mut resample_ms = time_ms(iterations, || {
-        for block in capture.chunks(CAPTURE_RATE as usize / 100) {
-            out.clear();
-            stream.push(block, &mut out).expect("rates were checked");
-        }
-        out.len()
+        capture
+            .chunks(block)
+            .map(|b| converter.convert(b).map_or(0, |s| s.len()))
+            .sum::<usize>()
     });
     let resample = StageTime::from_samples(&mut resample_ms, 1.0);
     stages.push(StageRow {
-        stage: format!("resample {} -> {} Hz", CAPTURE_RATE, rate),
-        unit: "7 s streamed in 10 ms blocks".into(),
+        stage: format!("capture conversion {CAPTURE_RATE} -> {rate} Hz"),
+        unit: "7 s in 10 ms blocks (rubato, pooled buffers)".into(),
         time: resample,
     });
 
-    let quiet = crate::synth::room_tone(rate, WINDOW_SECONDS as f32, 0.002, 3);
-    let mut gate_ms = time_ms(iterations, || energy_frames_above(&quiet, 1e-3));
-    let gate = StageTime::from_samples(&mut gate_ms, 1.0);
-    stages.push(StageRow {
-        stage: "gate (stand-in: energy per 10 ms)".into(),
-        unit: "7 s".into(),
-        time: gate,
-    });
+    // The quiet room through the real always-on path, at 8 kHz and at 48 kHz.
+    let mut quiet_gate_openings = 0;
+    let mut quiet = Vec::new();
+    for capture_rate in [rate, CAPTURE_RATE] {
+        let mut path = AlwaysOnPath::with_models(reason_path, detector_path, capture_rate)?;
+        let audio = quiet_room(capture_rate, WINDOW_SECONDS as f32);
+        for _ in 0..WARM_UP_WINDOWS {
+            path.feed(&audio)?;
+        }
+        let before = path.monitor().summary().gate_openings;
+        let mut ms = time_ms(iterations, || path.feed(&audio).is_ok());
+        quiet_gate_openings += path.monitor().summary().gate_openings - before;
+        let time = StageTime::from_samples(&mut ms, 1.0);
+        stages.push(StageRow {
+            stage: format!("quiet room at {capture_rate} Hz: always-on path"),
+            unit: "7 s in 10 ms blocks (conversion, gate, monitor)".into(),
+            time,
+        });
+        quiet.push(time);
+    }
+    let gate = quiet[0];
 
     let mut models = Vec::new();
     let mut path_time = StageTime {
@@ -355,12 +527,14 @@ pub fn measure(
         stages,
         cry_window_path: path_time,
         cry_window_floor_ratio: path_time.median_ms / floor_ms,
-        realtime_quiet: WINDOW_SECONDS * 1e3 / resample.plus(gate).median_ms,
+        realtime_quiet_8k: WINDOW_SECONDS * 1e3 / quiet[0].median_ms,
+        realtime_quiet_48k: WINDOW_SECONDS * 1e3 / quiet[1].median_ms,
+        quiet_gate_openings,
         realtime_crying: WINDOW_SECONDS * 1e3 / crying_time.median_ms,
         models,
         load_ms,
+        starts: None,
         peak_rss_mib: peak_rss_mib(),
-        gate_is_stand_in: true,
     })
 }
 
@@ -422,9 +596,8 @@ pub fn format_report(r: &BenchReport) -> String {
     );
     let _ = writeln!(
         s,
-        "- real-time factor, quiet room (resample + gate{}): {:.0}x",
-        if r.gate_is_stand_in { " stand-in" } else { "" },
-        r.realtime_quiet
+        "- real-time factor, quiet room (always-on path, gate closed): {:.0}x at 8 kHz, {:.0}x at 48 kHz ({} gate openings while timed)",
+        r.realtime_quiet_8k, r.realtime_quiet_48k, r.quiet_gate_openings
     );
     let _ = writeln!(
         s,
@@ -432,9 +605,22 @@ pub fn format_report(r: &BenchReport) -> String {
         DETECTOR_HOP_SECONDS, r.realtime_crying
     );
     let _ = writeln!(s, "- load, all models: {:.1} ms", r.load_ms);
+    if let Some(f) = r.starts {
+        let _ = writeln!(
+            s,
+            "- start to READY=1 (`babycryd run`, models loaded, audio flowing): {:.1} ms median, {:.1} ms p95",
+            f.ready_ms.median_ms, f.ready_ms.p95_ms
+        );
+        if let Some(m) = f.peak_rss_at_ready_mib {
+            let _ = writeln!(s, "- daemon peak RSS (VmHWM) at READY: {m:.1} MiB");
+        }
+    }
     match r.peak_rss_mib {
         Some(m) => {
-            let _ = writeln!(s, "- peak RSS (VmHWM): {m:.1} MiB");
+            let _ = writeln!(
+                s,
+                "- bench process peak RSS (VmHWM, several model copies): {m:.1} MiB"
+            );
         }
         None => {
             let _ = writeln!(s, "- peak RSS: unknown (no /proc/self/status)");
@@ -446,13 +632,16 @@ pub fn format_report(r: &BenchReport) -> String {
 /// `babycryd bench`.
 pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let (_, reason_path, detector_path) = crate::cli::model_paths(cli, &args.models)?;
-    let report = measure(
+    let mut report = measure(
         &reason_path,
         detector_path.as_deref(),
         &args.input,
         args.iterations,
         args.peak_flops,
     )?;
+    if args.starts > 0 {
+        report.starts = Some(start_to_ready(&reason_path, args.starts)?);
+    }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -474,9 +663,16 @@ mod tests {
     }
 
     #[test]
-    fn the_energy_meter_counts_loud_frames() {
-        let mut a = vec![0.0f32; 800];
-        a[400..480].fill(0.5);
-        assert_eq!(energy_frames_above(&a, 0.01), 1);
+    fn the_always_on_path_converts_and_gates_without_opening_in_a_quiet_room() {
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let mut path =
+            AlwaysOnPath::with_models(&models.join("cry-reason.onnx"), None, CAPTURE_RATE).unwrap();
+        path.feed(&quiet_room(CAPTURE_RATE, 20.0)).unwrap();
+        let s = path.monitor().summary();
+        // 20 s at 48 kHz arrive as 20 s at 8 kHz, less the resampler's first chunk.
+        assert!((s.audio_seconds - 20.0).abs() < 0.3, "{}", s.audio_seconds);
+        assert_eq!(s.gate_openings, 0);
+        path.feed(&synthetic_cry(CAPTURE_RATE, 7.0)).unwrap();
+        assert!(path.monitor().summary().gate_openings >= 1);
     }
 }

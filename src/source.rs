@@ -2,22 +2,25 @@
 //! stdin), the thread that keeps them coming, and the `[audio]` config section.
 //!
 //! It owns the [`AudioSource`] trait (open, pull interleaved samples, close), the
-//! capture thread ([`spawn_capture`]) that downmixes and resamples every source to the
-//! models' rate with [`StreamResampler`], reopens a lost source with exponential backoff
-//! (capped, logged once per loss), counts xruns, and reports the [`AudioState`]
-//! (running, lost, stalled on digital silence or no data for `[audio] stall_seconds`,
-//! ended). The file and stdin sources live here; the cpal one in [`crate::capture`].
+//! capture thread ([`spawn_capture`]) whose [`CaptureConverter`] downmixes and resamples
+//! every source to the models' rate with [`StreamResampler`] into pooled [`Samples`]
+//! buffers (so the steady state allocates nothing per frame), reopens a lost source with
+//! exponential backoff (capped, logged once per loss), counts xruns, and reports the
+//! [`AudioState`] (running, lost, stalled on digital silence or no data for
+//! `[audio] stall_seconds`, ended). The file and stdin sources live here; the cpal one in
+//! [`crate::capture`].
 
 use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::decode::decode_file;
 use crate::error::DecodeError;
+use crate::error::ResampleError;
 use crate::resample::StreamResampler;
 
 /// `[audio]`: the capture device.
@@ -141,7 +144,7 @@ impl AudioState {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceEvent {
     /// Mono samples at the target rate.
-    Audio(Vec<f32>),
+    Audio(Samples),
     State(AudioState),
     /// The capture thread is alive with no audio to send: retrying a lost source
     /// (about once a second) or waiting on an idle one.
@@ -152,6 +155,146 @@ pub enum SourceEvent {
     End {
         xruns: u64,
     },
+}
+
+/// Buffers kept for reuse at most: more than the daemon's capture channel holds (64), so
+/// a full channel still recycles every buffer.
+const POOL_BUFFERS: usize = 72;
+
+/// Free sample buffers shared by the capture thread (which takes them) and the analysis
+/// stage (whose dropped [`Samples`] give them back).
+#[derive(Debug)]
+pub struct SamplePool {
+    free: Mutex<Vec<Vec<f32>>>,
+}
+
+impl SamplePool {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            free: Mutex::new(Vec::with_capacity(POOL_BUFFERS)),
+        })
+    }
+
+    /// An empty buffer, recycled when one is free.
+    pub fn take(self: &Arc<Self>) -> Samples {
+        let data = self
+            .free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+            .unwrap_or_default();
+        Samples {
+            data,
+            pool: Some(Arc::clone(self)),
+        }
+    }
+
+    fn give_back(&self, mut data: Vec<f32>) {
+        data.clear();
+        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        if free.len() < POOL_BUFFERS && data.capacity() > 0 {
+            free.push(data);
+        }
+    }
+}
+
+/// Mono samples from the capture thread. Dropping them returns the buffer to its
+/// [`SamplePool`]; they read as a `[f32]`.
+pub struct Samples {
+    data: Vec<f32>,
+    pool: Option<Arc<SamplePool>>,
+}
+
+impl Samples {
+    pub fn as_mut_vec(&mut self) -> &mut Vec<f32> {
+        &mut self.data
+    }
+}
+
+impl From<Vec<f32>> for Samples {
+    /// Samples that belong to no pool.
+    fn from(data: Vec<f32>) -> Self {
+        Self { data, pool: None }
+    }
+}
+
+impl std::ops::Deref for Samples {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.data
+    }
+}
+
+impl Drop for Samples {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.give_back(std::mem::take(&mut self.data));
+        }
+    }
+}
+
+impl Clone for Samples {
+    fn clone(&self) -> Self {
+        Self::from(self.data.clone())
+    }
+}
+
+impl PartialEq for Samples {
+    fn eq(&self, other: &Self) -> bool {
+        self.data == other.data
+    }
+}
+
+impl std::fmt::Debug for Samples {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Samples({} samples)", self.data.len())
+    }
+}
+
+/// What the capture thread does to every block a source delivers: downmix to mono,
+/// count the run of digital silence at its end, and resample to the target rate into a
+/// pooled buffer. Its buffers are reused, so once warm it allocates nothing.
+#[derive(Debug)]
+pub struct CaptureConverter {
+    channels: u16,
+    rate: u32,
+    resampler: StreamResampler,
+    mono: Vec<f32>,
+    /// Digital-silence samples at the end of the stream so far (at the source rate).
+    zero_run: u64,
+    pool: Arc<SamplePool>,
+}
+
+impl CaptureConverter {
+    pub fn new(format: StreamFormat, target_rate: u32) -> Result<Self, ResampleError> {
+        Ok(Self {
+            channels: format.channels,
+            rate: format.sample_rate,
+            resampler: StreamResampler::new(format.sample_rate, target_rate)?,
+            mono: Vec::with_capacity(format.sample_rate as usize),
+            zero_run: 0,
+            pool: SamplePool::new(),
+        })
+    }
+
+    /// Converts one block of interleaved samples; the result may be empty while the
+    /// resampler fills its first chunk.
+    pub fn convert(&mut self, interleaved: &[f32]) -> Result<Samples, ResampleError> {
+        self.mono.clear();
+        downmix(interleaved, self.channels, &mut self.mono);
+        match self.mono.iter().rposition(|&s| s != 0.0) {
+            Some(i) => self.zero_run = (self.mono.len() - 1 - i) as u64,
+            None => self.zero_run += self.mono.len() as u64,
+        }
+        let mut out = self.pool.take();
+        self.resampler.push(&self.mono, out.as_mut_vec())?;
+        Ok(out)
+    }
+
+    /// Seconds of digital silence the stream ends with.
+    pub fn silent_seconds(&self) -> f64 {
+        self.zero_run as f64 / f64::from(self.rate)
+    }
 }
 
 /// Waits between attempts to reopen a lost source: doubling from `initial`, capped.
@@ -328,10 +471,12 @@ impl Capture {
     /// Delivers an opened source until it ends (Ok(true)), the receiver is gone or a
     /// stop is asked (Ok(false) / Ok(true)), or it fails (Err: reopen).
     fn stream(&mut self, format: StreamFormat) -> Result<bool, SourceError> {
-        let mut resampler = StreamResampler::new(format.sample_rate, self.options.target_rate)
-            .map_err(|e| SourceError::Unavailable {
-                device: self.source.describe(),
-                reason: e.to_string(),
+        let mut converter =
+            CaptureConverter::new(format, self.options.target_rate).map_err(|e| {
+                SourceError::Unavailable {
+                    device: self.source.describe(),
+                    reason: e.to_string(),
+                }
             })?;
         tracing::info!(
             source = %self.source.describe(),
@@ -342,11 +487,8 @@ impl Capture {
         if !self.set_state(AudioState::Running) {
             return Ok(false);
         }
-        let stall_samples = (self.options.stall_seconds * f64::from(format.sample_rate)) as u64;
         let stall_time = Duration::from_secs_f64(self.options.stall_seconds);
         let mut buf = Vec::with_capacity(format.sample_rate as usize);
-        let mut mono = Vec::with_capacity(format.sample_rate as usize);
-        let mut zero_run = 0u64;
         let mut last_audio = Instant::now();
         let mut xruns = self.source.xruns();
         loop {
@@ -377,30 +519,25 @@ impl Capture {
                 }
                 Pull::Audio => {
                     last_audio = Instant::now();
-                    mono.clear();
-                    downmix(&buf, format.channels, &mut mono);
-                    match mono.iter().rposition(|&s| s != 0.0) {
-                        Some(i) => zero_run = (mono.len() - 1 - i) as u64,
-                        None => zero_run += mono.len() as u64,
+                    let out = converter.convert(&buf).map_err(|e| SourceError::Lost {
+                        device: self.source.describe(),
+                        reason: e.to_string(),
+                    })?;
+                    let silent = converter.silent_seconds();
+                    // Only a change of state is news; building the stall message for
+                    // every block would allocate on the audio path.
+                    let stalled = silent >= self.options.stall_seconds;
+                    let was_stalled = matches!(self.state, Some(AudioState::Stalled(_)));
+                    if stalled != was_stalled || self.state.is_none() {
+                        let state = if stalled {
+                            AudioState::Stalled(format!("only digital silence for {silent:.0} s"))
+                        } else {
+                            AudioState::Running
+                        };
+                        if !self.set_state(state) {
+                            return Ok(false);
+                        }
                     }
-                    let state = if zero_run >= stall_samples {
-                        AudioState::Stalled(format!(
-                            "only digital silence for {:.0} s",
-                            zero_run as f64 / f64::from(format.sample_rate)
-                        ))
-                    } else {
-                        AudioState::Running
-                    };
-                    if !self.set_state(state) {
-                        return Ok(false);
-                    }
-                    let mut out = Vec::with_capacity(mono.len());
-                    resampler
-                        .push(&mono, &mut out)
-                        .map_err(|e| SourceError::Lost {
-                            device: self.source.describe(),
-                            reason: e.to_string(),
-                        })?;
                     if !out.is_empty() && !self.send(SourceEvent::Audio(out)) {
                         return Ok(false);
                     }

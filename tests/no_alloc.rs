@@ -1,5 +1,7 @@
 //! Counts heap allocations in the steady-state hot loop with a counting global
-//! allocator: the front end (`features_into`) must not allocate at all once warm; the
+//! allocator: the always-on path that every audio frame takes (capture conversion into
+//! pooled buffers, framing, the energy gate, the monitor's history; at 48 kHz and at
+//! 8 kHz) and the front end (`features_into`) must not allocate at all once warm; the
 //! network's allocations per window are counted and pinned so a regression shows.
 //!
 //! tract allocates each node's output tensor on every run (its plan owns no arena), so
@@ -14,6 +16,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use babycry::bench::{quiet_room, AlwaysOnPath};
 use babycry::features::{FrontEnd, MelMatrix};
 use babycry::model::Model;
 use tract_onnx::prelude::*;
@@ -64,8 +67,27 @@ fn count<T>(f: impl FnOnce() -> T) -> (usize, usize, T) {
 const WINDOWS: usize = 20;
 
 #[test]
-fn the_hot_loop_allocates_nothing_in_the_front_end_and_a_bounded_amount_in_tract() {
+fn the_hot_loop_allocates_nothing_per_frame_and_a_bounded_amount_in_tract() {
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    for rate in [48_000, 8000] {
+        let mut path = AlwaysOnPath::with_models(
+            &models.join("cry-reason.onnx"),
+            Some(&models.join("cry-detector.onnx")),
+            rate,
+        )
+        .unwrap();
+        // Warm up past the monitor's history trim (twice 40 s) and the pool's first use.
+        path.feed(&quiet_room(rate, 100.0)).unwrap();
+        let minute = quiet_room(rate, 60.0);
+        let (allocs, bytes, result) = count(|| path.feed(&minute));
+        result.unwrap();
+        assert_eq!(path.monitor().summary().gate_openings, 0);
+        eprintln!("always-on path at {rate} Hz: {allocs} allocations ({bytes} bytes) in 60 s");
+        assert_eq!(
+            allocs, 0,
+            "{rate} Hz: the always-on path allocated {allocs} times in a minute of quiet room"
+        );
+    }
     let audio = babycry::bench::synthetic_cry(8000, 7.0);
     for (file, max_per_window) in [("cry-detector.onnx", 200), ("cry-reason.onnx", 300)] {
         let mut model = Model::load(&models.join(file)).unwrap();
