@@ -33,6 +33,8 @@ use crate::source::{CaptureConverter, StreamFormat};
 
 /// The capture rate the resampling stage is timed at (USB microphones default to it).
 pub const CAPTURE_RATE: u32 = 48_000;
+/// A lower native rate many USB microphones also offer (`[audio] sample_rate`).
+pub const LOW_CAPTURE_RATE: u32 = 16_000;
 /// Seconds of audio one reason window covers; every per-window figure is per this much audio.
 pub const WINDOW_SECONDS: f64 = 7.0;
 /// Peak single-core throughput of the reference machine (AVX2 FMA, issue 8), FLOP/s.
@@ -140,6 +142,8 @@ pub struct BenchReport {
     /// Audio seconds per CPU second in a quiet room (gate closed) with an 8 kHz source:
     /// the monitor's framing, history and gate.
     pub realtime_quiet_8k: f64,
+    /// The same with a 16 kHz source (`[audio] sample_rate = 16000`): rubato 16 -> 8 kHz.
+    pub realtime_quiet_16k: f64,
     /// The same with a 48 kHz source: capture conversion (rubato) too.
     pub realtime_quiet_48k: f64,
     /// Gate openings while the quiet room was timed (0, or the quiet figures are wrong).
@@ -422,7 +426,7 @@ pub fn measure(
     // The quiet room through the real always-on path, at 8 kHz and at 48 kHz.
     let mut quiet_gate_openings = 0;
     let mut quiet = Vec::new();
-    for capture_rate in [rate, CAPTURE_RATE] {
+    for capture_rate in [rate, LOW_CAPTURE_RATE, CAPTURE_RATE] {
         let mut path = AlwaysOnPath::with_models(reason_path, detector_path, capture_rate)?;
         let audio = quiet_room(capture_rate, WINDOW_SECONDS as f32);
         for _ in 0..WARM_UP_WINDOWS {
@@ -528,7 +532,8 @@ pub fn measure(
         cry_window_path: path_time,
         cry_window_floor_ratio: path_time.median_ms / floor_ms,
         realtime_quiet_8k: WINDOW_SECONDS * 1e3 / quiet[0].median_ms,
-        realtime_quiet_48k: WINDOW_SECONDS * 1e3 / quiet[1].median_ms,
+        realtime_quiet_16k: WINDOW_SECONDS * 1e3 / quiet[1].median_ms,
+        realtime_quiet_48k: WINDOW_SECONDS * 1e3 / quiet[2].median_ms,
         quiet_gate_openings,
         realtime_crying: WINDOW_SECONDS * 1e3 / crying_time.median_ms,
         models,
@@ -596,8 +601,8 @@ pub fn format_report(r: &BenchReport) -> String {
     );
     let _ = writeln!(
         s,
-        "- real-time factor, quiet room (always-on path, gate closed): {:.0}x at 8 kHz, {:.0}x at 48 kHz ({} gate openings while timed)",
-        r.realtime_quiet_8k, r.realtime_quiet_48k, r.quiet_gate_openings
+        "- real-time factor, quiet room (always-on path, gate closed): {:.0}x at 8 kHz, {:.0}x at 16 kHz, {:.0}x at 48 kHz ({} gate openings while timed)",
+        r.realtime_quiet_8k, r.realtime_quiet_16k, r.realtime_quiet_48k, r.quiet_gate_openings
     );
     let _ = writeln!(
         s,

@@ -36,6 +36,8 @@ struct Shared {
 /// An input device opened through cpal.
 pub struct CpalSource {
     device: String,
+    /// The rate to ask for (`[audio] sample_rate`); 0 = the device's default.
+    sample_rate: u32,
     stream: Option<cpal::Stream>,
     ring: Option<ringbuf::HeapCons<f32>>,
     shared: Arc<Shared>,
@@ -50,9 +52,11 @@ impl std::fmt::Debug for CpalSource {
 
 impl CpalSource {
     /// `device`: a name or ALSA id as `babycryd devices` lists them; empty = the default.
-    pub fn new(device: &str) -> Self {
+    /// `sample_rate`: the capture rate to ask for, 0 for the device's default.
+    pub fn new(device: &str, sample_rate: u32) -> Self {
         Self {
             device: device.to_string(),
+            sample_rate,
             stream: None,
             ring: None,
             shared: Arc::new(Shared::default()),
@@ -65,6 +69,45 @@ impl CpalSource {
             device: self.describe(),
             reason: reason.to_string(),
         }
+    }
+
+    /// The device's default configuration, at `[audio] sample_rate` when one is set and
+    /// the device offers it (same format and channels first, then same format, then any);
+    /// otherwise the default, with a warning, so a wrong rate never costs the microphone.
+    fn choose_config(
+        &self,
+        device: &cpal::Device,
+    ) -> Result<cpal::SupportedStreamConfig, SourceError> {
+        let default = device
+            .default_input_config()
+            .map_err(|e| self.unavailable(e))?;
+        let wanted = self.sample_rate;
+        if wanted == 0 || wanted == default.sample_rate() {
+            return Ok(default);
+        }
+        let ranges: Vec<_> = device
+            .supported_input_configs()
+            .map(|cs| cs.collect())
+            .unwrap_or_default();
+        let same_format =
+            |r: &&cpal::SupportedStreamConfigRange| r.sample_format() == default.sample_format();
+        let same_layout = ranges
+            .iter()
+            .filter(same_format)
+            .filter(|r| r.channels() == default.channels());
+        let chosen = same_layout
+            .chain(ranges.iter().filter(same_format))
+            .chain(ranges.iter())
+            .find_map(|r| r.try_with_sample_rate(wanted));
+        Ok(chosen.unwrap_or_else(|| {
+            tracing::warn!(
+                device = %self.describe(),
+                wanted,
+                default = default.sample_rate(),
+                "the device does not offer the configured sample_rate; using its default"
+            );
+            default
+        }))
     }
 
     fn find_device(&self) -> Result<cpal::Device, SourceError> {
@@ -140,9 +183,7 @@ impl AudioSource for CpalSource {
     fn open(&mut self) -> Result<StreamFormat, SourceError> {
         self.close();
         let device = self.find_device()?;
-        let supported = device
-            .default_input_config()
-            .map_err(|e| self.unavailable(e))?;
+        let supported = self.choose_config(&device)?;
         let format = StreamFormat {
             sample_rate: supported.sample_rate(),
             channels: supported.channels(),

@@ -373,6 +373,7 @@ fn audio_source(args: &RunArgs, settings: &Settings) -> anyhow::Result<Box<dyn A
 fn live_source(settings: &Settings) -> anyhow::Result<Box<dyn AudioSource>> {
     Ok(Box::new(crate::capture::CpalSource::new(
         &settings.config.audio.device,
+        settings.config.audio.sample_rate,
     )))
 }
 

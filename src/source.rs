@@ -29,6 +29,9 @@ use crate::resample::StreamResampler;
 pub struct AudioConfig {
     /// Input device name or ALSA id (see `babycryd devices`); empty = the default device.
     pub device: String,
+    /// Capture rate to ask the device for, Hz; 0 = the device's default rate. A lower
+    /// native rate (16000, 8000) makes the always-on conversion to 8 kHz cheaper.
+    pub sample_rate: u32,
     /// Seconds without audio (or with only digital silence) before the source is reported stalled.
     pub stall_seconds: f64,
     /// Longest wait between attempts to reopen a lost device, seconds.
@@ -39,6 +42,7 @@ impl Default for AudioConfig {
     fn default() -> Self {
         Self {
             device: String::new(),
+            sample_rate: 0,
             stall_seconds: 10.0,
             retry_max_seconds: 30.0,
         }
@@ -47,6 +51,12 @@ impl Default for AudioConfig {
 
 impl AudioConfig {
     pub fn validate(&self) -> Result<(), String> {
+        if self.sample_rate != 0 && !(8000..=192_000).contains(&self.sample_rate) {
+            return Err(format!(
+                "sample_rate = {} is neither 0 (the device's default) nor within 8000..=192000",
+                self.sample_rate
+            ));
+        }
         if !(1.0..=3600.0).contains(&self.stall_seconds) {
             return Err(format!(
                 "stall_seconds = {} is outside 1..=3600",
@@ -776,6 +786,22 @@ mod tests {
         let waits: Vec<u64> = (1..=7).map(|f| p.delay(f).as_secs()).collect();
         assert_eq!(waits, vec![1, 2, 4, 8, 16, 30, 30]);
         assert_eq!(p.delay(1000).as_secs(), 30);
+    }
+
+    #[test]
+    fn the_capture_rate_is_zero_or_a_real_rate() {
+        let ok = |rate| {
+            AudioConfig {
+                sample_rate: rate,
+                ..AudioConfig::default()
+            }
+            .validate()
+        };
+        assert!(ok(0).is_ok());
+        assert!(ok(16_000).is_ok());
+        let err = ok(100).unwrap_err();
+        assert!(err.contains("sample_rate = 100"), "{err}");
+        assert!(ok(384_000).is_err());
     }
 
     #[test]

@@ -67,6 +67,26 @@ fn the_alsa_null_device_is_captured_and_reported_stalled() {
 }
 
 #[test]
+fn the_configured_sample_rate_is_asked_of_the_device() {
+    let run = run_live_for(
+        "[audio]\ndevice = \"alsa:null\"\nsample_rate = 16000\nstall_seconds = 1.0\n",
+        3,
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let started = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("capture started"))
+        .unwrap_or_else(|| panic!("no capture line:\n{}", run.stderr));
+    assert!(started.contains("rate=16000"), "{started}");
+    // The device's default layout (2 channels for the null PCM) is kept.
+    assert!(started.contains("channels=2"), "{started}");
+    assert!(!run.stderr.contains("does not offer"), "{}", run.stderr);
+    // Converted to the models' 8 kHz like any other rate: audio time keeps up.
+    assert!(run.summary()["audio_seconds"].as_f64().unwrap() > 0.5);
+}
+
+#[test]
 fn a_missing_device_is_reported_once_and_retried_without_exiting() {
     let run = run_live_for("[audio]\ndevice = \"no-such-microphone\"\n", 4);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
