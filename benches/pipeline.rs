@@ -71,7 +71,7 @@ fn stages(c: &mut Criterion) {
             capture_rate,
         )
         .unwrap();
-        path.feed(&quiet_room(capture_rate, 100.0)).unwrap();
+        path.warm_up().unwrap();
         let quiet = quiet_room(capture_rate, 7.0);
         c.bench_function(&format!("quiet_room/{capture_rate}_hz_7s"), |b| {
             b.iter(|| path.feed(black_box(&quiet)).unwrap())

@@ -43,6 +43,11 @@ pub const REFERENCE_PEAK_FLOPS: f64 = 100e9;
 pub const DETECTOR_HOP_SECONDS: f64 = 0.5;
 /// Audio per block handed to the always-on path: 10 ms, what a capture callback delivers.
 const BLOCK_SECONDS: f64 = 0.01;
+
+/// Samples in one [`BLOCK_SECONDS`] block at `rate`.
+fn block_samples(rate: u32) -> usize {
+    ((f64::from(rate) * BLOCK_SECONDS) as usize).max(1)
+}
 /// 7 s windows of quiet room fed before timing: long enough for the monitor's history
 /// buffer to reach its steady size (it trims at twice its 40 s).
 const WARM_UP_WINDOWS: usize = 15;
@@ -178,7 +183,7 @@ impl AlwaysOnPath {
         Ok(Self {
             converter: CaptureConverter::new(format, monitor.sample_rate())?,
             monitor,
-            block: ((f64::from(capture_rate) * BLOCK_SECONDS) as usize).max(1),
+            block: block_samples(capture_rate),
         })
     }
 
@@ -194,6 +199,17 @@ impl AlwaysOnPath {
             MonitorSettings::from_config(&Config::default()),
         )?;
         Self::new(monitor, capture_rate)
+    }
+
+    /// Feeds quiet room until the path is in its steady state: the monitor's history has
+    /// reached the size it trims at and the buffer pool is filled.
+    pub fn warm_up(&mut self) -> anyhow::Result<()> {
+        let rate = self.converter.source_rate();
+        let audio = quiet_room(rate, WINDOW_SECONDS as f32);
+        for _ in 0..WARM_UP_WINDOWS {
+            self.feed(&audio)?;
+        }
+        Ok(())
     }
 
     /// Feeds mono audio at the capture rate; what the monitor emits is dropped.
@@ -259,34 +275,12 @@ pub fn quiet_room(rate: u32, seconds: f32) -> Vec<f32> {
     crate::synth::room_tone(rate, seconds, 0.002, 3)
 }
 
-/// A directory under the system's temporary directory, removed when dropped.
-struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    fn new(what: &str) -> anyhow::Result<Self> {
-        let dir =
-            std::env::temp_dir().join(format!("babycryd-bench-{what}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Self(dir))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Times `babycryd run` (this executable) from spawn to the READY=1 it sends on its
 /// $NOTIFY_SOCKET, `starts` times: models loaded and optimised, audio flowing (a WAV
 /// replayed in real time), MQTT off. Each process is killed once it is ready.
 pub fn start_to_ready(reason: &Path, starts: u32) -> anyhow::Result<StartFigures> {
     use std::os::unix::net::UnixDatagram;
-    let dir = ScratchDir::new("starts")?;
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let models_dir = reason.parent().unwrap_or(Path::new("."));
     let config = dir.path().join("babycryd.toml");
     std::fs::write(
@@ -373,7 +367,7 @@ pub fn measure(
     let mut stages = Vec::new();
 
     // Decode: the given recordings, else a synthetic cry written as a 48 kHz WAV.
-    let scratch = ScratchDir::new("decode")?;
+    let scratch = tempfile::tempdir().context("creating a temporary directory")?;
     let files: Vec<PathBuf> = if inputs.is_empty() {
         let wav = scratch.path().join("cry.wav");
         write_wav_i16(&wav, &synthetic_cry(CAPTURE_RATE, 7.0), CAPTURE_RATE)
@@ -409,7 +403,7 @@ pub fn measure(
         channels: 1,
     };
     let mut converter = CaptureConverter::new(format, rate)?;
-    let block = (f64::from(CAPTURE_RATE) * BLOCK_SECONDS) as usize;
+    let block = block_samples(CAPTURE_RATE);
     let mut resample_ms = time_ms(iterations, || {
         capture
             .chunks(block)
@@ -428,10 +422,8 @@ pub fn measure(
     let mut quiet = Vec::new();
     for capture_rate in [rate, LOW_CAPTURE_RATE, CAPTURE_RATE] {
         let mut path = AlwaysOnPath::with_models(reason_path, detector_path, capture_rate)?;
+        path.warm_up()?;
         let audio = quiet_room(capture_rate, WINDOW_SECONDS as f32);
-        for _ in 0..WARM_UP_WINDOWS {
-            path.feed(&audio)?;
-        }
         let before = path.monitor().summary().gate_openings;
         let mut ms = time_ms(iterations, || path.feed(&audio).is_ok());
         quiet_gate_openings += path.monitor().summary().gate_openings - before;
@@ -443,14 +435,16 @@ pub fn measure(
         });
         quiet.push(time);
     }
-    let gate = quiet[0];
+    // The always-on path at the models' rate: what crying audio costs besides conversion
+    // and the models.
+    let always_on = quiet[0];
 
     let mut models = Vec::new();
     let mut path_time = StageTime {
         median_ms: 0.0,
         p95_ms: 0.0,
     };
-    let mut crying_time = resample.plus(gate);
+    let mut crying_time = resample.plus(always_on);
     let mut path_macs = 0u64;
     let mut time_model = |model: &mut Model,
                           windows_per_7s: f64,

@@ -72,7 +72,7 @@ impl CpalSource {
     }
 
     /// The device's default configuration, at `[audio] sample_rate` when one is set and
-    /// the device offers it (same format and channels first, then same format, then any);
+    /// the device offers it (the default's format and channels preferred, in that order);
     /// otherwise the default, with a warning, so a wrong rate never costs the microphone.
     fn choose_config(
         &self,
@@ -85,20 +85,17 @@ impl CpalSource {
         if wanted == 0 || wanted == default.sample_rate() {
             return Ok(default);
         }
-        let ranges: Vec<_> = device
+        let chosen = device
             .supported_input_configs()
-            .map(|cs| cs.collect())
-            .unwrap_or_default();
-        let same_format =
-            |r: &&cpal::SupportedStreamConfigRange| r.sample_format() == default.sample_format();
-        let same_layout = ranges
-            .iter()
-            .filter(same_format)
-            .filter(|r| r.channels() == default.channels());
-        let chosen = same_layout
-            .chain(ranges.iter().filter(same_format))
-            .chain(ranges.iter())
-            .find_map(|r| r.try_with_sample_rate(wanted));
+            .into_iter()
+            .flatten()
+            .filter_map(|range| range.try_with_sample_rate(wanted))
+            .min_by_key(|c| {
+                (
+                    c.sample_format() != default.sample_format(),
+                    c.channels() != default.channels(),
+                )
+            });
         Ok(chosen.unwrap_or_else(|| {
             tracing::warn!(
                 device = %self.describe(),

@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::decode::decode_file;
-use crate::error::DecodeError;
-use crate::error::ResampleError;
+use crate::error::{DecodeError, ResampleError};
 use crate::resample::StreamResampler;
 
 /// `[audio]`: the capture device.
@@ -174,19 +173,19 @@ const POOL_BUFFERS: usize = 72;
 /// Free sample buffers shared by the capture thread (which takes them) and the analysis
 /// stage (whose dropped [`Samples`] give them back).
 #[derive(Debug)]
-pub struct SamplePool {
+struct SamplePool {
     free: Mutex<Vec<Vec<f32>>>,
 }
 
 impl SamplePool {
-    pub fn new() -> Arc<Self> {
+    fn new() -> Arc<Self> {
         Arc::new(Self {
             free: Mutex::new(Vec::with_capacity(POOL_BUFFERS)),
         })
     }
 
     /// An empty buffer, recycled when one is free.
-    pub fn take(self: &Arc<Self>) -> Samples {
+    fn take(self: &Arc<Self>) -> Samples {
         let data = self
             .free
             .lock()
@@ -213,12 +212,6 @@ impl SamplePool {
 pub struct Samples {
     data: Vec<f32>,
     pool: Option<Arc<SamplePool>>,
-}
-
-impl Samples {
-    pub fn as_mut_vec(&mut self) -> &mut Vec<f32> {
-        &mut self.data
-    }
 }
 
 impl From<Vec<f32>> for Samples {
@@ -297,8 +290,13 @@ impl CaptureConverter {
             None => self.zero_run += self.mono.len() as u64,
         }
         let mut out = self.pool.take();
-        self.resampler.push(&self.mono, out.as_mut_vec())?;
+        self.resampler.push(&self.mono, &mut out.data)?;
         Ok(out)
+    }
+
+    /// The rate of the blocks it converts, Hz.
+    pub fn source_rate(&self) -> u32 {
+        self.rate
     }
 
     /// Seconds of digital silence the stream ends with.
@@ -534,19 +532,13 @@ impl Capture {
                         reason: e.to_string(),
                     })?;
                     let silent = converter.silent_seconds();
-                    // Only a change of state is news; building the stall message for
-                    // every block would allocate on the audio path.
-                    let stalled = silent >= self.options.stall_seconds;
-                    let was_stalled = matches!(self.state, Some(AudioState::Stalled(_)));
-                    if stalled != was_stalled || self.state.is_none() {
-                        let state = if stalled {
-                            AudioState::Stalled(format!("only digital silence for {silent:.0} s"))
-                        } else {
-                            AudioState::Running
-                        };
-                        if !self.set_state(state) {
-                            return Ok(false);
-                        }
+                    let state = if silent >= self.options.stall_seconds {
+                        AudioState::Stalled(format!("only digital silence for {silent:.0} s"))
+                    } else {
+                        AudioState::Running
+                    };
+                    if !self.set_state(state) {
+                        return Ok(false);
                     }
                     if !out.is_empty() && !self.send(SourceEvent::Audio(out)) {
                         return Ok(false);

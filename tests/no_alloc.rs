@@ -76,8 +76,7 @@ fn the_hot_loop_allocates_nothing_per_frame_and_a_bounded_amount_in_tract() {
             rate,
         )
         .unwrap();
-        // Warm up past the monitor's history trim (twice 40 s) and the pool's first use.
-        path.feed(&quiet_room(rate, 100.0)).unwrap();
+        path.warm_up().unwrap();
         let minute = quiet_room(rate, 60.0);
         let (allocs, bytes, result) = count(|| path.feed(&minute));
         result.unwrap();
