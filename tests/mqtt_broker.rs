@@ -664,10 +664,9 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-#[tokio::test]
-async fn tls_with_a_ca_made_at_test_time() {
-    let certs = tempfile::tempdir().unwrap();
-    let d = certs.path();
+/// A CA (`ca.crt`, `ca.key`) and a server certificate it signed for 127.0.0.1
+/// (`server.crt`, `server.key`), made in `d` with openssl.
+fn ca_and_server_certificates(d: &Path) {
     openssl(
         d,
         &[
@@ -686,6 +685,27 @@ async fn tls_with_a_ca_made_at_test_time() {
             "/CN=babycry test CA",
         ],
     );
+    signed_certificate(
+        d,
+        "server",
+        "/CN=127.0.0.1",
+        "subjectAltName=IP:127.0.0.1\n",
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.join("server.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+/// A client certificate `<name>.crt` / `<name>.key` signed by the CA in `d`.
+fn client_certificate(d: &Path, name: &str) {
+    // Extensions make it an X.509 v3 certificate: rustls refuses v1 ones.
+    let extensions = "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n";
+    signed_certificate(d, name, &format!("/CN={name}"), extensions);
+}
+
+/// `<name>.key` and `<name>.crt` for `subject` with `extensions`, signed by the CA in `d`.
+fn signed_certificate(d: &Path, name: &str, subject: &str, extensions: &str) {
+    let file = |ext: &str| format!("{name}.{ext}");
+    std::fs::write(d.join(file("ext")), extensions).unwrap();
     openssl(
         d,
         &[
@@ -694,63 +714,118 @@ async fn tls_with_a_ca_made_at_test_time() {
             "rsa:2048",
             "-nodes",
             "-keyout",
-            "server.key",
+            &file("key"),
             "-out",
-            "server.csr",
+            &file("csr"),
             "-subj",
-            "/CN=127.0.0.1",
+            subject,
         ],
     );
-    std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
     openssl(
         d,
         &[
             "x509",
             "-req",
             "-in",
-            "server.csr",
+            &file("csr"),
             "-CA",
             "ca.crt",
             "-CAkey",
             "ca.key",
             "-CAcreateserial",
             "-out",
-            "server.crt",
+            &file("crt"),
             "-days",
             "1",
             "-extfile",
-            "san.ext",
+            &file("ext"),
         ],
     );
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(d.join("server.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+}
 
+/// Mosquitto with a plain listener (for the tests' subscribers) and a TLS one on the
+/// certificates in `d`, `extra` appended to the TLS listener's settings; and the TLS port.
+fn tls_broker(d: &Path, extra: &str) -> (Broker, u16) {
     let plain = free_port();
     let tls = free_port();
     let conf = format!(
-        "user root\nlistener {plain} 127.0.0.1\nallow_anonymous true\nlistener {tls} 127.0.0.1\ncafile {0}/ca.crt\ncertfile {0}/server.crt\nkeyfile {0}/server.key\n",
+        "user root\nlistener {plain} 127.0.0.1\nallow_anonymous true\nlistener {tls} 127.0.0.1\ncafile {0}/ca.crt\ncertfile {0}/server.crt\nkeyfile {0}/server.key\n{extra}",
         d.display()
     );
-    let broker = Broker::start_on_conf(plain, &conf);
+    (Broker::start_on_conf(plain, &conf), tls)
+}
+
+/// `cfg` (valid) comes online, publishes one event and shuts down; `live` sees both.
+async fn one_event_over(cfg: &MqttConfig, live: &Subscriber) {
+    cfg.validate().unwrap();
+    let base = format!("babycry/{}", cfg.node_id);
+    let (handle, _task) = MqttHandle::spawn(cfg, device());
+    live.wait_for(&format!("{base}/status"), "online", Duration::from_secs(10))
+        .await;
+    let e = window_event(4, 0);
+    handle.send(Update::Event(e.clone()));
+    live.wait_for(
+        &format!("{base}/event"),
+        &e.to_json(),
+        Duration::from_secs(5),
+    )
+    .await;
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
+/// `cfg` fails to connect (and stays disconnected); its last error.
+async fn refused(cfg: &MqttConfig) -> String {
+    let (handle, _task) = MqttHandle::spawn(cfg, device());
+    wait_until("a refused connection", Duration::from_secs(10), || {
+        handle.status().failures >= 1
+    })
+    .await;
+    assert!(!handle.status().connected);
+    handle.status().last_error.unwrap_or_default()
+}
+
+#[tokio::test]
+async fn tls_with_a_client_certificate_the_broker_requires() {
+    let certs = tempfile::tempdir().unwrap();
+    let d = certs.path();
+    ca_and_server_certificates(d);
+    client_certificate(d, "babycryd");
+    let (broker, tls) = tls_broker(d, "require_certificate true\n");
+    let live = Subscriber::start(broker.port, &["babycry/certnode/#"]).await;
+    let with_cert = MqttConfig {
+        tls: true,
+        ca_file: d.join("ca.crt").display().to_string(),
+        client_cert: d.join("babycryd.crt").display().to_string(),
+        client_key: d.join("babycryd.key").display().to_string(),
+        ..config(tls, "certnode")
+    };
+    one_event_over(&with_cert, &live).await;
+
+    // Without the certificate the broker refuses the handshake.
+    let without = MqttConfig {
+        client_cert: String::new(),
+        client_key: String::new(),
+        node_id: "nocert".into(),
+        ..with_cert
+    };
+    refused(&without).await;
+    assert!(live.on("babycry/nocert/status").is_empty());
+}
+
+#[tokio::test]
+async fn tls_with_a_ca_made_at_test_time() {
+    let certs = tempfile::tempdir().unwrap();
+    let d = certs.path();
+    ca_and_server_certificates(d);
+
+    let (broker, tls) = tls_broker(d, "");
     let live = Subscriber::start(broker.port, &["babycry/testnode/#"]).await;
     let cfg = MqttConfig {
         tls: true,
         ca_file: d.join("ca.crt").display().to_string(),
         ..config(tls, "testnode")
     };
-    cfg.validate().unwrap();
-    let (handle, _task) = MqttHandle::spawn(&cfg, device());
-    live.wait_for("babycry/testnode/status", "online", Duration::from_secs(10))
-        .await;
-    let e = window_event(4, 0);
-    handle.send(Update::Event(e.clone()));
-    live.wait_for(
-        "babycry/testnode/event",
-        &e.to_json(),
-        Duration::from_secs(5),
-    )
-    .await;
-    handle.shutdown(Duration::from_secs(5)).await;
+    one_event_over(&cfg, &live).await;
 
     // A client that trusts another CA refuses the broker.
     openssl(
@@ -776,14 +851,8 @@ async fn tls_with_a_ca_made_at_test_time() {
         node_id: "wrongca".into(),
         ..cfg
     };
-    let (handle, _task) = MqttHandle::spawn(&wrong, device());
-    wait_until("a TLS failure", Duration::from_secs(10), || {
-        handle.status().failures >= 1
-    })
-    .await;
-    let err = handle.status().last_error.unwrap();
+    let err = refused(&wrong).await;
     assert!(err.contains("TLS"), "{err}");
-    assert!(!handle.status().connected);
 }
 
 #[tokio::test]
@@ -1065,10 +1134,30 @@ async fn the_daemon_delivers_every_event_across_a_broker_restart_mid_episode() {
         want,
         "exactly once, in order"
     );
-    // The new broker knew nothing: the daemon republished the current state.
-    let late = Subscriber::start(broker.port, &["babycry/bounce/crying"]).await;
+    // The new broker knew nothing: the daemon republished the current state, and its
+    // discovery (all 10 configs, retained) after the reconnect.
+    let late = Subscriber::start(
+        broker.port,
+        &["babycry/bounce/crying", "homeassistant/+/+/config"],
+    )
+    .await;
     late.wait_for("babycry/bounce/crying", "OFF", Duration::from_secs(5))
         .await;
+    let configs = || -> HashSet<String> {
+        late.all()
+            .into_iter()
+            .filter(|m| m.retain && m.topic.starts_with("homeassistant/"))
+            .filter(|m| m.topic.contains("bounce"))
+            .map(|m| m.topic)
+            .collect()
+    };
+    wait_until(
+        "rediscovered after the restart",
+        Duration::from_secs(5),
+        || configs().len() >= 10,
+    )
+    .await;
+    assert_eq!(configs().len(), 10, "{:?}", configs());
     daemon.finish();
 }
 
