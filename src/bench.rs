@@ -147,9 +147,10 @@ pub struct BenchReport {
     /// Audio seconds per CPU second in a quiet room (gate closed) with an 8 kHz source:
     /// the monitor's framing, history and gate.
     pub realtime_quiet_8k: f64,
-    /// The same with a 16 kHz source (`[audio] sample_rate = 16000`): rubato 16 -> 8 kHz.
+    /// The same with a 16 kHz source (`[audio] sample_rate = 16000`): capture conversion
+    /// too (the box average below the room's level, [`crate::resample::StreamResampler`]).
     pub realtime_quiet_16k: f64,
-    /// The same with a 48 kHz source: capture conversion (rubato) too.
+    /// The same with a 48 kHz source.
     pub realtime_quiet_48k: f64,
     /// Gate openings while the quiet room was timed (0, or the quiet figures are wrong).
     pub quiet_gate_openings: u64,
@@ -395,8 +396,8 @@ pub fn measure(
         time: StageTime::from_samples(&mut decode_ms, 1.0),
     });
 
-    // Capture conversion, as the capture thread does it: 10 ms blocks of 48 kHz through
-    // rubato into pooled buffers.
+    // Capture conversion, as the capture thread does it: 10 ms blocks of 48 kHz into
+    // pooled buffers; crying is loud above the room, so it all goes through rubato.
     let capture = synthetic_cry(CAPTURE_RATE, WINDOW_SECONDS as f32);
     let format = StreamFormat {
         sample_rate: CAPTURE_RATE,
@@ -413,7 +414,7 @@ pub fn measure(
     let resample = StageTime::from_samples(&mut resample_ms, 1.0);
     stages.push(StageRow {
         stage: format!("capture conversion {CAPTURE_RATE} -> {rate} Hz"),
-        unit: "7 s in 10 ms blocks (rubato, pooled buffers)".into(),
+        unit: "7 s of crying in 10 ms blocks (rubato, pooled buffers)".into(),
         time: resample,
     });
 

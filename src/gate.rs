@@ -124,6 +124,11 @@ impl NoiseFloor {
         *floor += coeff * (frame_dbfs - *floor);
     }
 
+    /// Whether it has followed a frame yet.
+    pub fn has_heard(&self) -> bool {
+        self.level_dbfs.is_some()
+    }
+
     /// The floor, dBFS (silence until the first frame).
     pub fn dbfs(&self) -> f64 {
         self.level_dbfs.unwrap_or(SILENCE_DBFS)

@@ -256,7 +256,9 @@ impl std::fmt::Debug for Samples {
 
 /// What the capture thread does to every block a source delivers: downmix to mono,
 /// count the run of digital silence at its end, and resample to the target rate into a
-/// pooled buffer. Its buffers are reused, so once warm it allocates nothing.
+/// pooled buffer (rubato above a quiet room, a box average below it:
+/// [`StreamResampler::for_capture`]). Its buffers are reused, so once warm it allocates
+/// nothing.
 #[derive(Debug)]
 pub struct CaptureConverter {
     channels: u16,
@@ -273,7 +275,7 @@ impl CaptureConverter {
         Ok(Self {
             channels: format.channels,
             rate: format.sample_rate,
-            resampler: StreamResampler::new(format.sample_rate, target_rate)?,
+            resampler: StreamResampler::for_capture(format.sample_rate, target_rate)?,
             mono: Vec::with_capacity(format.sample_rate as usize),
             zero_run: 0,
             pool: SamplePool::new(),
