@@ -116,8 +116,8 @@ pub const PRECISE_HOLD_SECONDS: f64 = 5.0;
 /// chunk goes through rubato. Made by [`Self::for_capture`] (the capture thread's), only
 /// chunks within [`PRECISE_HOLD_SECONDS`] of a frame [`PRECISE_ABOVE_ROOM_DB`] above the
 /// room do; the rest are converted by averaging the input over each output sample's
-/// period (a box filter: about 20 times cheaper, flat to 1 dB up to 1.5 kHz, 3.9 dB down
-/// at 4 kHz, white noise at the same level as rubato's). In a quiet room that keeps the
+/// period (a box filter: about a fifth of rubato's cost, flat to 1 dB up to 2 kHz, 3.8 dB
+/// down at 4 kHz, white noise at the same level as rubato's). In a quiet room that keeps the
 /// FFT asleep, as the gate does the models; the gate still sees every frame. The room's
 /// level is a [`NoiseFloor`] of the box-averaged frames, with the gate's default time
 /// constants. The switch is seamless: rubato is restarted on the previous chunk, so its
