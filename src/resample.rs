@@ -569,6 +569,36 @@ mod tests {
     }
 
     #[test]
+    fn every_common_capture_rate_converts_chunk_for_chunk() {
+        for rate in [
+            11_025u32, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000, 88_200, 96_000, 192_000,
+        ] {
+            // Quiet, then loud: both conversions and the switch.
+            let mut x: Vec<f32> = sine(300.0, rate, 2.0).iter().map(|v| 0.001 * v).collect();
+            x.extend(sine(300.0, rate, 2.0).iter().map(|v| 0.5 * v));
+            let (out, (by_rubato, chunks)) =
+                stream(StreamResampler::for_capture(rate, 8000).unwrap(), &x);
+            let chunk_out = chunk_for(rate, 8000) as u64 * 8000 / u64::from(rate);
+            assert!(
+                by_rubato > 0 && chunks > by_rubato || rate < 16_000,
+                "{rate} Hz: {by_rubato} of {chunks}"
+            );
+            // It ends loud, so rubato's delay (half a chunk) is still inside it.
+            assert_eq!(
+                out.len() as u64,
+                chunks * chunk_out - chunk_out / 2,
+                "{rate} Hz"
+            );
+            // The loud half comes out at the sine's amplitude.
+            let tail = &out[out.len() - 4000..out.len() - 1000];
+            assert!(
+                (rms(tail) * std::f32::consts::SQRT_2 - 0.5).abs() < 0.01,
+                "{rate} Hz"
+            );
+        }
+    }
+
+    #[test]
     fn below_twice_the_output_rate_the_capture_stream_is_all_rubato() {
         let x = sine(440.0, 11_025, 1.0);
         let (precise, _) = stream(StreamResampler::new(11_025, 8000).unwrap(), &x);
