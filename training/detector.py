@@ -23,9 +23,24 @@ SEEDS = (0,)
 SAMPLES_PER_EPOCH = 12000
 # Candidates compared by group CV (recording recall at <= FA_TARGET false episodes per hour
 # of the negatives/ stream, rule DEFAULT_RULE); the winner is trained on everything.
-# (A 20-epoch 1 s candidate was started too but stopped after 2 of 5 folds: the shared
-# 2-core machine was too busy to finish it in the session; see training/README.md.)
+# Optional keys (absent = the e8 recipe): "mixup" (Beta alpha of mixup on the log-mel batch),
+# "neg_power" (non-cry windows drawn with category mass ~ count ** (1 - power): 0 = as now,
+# 1 = every category equally), "channels" (detector_net widths), "normalize" ("standard":
+# per-window standardised log-mel instead of absolute dB), "train_seed" (another initialisation
+# and draw order on the same folds, to see the run-to-run spread).
 CONFIGS = {"e8": {"epochs": 8, "window_s": 1.0}, "w1.5-e8": {"epochs": 8, "window_s": 1.5}}
+# Tried on the same folds by training/experiments.py (report: reports/detector-experiments.md);
+# none beat e8 clearly enough to replace it, so train.sh does not cross-validate them.
+EXPERIMENTS = {"e20": {"epochs": 20, "window_s": 1.0},
+               "e8-bal": {"epochs": 8, "window_s": 1.0, "neg_power": 0.5},
+               "e8-mix": {"epochs": 8, "window_s": 1.0, "mixup": 0.4},
+               "wide-e8": {"epochs": 8, "window_s": 1.0, "channels": [10, 20, 40, 64]},
+               "std-e8": {"epochs": 8, "window_s": 1.0, "normalize": "standard"},
+               "e20-bal": {"epochs": 20, "window_s": 1.0, "neg_power": 0.5},
+               "e8-r1": {"epochs": 8, "window_s": 1.0, "train_seed": 1},
+               "e20-bal-r1": {"epochs": 20, "window_s": 1.0, "neg_power": 0.5, "train_seed": 1}}
+ALL_CONFIGS = {**CONFIGS, **EXPERIMENTS}
+TRAIN_KEYS = ("mixup", "neg_power", "channels", "train_seed")   # "normalize" is in the feature tag
 QUIET_HOPS = 20        # the daemon ends an episode after 10 s (20 hops) without confirmed crying
 PAUSE_DB = 20.0        # cry-recording windows this far below the recording's loudest are pauses
 RULES = [(1, 1), (2, 2), (2, 3), (3, 4), (3, 5), (4, 6)]
@@ -34,10 +49,26 @@ THRESHOLDS = np.round(np.arange(0.05, 1.0, 0.025), 3)
 FA_TARGET = 1.0        # false episodes per hour of the negative stream
 
 
-def set_window(seconds: float) -> None:
-    """Window length used by every function below (module global, per configuration)."""
-    global WIN
+FEATURES = R.DETECTOR_FEATURES
+
+
+def set_window(seconds: float, normalize: str = "none") -> None:
+    """Window length and normalisation used by every function below (module globals, per
+    configuration); normalize is the recipe's per-window normalisation ("none" or "standard")."""
+    global WIN, FEATURES
     WIN = int(round(seconds * SR))
+    FEATURES = dict(R.DETECTOR_FEATURES, normalize=normalize)
+
+
+def set_config(name: str) -> None:
+    c = ALL_CONFIGS[name]
+    set_window(c["window_s"], c.get("normalize", "none"))
+
+
+def feat_tag() -> str:
+    """Cache-name suffix of the window length and normalisation ("" for the 1 s absolute-dB default)."""
+    return ("" if WIN == SR else f"-w{WIN}") + ("" if FEATURES["normalize"] == "none"
+                                                  else f"-{FEATURES['normalize']}")
 
 
 def log(msg: str) -> None:
@@ -65,7 +96,7 @@ def rms_db(w: np.ndarray) -> np.ndarray:
 def feats(ws: np.ndarray) -> np.ndarray:
     out = []
     for i in range(0, len(ws), 512):
-        out.append(bf.features_batch(ws[i:i + 512], SR, R.DETECTOR_FEATURES))
+        out.append(bf.features_batch(ws[i:i + 512], SR, FEATURES))
     return np.concatenate(out) if out else np.zeros((0, 40, 63), np.float32)
 
 
@@ -86,7 +117,8 @@ def build_windows(items, audio, fold, seed: int):
 
     Augmentation backgrounds are drawn from non-cry windows of the SAME fold as the item,
     so no held-out audio ever reaches training. Returns dict of arrays."""
-    path = D.CACHE / (f"detector-windows-s{seed}.npz" if WIN == SR else f"detector-windows-w{WIN}-s{seed}.npz")
+    path = D.CACHE / (f"detector-windows-s{seed}.npz" if not feat_tag()
+                      else f"detector-windows{feat_tag()}-s{seed}.npz")
     if path.exists():
         z = np.load(path)
         return {k: z[k] for k in z.files}
@@ -149,8 +181,7 @@ def stream_for_fold(items, audio, fold, f: int, seed: int, which: str):
     random order: which = "neg" (negatives/ only) or "rej" (rejected Donate-a-cry files).
     Returns features of every window (1 s every 0.5 s), the category at each window's
     centre and the stream length in hours. Cached."""
-    path = D.CACHE / (f"detector-stream-{which}-f{f}-s{seed}.npz" if WIN == SR
-                      else f"detector-stream-{which}-w{WIN}-f{f}-s{seed}.npz")
+    path = D.CACHE / f"detector-stream-{which}{feat_tag()}-f{f}-s{seed}.npz"
     if path.exists():
         z = np.load(path)
         return z["x"], z["cats"], float(z["hours"])
@@ -225,13 +256,44 @@ def recording_detect(p: np.ndarray, t: float, k: int, n: int, win: int | None = 
     return True, (first * HOP + (win or WIN)) / SR   # seconds after recording start when confirmed
 
 
-def cfg_for(labels, epochs: int) -> TU.TrainConfig:
+def cfg_for(labels, epochs: int, cats: np.ndarray | None = None, neg_power: float = 0.0,
+            mixup: float = 0.0) -> TU.TrainConfig:
+    """Class-balanced draws; with neg_power > 0 the non-cry half is spread over categories
+    (cats: category per training window) with mass ~ count ** (1 - neg_power)."""
     cnt = np.bincount(labels, minlength=2).astype(np.float64)
     sw = (1.0 / cnt)[labels]
+    if neg_power > 0 and cats is not None:
+        neg = labels == 0
+        names, inv, ccount = np.unique(cats[neg], return_inverse=True, return_counts=True)
+        mass = ccount.astype(np.float64) ** (1.0 - neg_power)
+        sw[neg] = (mass / mass.sum())[inv] / ccount[inv]
+        sw[~neg] = 1.0 / cnt[1]
     return TU.TrainConfig(epochs=epochs, batch_size=64, lr=3e-3, weight_decay=1e-2,
                           sample_weights=sw / sw.sum(), samples_per_epoch=SAMPLES_PER_EPOCH,
                           augment=TU.spec_augment(max_f=4, max_t=8, n_masks=1, max_shift=0,
-                                                  noise=0.0))
+                                                  noise=0.0), mixup=mixup)
+
+
+def item_category(it: D.Item) -> str:
+    if it.source == "negatives":
+        return it.label
+    return "cry" if it.is_cry else "rejected_donateacry"
+
+
+def train_cfg(name: str, labels: np.ndarray, cats: np.ndarray) -> TU.TrainConfig:
+    c = ALL_CONFIGS[name]
+    return cfg_for(labels, c["epochs"], cats, c.get("neg_power", 0.0), c.get("mixup", 0.0))
+
+
+def net_for(name: str) -> M.SmallCNN:
+    c = ALL_CONFIGS[name]
+    return M.detector_net(c.get("channels"), standardised=c.get("normalize", "none") == "standard")
+
+
+def ck_tag(name: str) -> str:
+    """Checkpoint suffix: configurations that differ only in window and epochs share the
+    plain names; any other training key adds the configuration's name."""
+    return f"-{name}" if any(k in ALL_CONFIGS[name] for k in TRAIN_KEYS) else ""
 
 
 def cross_validate(name, items, audio, fold, W, seed) -> dict:
@@ -240,13 +302,15 @@ def cross_validate(name, items, audio, fold, W, seed) -> dict:
     if path.exists():
         with open(path, "rb") as fh:
             return pickle.load(fh)
-    epochs = CONFIGS[name]["epochs"]
+    epochs = ALL_CONFIGS[name]["epochs"]
     is_cry = np.array([it.is_cry for it in items])
     bx, bitem, bact = W["base_x"], W["base_item"], W["base_active"]
     blabel = is_cry[bitem].astype(np.int64)
     bfold = fold[bitem]
     ax, alabel, afold = W["aug_x"], W["aug_label"], fold[bitem[W["aug_src"]]]
     train_ok = ~(blabel.astype(bool) & ~bact)
+    cats_item = np.array([item_category(it) for it in items])
+    acats = cats_item[bitem[W["aug_src"]]]
     res = {"oof": np.zeros((len(bx), 2)), "streams": {}, "noisy": {}}
     for f in range(N_SPLITS):
         t0 = time.time()
@@ -254,15 +318,16 @@ def cross_validate(name, items, audio, fold, W, seed) -> dict:
         tra = afold != f
         xtr = np.concatenate([bx[trb], ax[tra]])[:, None]
         ytr = np.concatenate([blabel[trb], alabel[tra]])
-        TU.seed_all(seed * 100 + f)
-        net = M.detector_net()
-        wtag = "" if WIN == SR else f"-w{WIN}"
-        ck = D.CACHE / f"detector-fold{f}-s{seed}-e{epochs}-n{SAMPLES_PER_EPOCH}{wtag}.pt"
+        ctr = np.concatenate([cats_item[bitem[trb]], acats[tra]])
+        tseed = seed * 100 + f + 1000 * ALL_CONFIGS[name].get("train_seed", 0)
+        TU.seed_all(tseed)
+        net = net_for(name)
+        ck = D.CACHE / f"detector-fold{f}-s{seed}-e{epochs}-n{SAMPLES_PER_EPOCH}{feat_tag()}{ck_tag(name)}.pt"
         if ck.exists():
             net.load_state_dict(torch.load(ck))
             net.eval()
         else:
-            TU.train(net, xtr, ytr, cfg_for(ytr, epochs), seed=seed * 100 + f)
+            TU.train(net, xtr, ytr, train_cfg(name, ytr, ctr), seed=tseed)
             torch.save(net.state_dict(), ck)
         te = bfold == f
         res["oof"][te] = TU.predict(net, bx[te][:, None])
@@ -368,7 +433,7 @@ def run(root: Path, reports: Path, models_dir: Path, version: str) -> dict:
     # 1. every candidate configuration, compared at the default rule
     cv, evs, cmp, Ws = {}, {}, {}, {}
     for name in CONFIGS:
-        set_window(CONFIGS[name]["window_s"])
+        set_config(name)
         W = Ws[name] = build_windows(items, audio, fold, seed)
         cv[name] = cross_validate(name, items, audio, fold, W, seed)
         evs[name] = Evaluator(cv[name], items, fold, W)
@@ -380,7 +445,7 @@ def run(root: Path, reports: Path, models_dir: Path, version: str) -> dict:
     best = max(CONFIGS, key=lambda n: ((cmp[n]["best_at_target"] or {}).get("recording_recall", -1),
                                        cmp[n]["window_auc"]))
     ev = evs[best]
-    set_window(CONFIGS[best]["window_s"])
+    set_config(best)
     W = Ws[best]
     log(f"chosen config {best}")
 
@@ -429,12 +494,14 @@ def run(root: Path, reports: Path, models_dir: Path, version: str) -> dict:
     train_ok = ~(blabel.astype(bool) & ~bact)
     xtr = np.concatenate([bx[train_ok], W["aug_x"]])[:, None]
     ytr = np.concatenate([blabel[train_ok], W["aug_label"]])
+    icat = np.array([item_category(it) for it in items])
+    ctr = np.concatenate([icat[bitem[train_ok]], icat[bitem[W["aug_src"]]]])
     TU.seed_all(seed)
-    net = M.detector_net()
-    TU.train(net, xtr, ytr, cfg_for(ytr, CONFIGS[best]["epochs"]), seed=seed)
+    net = net_for(best)
+    TU.train(net, xtr, ytr, train_cfg(best, ytr, ctr), seed=seed)
     sc = R.sidecar(name="cry-detector", version=version, kind="detector", labels=R.DETECTOR_LABELS,
                    temperature=round(ev.temperature, 4), threshold=t_star, positive_label="cry",
-                   features=R.DETECTOR_FEATURES, window_s=WIN / SR)
+                   features=FEATURES, window_s=WIN / SR)
     onnx_path = models_dir / "cry-detector.onnx"
     M.export_onnx(net, sc["input"]["shape"], onnx_path)
     header = (f"Cry detector: {WIN / SR:g} s windows, run every 0.5 s; crying confirmed when {DEFAULT_RULE[0]} of the last\n"

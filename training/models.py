@@ -52,9 +52,12 @@ class SmallCNN(nn.Module):
         return self.head(self.dropout(torch.cat([avg, mx], dim=1)))
 
 
-def detector_net() -> SmallCNN:
-    # input [1, 1, 40, 63]: absolute dB (about -100..0) -> (x + 60) / 20
-    return SmallCNN([8, 16, 32, 64], 2, in_shift=60.0, in_scale=1.0 / 20.0, dropout=0.2)
+def detector_net(channels: list[int] | None = None, standardised: bool = False) -> SmallCNN:
+    # input [1, 1, 40, 63]: absolute dB (about -100..0) -> (x + 60) / 20; standardised
+    # log-mel is used as it is
+    shift, scale = (0.0, 1.0) if standardised else (60.0, 1.0 / 20.0)
+    return SmallCNN(list(channels or [8, 16, 32, 64]), 2, in_shift=shift, in_scale=scale,
+                    dropout=0.2)
 
 
 def reason_net() -> SmallCNN:

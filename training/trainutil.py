@@ -32,6 +32,7 @@ class TrainConfig:
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
     sample_weights: np.ndarray | None = None   # per-item sampling weights (None = uniform)
     samples_per_epoch: int | None = None       # with sample_weights: draws per epoch
+    mixup: float = 0.0                         # Beta(alpha, alpha) mixup of input pairs (0 = off)
     extra: dict = field(default_factory=dict)
 
 
@@ -62,7 +63,13 @@ def train(net: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, seed: 
             xb = xt[idx]
             if cfg.augment is not None:
                 xb = cfg.augment(xb, g)
-            loss = lossf(net(xb), yt[idx])
+            if cfg.mixup > 0:
+                lam = float(torch.distributions.Beta(cfg.mixup, cfg.mixup).sample())
+                perm = torch.randperm(len(idx), generator=g)
+                out = net(lam * xb + (1.0 - lam) * xb[perm])
+                loss = lam * lossf(out, yt[idx]) + (1.0 - lam) * lossf(out, yt[idx][perm])
+            else:
+                loss = lossf(net(xb), yt[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

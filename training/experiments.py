@@ -1,0 +1,116 @@
+"""Detector experiments: group CV of other training recipes on the shipped folds, no export.
+
+    training/.venv/bin/python training/experiments.py [NAME ...]   (default: e8 and every
+    configuration in detector.EXPERIMENTS)
+
+Each configuration is cross-validated exactly as `train.sh detector` does its candidates
+(same folds, streams and rule; checkpoints and out-of-fold results cached under
+training/cache/), then evaluated on a finer threshold grid above 0.9, because at the
+<= 1 false episode per hour target (at most one false episode in the ~1.1 h `neg` stream)
+one step of the standard grid (0.95 -> 0.975) moves recall by up to 0.14. Writes
+reports/detector-experiments.md: recall at the target with its spread over folds, the
+paired per-fold difference against e8, recall within 3 s, false episodes per hour, and the
+window ROC AUC against the hardest non-cry categories.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import data as D  # noqa: E402
+import detector as DT  # noqa: E402
+import metrics as MT  # noqa: E402
+import trainutil as TU  # noqa: E402
+
+FINE = np.unique(np.round(np.r_[DT.THRESHOLDS, np.arange(0.9, 0.9995, 0.0025)], 4))
+HARD = ("baby_laugh", "environment", "animal", "rejected_donateacry")
+
+
+def at_target(ev) -> dict:
+    """The best recall on the fine grid with at most one false episode in the `neg` stream,
+    and recall per fold at that threshold."""
+    rows = [ev(t, *DT.DEFAULT_RULE) for t in FINE]
+    best = max((r for r in rows if r["false_episodes_neg"] <= 1),
+               key=lambda r: (r["recording_recall"], r["threshold"]))
+    best["per_fold"] = [ev(best["threshold"], *DT.DEFAULT_RULE, folds_sel=[f])["recording_recall"]
+                        for f in range(DT.N_SPLITS)]
+    return best
+
+
+def evaluate(name: str, items, audio, fold) -> dict:
+    t0 = time.time()
+    DT.set_config(name)
+    W = DT.build_windows(items, audio, fold, 0)
+    res = DT.cross_validate(name, items, audio, fold, W, 0)
+    ev = DT.Evaluator(res, items, fold, W)
+    cats = np.array([DT.item_category(it) for it in items])[ev.bitem]
+    cry = ev.evalw & (ev.blabel == 1)
+    cat_auc = {}
+    for c in HARD:
+        neg = (cats == c) & ev.evalw
+        cat_auc[c] = MT.auc(np.r_[np.ones(cry.sum()), np.zeros(neg.sum())], np.r_[ev.pw[cry], ev.pw[neg]])
+    return {"name": name, "config": DT.ALL_CONFIGS[name], "seconds": time.time() - t0,
+            "auc": MT.auc(ev.blabel[ev.evalw], ev.pw[ev.evalw]), "cat_auc": cat_auc,
+            "best": at_target(ev)}
+
+
+def write(results: list[dict], path: Path) -> None:
+    base = next((r for r in results if r["name"] == "e8"), None)
+    lines = [
+        "# Cry detector: experiments on the shipped folds",
+        "",
+        "Produced by `training/.venv/bin/python training/experiments.py` (group CV, 5 folds, fold seed 0,",
+        "rule 3 of the last 4 windows; no model exported). The operating point of each row is the",
+        "highest recall on a threshold grid refined to 0.0025 above 0.9 with at most one false",
+        "episode in the held-out `neg` stream (about 1.1 h: <= 0.89 false episodes per hour).",
+        "\"vs e8\" is the mean and sd over folds of the paired per-fold difference in recording recall.",
+        "",
+        "| config | recipe | window AUC | threshold | recording recall (folds) | vs e8 | within 3 s | false/h neg | false/h rej | "
+        + " | ".join(f"AUC vs {c}" for c in HARD) + " |",
+        "|---|---|---|---|---|---|---|---|---|" + "---|" * len(HARD),
+    ]
+    for r in results:
+        b = r["best"]
+        pf = np.array(b["per_fold"])
+        if base is not None and r is not base:
+            d = pf - np.array(base["best"]["per_fold"])
+            vs = f"{d.mean():+.3f} ± {d.std(ddof=1):.3f}"
+        else:
+            vs = ""
+        recipe = ", ".join(f"{k} {v}" for k, v in r["config"].items())
+        lines.append(
+            f"| {r['name']} | {recipe} | {r['auc']:.4f} | {b['threshold']:.4f} | "
+            f"{b['recording_recall']:.4f} ({pf.mean():.3f} ± {pf.std(ddof=1):.3f}) | {vs} | "
+            f"{b['recording_recall_3s']:.4f} | {b['false_per_hour_neg']:.2f} | {b['false_per_hour_rej']:.2f} | "
+            + " | ".join(f"{r['cat_auc'][c]:.3f}" for c in HARD) + " |")
+    lines += ["", "Target (issue 3): recording recall >= 0.95 at <= 1 false episode per hour; no row is near it.", ""]
+    path.write_text("\n".join(lines))
+
+
+def main() -> int:
+    names = sys.argv[1:] or ["e8", *DT.EXPERIMENTS]
+    unknown = [n for n in names if n not in DT.ALL_CONFIGS]
+    if unknown:
+        print(f"unknown configuration(s) {unknown}; known: {list(DT.ALL_CONFIGS)}", file=sys.stderr)
+        return 2
+    TU.set_threads()
+    root = D.DEFAULT_DATA
+    D.check_data(root)
+    items = D.read_donateacry(root) + D.read_negatives(root)
+    audio = D.load_audio(root, items)
+    fold = DT.assign_folds(items, 0)
+    results = [evaluate(n, items, audio, fold) for n in names]
+    out = HERE / "reports" / "detector-experiments.md"
+    write(results, out)
+    print(out.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
