@@ -46,3 +46,9 @@ cargo build --no-default-features
 # Mutation fuzzing (tests/fuzz.rs): seconds per target; five targets, about 100 s in all.
 export BABYCRY_FUZZ_SECONDS="${BABYCRY_FUZZ_SECONDS:-20}"
 cargo test --all-targets
+
+# The training code's light tests (issue 3: manifest parsing, group folds that never leak a
+# group, the feature recipes; no training). They need the training venv (CPU torch and
+# librosa from PyPI), which training/setup.sh makes once; the Rust build never needs it.
+bash training/setup.sh
+training/.venv/bin/python -m pytest -q training/tests
