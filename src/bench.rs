@@ -418,7 +418,7 @@ pub fn measure(
         time: resample,
     });
 
-    // The quiet room through the real always-on path, at 8 kHz and at 48 kHz.
+    // The quiet room through the real always-on path, at 8, 16 and 48 kHz.
     let mut quiet_gate_openings = 0;
     let mut quiet = Vec::new();
     for capture_rate in [rate, LOW_CAPTURE_RATE, CAPTURE_RATE] {

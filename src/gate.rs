@@ -124,6 +124,15 @@ impl NoiseFloor {
         *floor += coeff * (frame_dbfs - *floor);
     }
 
+    /// Follows a frame only if it is at or above the floor: while something is going on
+    /// (the gate open, a cry's hold) the floor may creep up but the pauses between cries
+    /// must not drag it down.
+    pub fn follow_up(&mut self, frame_dbfs: f64) {
+        if frame_dbfs >= self.dbfs() {
+            self.update(frame_dbfs);
+        }
+    }
+
     /// Whether it has followed a frame yet.
     pub fn has_heard(&self) -> bool {
         self.level_dbfs.is_some()
@@ -201,9 +210,7 @@ impl EnergyGate {
         if self.open {
             // The floor keeps rising slowly while open, so a room that became louder
             // for good (a fan) closes the gate in the end.
-            if level >= self.floor.dbfs() {
-                self.floor.update(level);
-            }
+            self.floor.follow_up(level);
             if level >= opening - self.config.hysteresis_db {
                 self.quiet_samples = 0;
             } else {

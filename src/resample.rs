@@ -128,7 +128,6 @@ pub struct StreamResampler {
     to_rate: u32,
     /// None when the rates are equal.
     inner: Option<ChunkConverter>,
-    pending: Vec<f32>,
 }
 
 impl std::fmt::Debug for StreamResampler {
@@ -164,7 +163,6 @@ impl StreamResampler {
             from_rate,
             to_rate,
             inner,
-            pending: Vec::with_capacity(2 * chunk_for(from_rate, to_rate)),
         })
     }
 
@@ -181,18 +179,13 @@ impl StreamResampler {
 
     /// Feeds `input` and appends every output sample that is ready to `out`.
     pub fn push(&mut self, input: &[f32], out: &mut Vec<f32>) -> Result<(), ResampleError> {
-        let Some(inner) = self.inner.as_mut() else {
-            out.extend_from_slice(input);
-            return Ok(());
-        };
-        self.pending.extend_from_slice(input);
-        let mut start = 0;
-        while self.pending.len() - start >= inner.chunk_in {
-            inner.convert(&self.pending[start..start + inner.chunk_in], out)?;
-            start += inner.chunk_in;
+        match self.inner.as_mut() {
+            Some(inner) => inner.push(input, out),
+            None => {
+                out.extend_from_slice(input);
+                Ok(())
+            }
         }
-        self.pending.drain(..start);
-        Ok(())
     }
 }
 
@@ -206,16 +199,20 @@ struct ChunkConverter {
     /// rubato's delay, output samples (at most one chunk).
     delay: usize,
     /// `[lead | previous chunk | this chunk]` of input: the previous chunk restarts
-    /// rubato, the lead (the end of the chunk before) starts the first box.
+    /// rubato, the lead (the end of the chunk before) starts the first box. Input is
+    /// written straight into this chunk's place; `filled` samples of it are there.
     raw: Vec<f32>,
     lead: usize,
+    filled: usize,
     rubato_out: Vec<f32>,
     /// The box average of this chunk.
     boxed: Vec<f32>,
     box_quiet: bool,
     room: NoiseFloor,
-    hold_chunks: u32,
-    hold_left: u32,
+    hold_chunks: u64,
+    /// The last chunk (counting from 1) that rubato converts after the latest frame
+    /// above the room; 0 before any.
+    precise_until: u64,
     /// rubato converted the previous chunk: its state follows the stream.
     rubato_current: bool,
     chunks: u64,
@@ -243,22 +240,41 @@ impl ChunkConverter {
             delay,
             raw: vec![0.0; lead + 2 * chunk_in],
             lead,
+            filled: 0,
             rubato_out: vec![0.0; chunk_out],
             boxed: Vec::with_capacity(chunk_out),
             box_quiet,
             room: NoiseFloor::new(&GateConfig::default(), frame_seconds),
-            hold_chunks: (PRECISE_HOLD_SECONDS / chunk_seconds).ceil() as u32,
-            hold_left: 0,
+            hold_chunks: (PRECISE_HOLD_SECONDS / chunk_seconds).ceil() as u64,
+            precise_until: 0,
             rubato_current: false,
             chunks: 0,
             precise_chunks: 0,
         })
     }
 
-    fn convert(&mut self, chunk: &[f32], out: &mut Vec<f32>) -> Result<(), ResampleError> {
+    /// Fills this chunk's place from `input`, converting every chunk it completes.
+    fn push(&mut self, mut input: &[f32], out: &mut Vec<f32>) -> Result<(), ResampleError> {
         let (lead, n) = (self.lead, self.chunk_in);
-        self.raw.copy_within(n.., 0);
-        self.raw[lead + n..].copy_from_slice(chunk);
+        while !input.is_empty() {
+            let take = (n - self.filled).min(input.len());
+            let at = lead + n + self.filled;
+            self.raw[at..at + take].copy_from_slice(&input[..take]);
+            self.filled += take;
+            input = &input[take..];
+            if self.filled == n {
+                self.convert(out)?;
+                // This chunk becomes the previous one.
+                self.raw.copy_within(n.., 0);
+                self.filled = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Converts the chunk in `raw`'s last place.
+    fn convert(&mut self, out: &mut Vec<f32>) -> Result<(), ResampleError> {
+        let (lead, n) = (self.lead, self.chunk_in);
         self.chunks += 1;
         if self.box_quiet && !self.above_room() {
             if self.rubato_current {
@@ -305,22 +321,20 @@ impl ChunkConverter {
             0..self.chunk_out,
             &mut self.boxed,
         );
-        let mut above = false;
+        // As the gate's floor while open: during a cry and its hold the room only rises.
+        let holding = self.chunks <= self.precise_until;
         for frame in self.boxed.chunks(FRAME_SAMPLES) {
             let level = level_dbfs(frame);
-            above |= self.room.has_heard() && level >= self.room.dbfs() + PRECISE_ABOVE_ROOM_DB;
-            // As the gate's floor while open: during a cry and its hold the room may only
-            // rise, so the pauses between cries do not drag it down.
-            if self.hold_left == 0 || level >= self.room.dbfs() {
+            if self.room.has_heard() && level >= self.room.dbfs() + PRECISE_ABOVE_ROOM_DB {
+                self.precise_until = self.chunks + self.hold_chunks;
+            }
+            if holding {
+                self.room.follow_up(level);
+            } else {
                 self.room.update(level);
             }
         }
-        if above {
-            self.hold_left = self.hold_chunks + 1;
-        }
-        let precise = self.hold_left > 0;
-        self.hold_left = self.hold_left.saturating_sub(1);
-        precise
+        self.chunks <= self.precise_until
     }
 
     fn run_rubato(&mut self, range: std::ops::Range<usize>) -> Result<(), ResampleError> {

@@ -412,8 +412,10 @@ class Evaluator:
         return out
 
 
-def best_threshold(ev: Evaluator, rule) -> dict | None:
-    rows = [ev(t, *rule) for t in THRESHOLDS]
+def best_threshold(ev: Evaluator, rule, grid=THRESHOLDS) -> dict | None:
+    """The threshold of `grid` with the highest recording recall at <= FA_TARGET false
+    episodes per hour of the `neg` stream (None when no threshold gets there)."""
+    rows = [ev(t, *rule) for t in grid]
     ok = [r for r in rows if r["false_per_hour_neg"] <= FA_TARGET]
     if not ok:
         return None
