@@ -94,16 +94,18 @@ def placeholders(out: Path, version: str) -> None:
                          labels=recipes.DETECTOR_LABELS, temperature=1.0, threshold=0.5,
                          positive_label="cry", features=recipes.DETECTOR_FEATURES,
                          window_s=recipes.DETECTOR_WINDOW_S)
-    M.export_onnx(det, sc["input"]["shape"], out / "cry-detector.onnx")
+    det_shape = sc["input"]["shape"]
+    M.export_onnx(det, det_shape, out / "cry-detector.onnx")
     (out / "cry-detector.toml").write_text(bf.dump_toml(sc, note))
     torch.manual_seed(0)
     rea = M.reason_net()
     sc = recipes.sidecar(name="cry-reason", version=version, kind="reason",
                          labels=recipes.REASON_LABELS, temperature=1.0, threshold=0.5,
                          features=recipes.REASON_FEATURES, window_s=recipes.REASON_WINDOW_S)
-    M.export_onnx(rea, sc["input"]["shape"], out / "cry-reason.onnx")
+    rea_shape = sc["input"]["shape"]
+    M.export_onnx(rea, rea_shape, out / "cry-reason.onnx")
     (out / "cry-reason.toml").write_text(bf.dump_toml(sc, note))
-    for name, net, shape in [("cry-detector", det, [1, 1, 40, 63]), ("cry-reason", rea, [1, 1, 64, 219])]:
+    for name, net, shape in [("cry-detector", det, det_shape), ("cry-reason", rea, rea_shape)]:
         print(f"{name}: {(out / (name + '.onnx')).stat().st_size} bytes, params "
               f"{M.count_params(net)}, MACs {M.count_macs(net, shape)}, ops "
               f"{M.onnx_ops(out / (name + '.onnx'))}")

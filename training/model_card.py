@@ -6,6 +6,8 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
+
 import data as D
 import recipes as R
 from report import ms, sha256
@@ -52,8 +54,7 @@ def write(reports: Path, models_dir: Path, root: Path = D.DEFAULT_DATA) -> None:
               f"`threshold` = {det['threshold']} (P after `temperature` = {det['temperature']:.4f}).", "",
               f"**Input**: log-mel, n_fft 256, hop 128, 40 mels 50-4000 Hz, absolute dB (ref 1.0, no "
               f"normalisation), tensor {det['input_shape']}.", "",
-              f"**Architecture**: 4 conv3x3 blocks (8-16-32-64 channels, BN, ReLU, max-pool), global "
-              f"average+max pooling, linear. {det['params']} parameters, "
+              f"**Architecture**: {det['architecture']}. {det['params']} parameters, "
               f"{det['macs_per_window'] / 1e6:.2f} M MACs per window = {det['macs_per_7s'] / 1e6:.1f} M MACs "
               f"per 7 s of audio (14 windows), ONNX {det['onnx_bytes']} bytes, opset 17, ops {det['onnx_ops']}.", "",
               "**Training data**: positives = verified and unscreened Donate-a-cry recordings (pauses below "
@@ -62,7 +63,7 @@ def write(reports: Path, models_dir: Path, root: Path = D.DEFAULT_DATA) -> None:
               "(cry under a non-cry sound at 0-20 dB SNR; non-cry mixtures; gain -25..+6/+10 dB with clipping), "
               "backgrounds always from the same fold. Class-balanced sampling.", "",
               f"**Evaluation** (`training/reports/detector.md`, command `bash training/train.sh detector`): "
-              f"{det['n_splits']}-fold group CV, seed {det['seeds']} only (CPU budget); negatives split by "
+              f"{det['n_splits']}-fold group CV, configurations compared over fold seeds {det['compare_seeds']}, figures on fold seed {det['seeds'][0]}; negatives split by "
               "their group; held-out non-cry recordings concatenated into continuous streams run every 0.5 s: "
               "`neg` = negatives/ (speech, music, household, baby laughter, environment, animals, room tone), "
               "`rej` = rejected Donate-a-cry files (label-noisy hard negatives). A false episode = a confirmation "
@@ -72,6 +73,8 @@ def write(reports: Path, models_dir: Path, root: Path = D.DEFAULT_DATA) -> None:
               f"| window ROC AUC | {ms(s['window_auc'], 4)} | {det['pooled_window_auc']:.4f} |",
               f"| cry-window recall at threshold | {ms(s['window_recall'])} | |",
               f"| cry recording recall ({det['rule'][0]}-of-{det['rule'][1]}) | {ms(s['recording_recall'])} | {c['recording_recall']:.4f} of {c['n_recordings']} |",
+              f"| ... over fold seeds {det['compare_seeds']} (mean ± sd of the seeds' recall, each at its own operating point) "
+              f"| {ms(det['config_comparison'][det['chosen_config']]['recall_over_seeds'])} | |",
               f"| ... verified cries only | | {c.get('recording_recall_verified', float('nan')):.4f} of {c.get('n_recordings_verified')} |",
               f"| ... unscreened cries only | | {c.get('recording_recall_unscreened', float('nan')):.4f} of {c.get('n_recordings_unscreened')} |",
               f"| recall within 3 s of recording start | {ms(s['recording_recall_3s'])} | {c['recording_recall_3s']:.4f} |",
@@ -92,10 +95,10 @@ def write(reports: Path, models_dir: Path, root: Path = D.DEFAULT_DATA) -> None:
               f"calibrated probability is below `threshold` = {rea['threshold']} "
               f"(per-class overrides {rea['per_class_thresholds']}; 1.0 means never shown). "
               f"`temperature` = {rea['temperature']:.4f}.", "",
-              f"**Input**: log-mel, n_fft 512, hop 256, 64 mels 50-4000 Hz, dB ref max, top_db 80, "
+              f"**Input**: log-mel, n_fft {R.REASON_FEATURES['n_fft']}, hop {R.REASON_FEATURES['hop_length']}, "
+              "64 mels 50-4000 Hz, dB ref max, top_db 80, "
               f"standardised per window; tensor {rea['input_shape']} (7 s zero-padded at the end).", "",
-              f"**Architecture**: stride-2 5x5 stem and 3 conv3x3 blocks (16-32-48-64), global average+max "
-              f"pooling, dropout, linear. {rea['params']} parameters, {rea['macs'] / 1e6:.2f} M MACs per 7 s, "
+              f"**Architecture**: {rea['architecture']}. {rea['params']} parameters, {rea['macs'] / 1e6:.2f} M MACs per 7 s, "
               f"ONNX {rea['onnx_bytes']} bytes, opset 17, ops {rea['onnx_ops']}.", "",
               f"**Training data**: {rea['n_items']} recordings (verified with a reason + unscreened "
               f"lonely/scared; never rejected files), {rea['n_groups']} groups: "
@@ -114,15 +117,30 @@ def write(reports: Path, models_dir: Path, root: Path = D.DEFAULT_DATA) -> None:
         L += ["", "Per-class F1 of the CNN (mean over seeds, pooled out-of-fold): "
               + ", ".join(f"{c} {f:.2f}" for c, f in zip(R.REASON_LABELS, s["cnn"]["per_class_f1_mean"])) + ".", ""]
         cw = s["configs_seed0"]
-        L += ["**What the numbers say**: the data cannot support 8 classes for an unseen baby. Every "
-              "configuration's group-CV macro-F1 is at or below always-hungry "
-              f"({ms(s['always_hungry']['macro_f1_folds'])}), and no model's calibrated log-loss beats the "
-              f"class prior's (CNN: {ms(s['cnn']['log_loss_minus_prior'])} nats worse). CV therefore chose the "
-              "configuration closest to the prior (no class weights), whose argmax is always `hungry`. "
-              "Stronger class weighting only trades hungry for minority guesses (seed-0 folds, class weight "
+        diff = [c["macro_f1"] - h["macro_f1"]
+                for cs, hs in zip(rea["per_fold"]["cnn"], rea["per_fold"]["always_hungry"])
+                for c, h in zip(cs, hs)]
+        d_mean, d_sd = float(np.mean(diff)), float(np.std(diff, ddof=1))
+        clearly = d_mean - d_sd > 0
+        llp = s["cnn"]["log_loss_minus_prior"]["mean"]
+        chosen = rea["chosen_config"]
+        best_other = max(((c, f) for c, f in zip(R.REASON_LABELS, s["cnn"]["per_class_f1_mean"])
+                          if c != "hungry"), key=lambda cf: cf[1])
+        L += ["**What the numbers say**: "
+              + ("" if clearly or llp < 0 else "the data cannot support 8 classes for an unseen baby. ")
+              + f"The CNN's group-CV macro-F1 is {ms(s['cnn']['macro_f1_folds'])} against always-hungry's "
+              f"{ms(s['always_hungry']['macro_f1_folds'])}: a paired difference of {d_mean:+.3f} ± {d_sd:.3f} "
+              "over the same folds and seeds, "
+              + ("clearly above. " if clearly else "within one standard deviation of zero, so not clearly above. ")
+              + f"Its calibrated log-loss is {abs(llp):.3f} nats {'worse' if llp > 0 else 'better'} than the class "
+              "prior's" + (": its probabilities say less about an unseen baby's reason than the label "
+                           "frequencies do. " if llp > 0 else ". ")
+              + f"CV chose {chosen} (class-weight power {rea['configs'][chosen]['class_weight_power']}); "
+              "stronger class weighting only trades hungry for minority guesses (seed-0 folds, class weight "
               "power 1.0: macro-F1 " + f"{cw['cw1.0']['macro_f1_folds']['mean']:.3f}" + "; per-class F1 "
               + ", ".join(f"{c} {f:.2f}" for c, f in zip(R.REASON_LABELS, cw["cw1.0"]["per_class_f1_mean"]))
-              + "). All seven non-hungry classes are at chance. `lonely`/`scared` come only from "
+              + f"). The best non-hungry class of the shipped CNN is {best_other[0]} at F1 {best_other[1]:.2f}. "
+              "`lonely`/`scared` come only from "
               "unscreened uploads, so any signal there may be recording conditions rather than the reason.", ""]
         if rea["threshold"] >= 1.0:
             L += ["**Abstention**: no threshold makes the accepted predictions clearly (5 points) more "

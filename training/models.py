@@ -52,17 +52,93 @@ class SmallCNN(nn.Module):
         return self.head(self.dropout(torch.cat([avg, mx], dim=1)))
 
 
-def detector_net(channels: list[int] | None = None, standardised: bool = False) -> SmallCNN:
+class TemporalCNN(nn.Module):
+    """1-D convolutions over time with the mel bands as input channels, global average +
+    max pooling over time, linear head.
+
+    Why this shape: every layer is one GEMM of (channels x kernel*channels_in) by frames,
+    large enough that tract runs it at 40-70 % of the CPU's peak, where the 2-D stacks of
+    small 3x3 convolutions and max-pools (``SmallCNN``) spend most of their time in
+    per-node overhead (20-30 %; docs/performance.md). Strided convolutions replace pooling.
+    ``layers`` lists (channels, kernel, stride); the input is [B, 1, n_mels, frames].
+    """
+
+    def __init__(self, n_mels: int, layers: list[tuple[int, int, int]], n_classes: int,
+                 in_shift: float = 0.0, in_scale: float = 1.0, dropout: float = 0.2):
+        super().__init__()
+        mods: list[nn.Module] = []
+        cin = n_mels
+        for cout, k, stride in layers:
+            mods += [nn.Conv1d(cin, cout, k, stride=stride, padding=k // 2, bias=False),
+                     nn.BatchNorm1d(cout), nn.ReLU(inplace=True)]
+            cin = cout
+        self.features = nn.Sequential(*mods)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(2 * cin, n_classes)
+        self.in_shift = float(in_shift)
+        self.in_scale = float(in_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_shift != 0.0 or self.in_scale != 1.0:
+            x = (x + self.in_shift) * self.in_scale
+        h = self.features(x.squeeze(1))   # [B, 1, mels, frames] -> mels as channels
+        avg = torch.mean(h, dim=2)
+        mx = torch.amax(h, dim=2)
+        return self.head(self.dropout(torch.cat([avg, mx], dim=1)))
+
+
+class StridedCNN(nn.Module):
+    """2-D convolutions that downsample by striding instead of max-pooling, global average +
+    max pooling, linear head: the 2-D stack's shift invariance along the mel axis (a cry's
+    pitch moves) with fewer, larger nodes than ``SmallCNN`` (tract runs it at about 50 % of
+    peak instead of 20 %). ``layers`` lists (channels, kernel, stride)."""
+
+    def __init__(self, layers: list[tuple[int, int, int]], n_classes: int,
+                 in_shift: float = 0.0, in_scale: float = 1.0, dropout: float = 0.2):
+        super().__init__()
+        mods: list[nn.Module] = []
+        cin = 1
+        for cout, k, stride in layers:
+            mods += [nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False),
+                     nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            cin = cout
+        self.features = nn.Sequential(*mods)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(2 * cin, n_classes)
+        self.in_shift = float(in_shift)
+        self.in_scale = float(in_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_shift != 0.0 or self.in_scale != 1.0:
+            x = (x + self.in_shift) * self.in_scale
+        h = self.features(x)
+        avg = torch.mean(h, dim=(2, 3))
+        mx = torch.amax(h, dim=(2, 3))
+        return self.head(self.dropout(torch.cat([avg, mx], dim=1)))
+
+
+DETECTOR_S2_LAYERS = [(16, 3, 2), (32, 3, 2), (64, 3, 2), (80, 3, 1)]
+DETECTOR_TC_LAYERS = [(64, 3, 1), (96, 3, 2), (128, 3, 2), (128, 3, 2)]
+REASON_TC_LAYERS = [(128, 5, 1), (160, 3, 1), (192, 3, 2), (192, 3, 2)]
+
+
+def detector_net(channels: list[int] | None = None, standardised: bool = False,
+                 arch: str = "cnn2d", n_mels: int = 40) -> nn.Module:
     # input [1, 1, 40, 63]: absolute dB (about -100..0) -> (x + 60) / 20; standardised
     # log-mel is used as it is
     shift, scale = (0.0, 1.0) if standardised else (60.0, 1.0 / 20.0)
+    if arch == "s2":
+        return StridedCNN(DETECTOR_S2_LAYERS, 2, in_shift=shift, in_scale=scale, dropout=0.2)
+    if arch == "tc":
+        return TemporalCNN(n_mels, DETECTOR_TC_LAYERS, 2, in_shift=shift, in_scale=scale,
+                           dropout=0.2)
     return SmallCNN(list(channels or [8, 16, 32, 64]), 2, in_shift=shift, in_scale=scale,
                     dropout=0.2)
 
 
-def reason_net() -> SmallCNN:
-    # input [1, 1, 64, 219]: standardised log-mel
-    return SmallCNN([16, 32, 48, 64], 8, dropout=0.3, stem_stride=2)
+def reason_net(n_mels: int = 64) -> nn.Module:
+    # input [1, 1, 64, 110]: standardised log-mel, one frame per 64 ms
+    return TemporalCNN(n_mels, REASON_TC_LAYERS, 8, dropout=0.3)
 
 
 class TinyOld(nn.Module):
@@ -119,17 +195,37 @@ class ResNet18(nn.Module):
 
 # ------------------------------------------------------------------ accounting and export
 
+def describe(model: nn.Module) -> str:
+    """One line for the model card: the layer stack of a detector or reason network."""
+    if isinstance(model, TemporalCNN):
+        convs = [m for m in model.features if isinstance(m, nn.Conv1d)]
+        stack = ", ".join(f"{c.out_channels}ch k{c.kernel_size[0]}"
+                          + (f" s{c.stride[0]}" if c.stride[0] > 1 else "") for c in convs)
+        return (f"1-D temporal CNN over the {convs[0].in_channels} mel bands as channels: "
+                f"{len(convs)} conv+BN+ReLU layers ({stack}), global average+max pooling over "
+                "time, dropout, linear")
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    if isinstance(model, StridedCNN):
+        stack = ", ".join(f"{c.out_channels}ch {c.kernel_size[0]}x{c.kernel_size[1]}"
+                          + (f" s{c.stride[0]}" if c.stride[0] > 1 else "") for c in convs)
+        return (f"2-D CNN downsampling by strided convolutions: {len(convs)} conv+BN+ReLU "
+                f"layers ({stack}), global average+max pooling, dropout, linear")
+    return (f"2-D CNN: {len(convs)} conv blocks ("
+            + "-".join(str(c.out_channels) for c in convs)
+            + " channels, BN, ReLU, max-pool), global average+max pooling, dropout, linear")
+
+
 def count_params(model: nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
 def count_macs(model: nn.Module, shape: list[int]) -> int:
-    """Multiply-accumulates of Conv2d and Linear layers for one forward pass."""
+    """Multiply-accumulates of Conv1d, Conv2d and Linear layers for one forward pass."""
     macs = 0
 
-    def conv_hook(m: nn.Conv2d, _inp, out):
+    def conv_hook(m: nn.Conv1d | nn.Conv2d, _inp, out):
         nonlocal macs
-        k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
+        k = int(np.prod(m.kernel_size)) * (m.in_channels // m.groups)
         macs += int(out.numel() * k)
 
     def lin_hook(m: nn.Linear, _inp, out):
@@ -138,7 +234,7 @@ def count_macs(model: nn.Module, shape: list[int]) -> int:
 
     hooks = []
     for m in model.modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
             hooks.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, nn.Linear):
             hooks.append(m.register_forward_hook(lin_hook))

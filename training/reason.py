@@ -1,6 +1,7 @@
 """Cry-reason classifier: data, group CV with baselines, final training, export, report."""
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -55,7 +56,7 @@ def window(y: np.ndarray) -> np.ndarray:
 
 
 def features(audio: list[np.ndarray], table: dict, name: str) -> np.ndarray:
-    path = D.CACHE / f"reason-{name}.npy"
+    path = D.CACHE / f"reason-{name}-{hashlib.sha256(repr(table).encode()).hexdigest()[:8]}.npy"
     if path.exists():
         x = np.load(path)
         if len(x) == len(audio):
@@ -95,13 +96,20 @@ def make_cfg(name: str, ytr: np.ndarray, epochs: int = EPOCHS) -> TU.TrainConfig
     return TU.TrainConfig(epochs=epochs, batch_size=32, lr=3e-3, weight_decay=1e-2,
                           class_weights=class_weights(ytr, c["class_weight_power"]),
                           label_smoothing=c["label_smoothing"],
-                          augment=TU.spec_augment(max_f=8, max_t=20, n_masks=2, max_shift=30,
-                                                  noise=0.05))
+                          augment=TU.spec_augment(max_f=8, max_t=10, n_masks=2, max_shift=15,
+                                                  noise=0.05))  # frames of 64 ms
+
+
+def net_tag() -> str:
+    """Cache-name part for the CNN's architecture and input recipe, so a changed network or
+    hop never reuses another one's out-of-fold logits."""
+    key = repr((M.REASON_TC_LAYERS, R.REASON_FEATURES, EPOCHS))
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
 
 
 def run_cv(method: str, x: np.ndarray, y: np.ndarray, folds: np.ndarray, seed: int) -> np.ndarray:
     """Out-of-fold logits for one method and one seed (cached)."""
-    path = D.CACHE / f"reason-oof-{method}-s{seed}.npy"
+    path = D.CACHE / f"reason-oof-{method}{'' if method == 'old_resnet18' else '-' + net_tag()}-s{seed}.npy"
     if path.exists():
         return np.load(path)
     oof = np.zeros((len(y), len(LABELS)))
@@ -343,7 +351,8 @@ def run(root: Path, reports: Path, models_dir: Path, version: str, skip_old: boo
         "temperature": temperature, "threshold": threshold, "per_class_thresholds": per_class,
         "abstention_curve": curve,
         "per_fold": {k: [e["per_fold"] for e in v] for k, v in evals.items() if v},
-        "params": M.count_params(net), "macs": M.count_macs(net, sc["input"]["shape"]),
+        "params": M.count_params(net), "architecture": M.describe(net),
+        "macs": M.count_macs(net, sc["input"]["shape"]),
         "onnx_bytes": onnx_path.stat().st_size, "onnx_ops": M.onnx_ops(onnx_path),
         "input_shape": sc["input"]["shape"],
     }
