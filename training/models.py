@@ -10,54 +10,59 @@ from torch import nn
 OPSET = 17
 
 
-def conv_block(cin: int, cout: int, pool: bool) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-                               nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-    if pool:
-        layers.append(nn.MaxPool2d(2))
-    return layers
+def conv_block(cin: int, cout: int, k: int = 3, stride: int = 1, dims: int = 2) -> list[nn.Module]:
+    """Convolution (no bias: batch norm follows), batch norm, ReLU; 1-D or 2-D."""
+    conv, norm = (nn.Conv2d, nn.BatchNorm2d) if dims == 2 else (nn.Conv1d, nn.BatchNorm1d)
+    return [conv(cin, cout, k, stride=stride, padding=k // 2, bias=False), norm(cout),
+            nn.ReLU(inplace=True)]
 
 
-class SmallCNN(nn.Module):
-    """Plain 3x3 conv stack, global average + max pooling, linear head.
+class PooledNet(nn.Module):
+    """What every network here shares: fixed input constants, a feature stack, global
+    average + max pooling over the feature map's spatial axes, dropout, a linear head.
 
     ``in_shift``/``in_scale`` are fixed constants applied to the input ((x + shift) * scale)
     so absolute-dB inputs arrive near unit range; they are part of the exported graph.
     """
 
-    def __init__(self, channels: list[int], n_classes: int, in_shift: float = 0.0,
-                 in_scale: float = 1.0, dropout: float = 0.2, stem_stride: int = 1):
+    def __init__(self, layers: list[nn.Module], width: int, n_classes: int, in_shift: float,
+                 in_scale: float, dropout: float):
         super().__init__()
-        k = 3 if stem_stride == 1 else 5
-        layers: list[nn.Module] = [nn.Conv2d(1, channels[0], k, stride=stem_stride,
-                                             padding=k // 2, bias=False),
-                                   nn.BatchNorm2d(channels[0]), nn.ReLU(inplace=True)]
-        cin = channels[0]
-        for c in channels[1:]:
-            layers.append(nn.MaxPool2d(2))
-            layers += conv_block(cin, c, pool=False)
-            cin = c
         self.features = nn.Sequential(*layers)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(2 * cin, n_classes)
+        self.head = nn.Linear(2 * width, n_classes)
         self.in_shift = float(in_shift)
         self.in_scale = float(in_scale)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.in_shift != 0.0 or self.in_scale != 1.0:
             x = (x + self.in_shift) * self.in_scale
-        h = self.features(x)
-        avg = torch.mean(h, dim=(2, 3))
-        mx = torch.amax(h, dim=(2, 3))
+        h = self.features(self.prepare(x))
+        axes = tuple(range(2, h.dim()))
+        avg = torch.mean(h, dim=axes)
+        mx = torch.amax(h, dim=axes)
         return self.head(self.dropout(torch.cat([avg, mx], dim=1)))
 
 
-class TemporalCNN(nn.Module):
-    """1-D convolutions over time with the mel bands as input channels, global average +
-    max pooling over time, linear head.
+class SmallCNN(PooledNet):
+    """Plain 3x3 conv stack with 2x2 max-pooling between the blocks."""
+
+    def __init__(self, channels: list[int], n_classes: int, in_shift: float = 0.0,
+                 in_scale: float = 1.0, dropout: float = 0.2, stem_stride: int = 1):
+        layers = conv_block(1, channels[0], 3 if stem_stride == 1 else 5, stem_stride)
+        for cin, cout in zip(channels, channels[1:]):
+            layers += [nn.MaxPool2d(2), *conv_block(cin, cout)]
+        super().__init__(layers, channels[-1], n_classes, in_shift, in_scale, dropout)
+
+
+class TemporalCNN(PooledNet):
+    """1-D convolutions over time with the mel bands as input channels.
 
     Why this shape: every layer is one GEMM of (channels x kernel*channels_in) by frames,
-    large enough that tract runs it at 40-70 % of the CPU's peak, where the 2-D stacks of
+    large enough that tract runs it at 40-75 % of the CPU's peak, where the 2-D stacks of
     small 3x3 convolutions and max-pools (``SmallCNN``) spend most of their time in
     per-node overhead (20-30 %; docs/performance.md). Strided convolutions replace pooling.
     ``layers`` lists (channels, kernel, stride); the input is [B, 1, n_mels, frames].
@@ -65,56 +70,25 @@ class TemporalCNN(nn.Module):
 
     def __init__(self, n_mels: int, layers: list[tuple[int, int, int]], n_classes: int,
                  in_shift: float = 0.0, in_scale: float = 1.0, dropout: float = 0.2):
-        super().__init__()
-        mods: list[nn.Module] = []
-        cin = n_mels
-        for cout, k, stride in layers:
-            mods += [nn.Conv1d(cin, cout, k, stride=stride, padding=k // 2, bias=False),
-                     nn.BatchNorm1d(cout), nn.ReLU(inplace=True)]
-            cin = cout
-        self.features = nn.Sequential(*mods)
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(2 * cin, n_classes)
-        self.in_shift = float(in_shift)
-        self.in_scale = float(in_scale)
+        widths = [n_mels] + [c for c, _, _ in layers]
+        mods = [m for cin, (cout, k, st) in zip(widths, layers) for m in conv_block(cin, cout, k, st, dims=1)]
+        super().__init__(mods, widths[-1], n_classes, in_shift, in_scale, dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.in_shift != 0.0 or self.in_scale != 1.0:
-            x = (x + self.in_shift) * self.in_scale
-        h = self.features(x.squeeze(1))   # [B, 1, mels, frames] -> mels as channels
-        avg = torch.mean(h, dim=2)
-        mx = torch.amax(h, dim=2)
-        return self.head(self.dropout(torch.cat([avg, mx], dim=1)))
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.squeeze(1)   # [B, 1, mels, frames] -> mels as channels
 
 
-class StridedCNN(nn.Module):
-    """2-D convolutions that downsample by striding instead of max-pooling, global average +
-    max pooling, linear head: the 2-D stack's shift invariance along the mel axis (a cry's
-    pitch moves) with fewer, larger nodes than ``SmallCNN`` (tract runs it at about 50 % of
-    peak instead of 20 %). ``layers`` lists (channels, kernel, stride)."""
+class StridedCNN(PooledNet):
+    """2-D convolutions that downsample by striding instead of max-pooling: the 2-D stack's
+    shift invariance along the mel axis (a cry's pitch moves) with fewer, larger nodes than
+    ``SmallCNN`` (tract runs it at about 50 % of peak instead of 20 %). ``layers`` lists
+    (channels, kernel, stride)."""
 
     def __init__(self, layers: list[tuple[int, int, int]], n_classes: int,
                  in_shift: float = 0.0, in_scale: float = 1.0, dropout: float = 0.2):
-        super().__init__()
-        mods: list[nn.Module] = []
-        cin = 1
-        for cout, k, stride in layers:
-            mods += [nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False),
-                     nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-            cin = cout
-        self.features = nn.Sequential(*mods)
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(2 * cin, n_classes)
-        self.in_shift = float(in_shift)
-        self.in_scale = float(in_scale)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.in_shift != 0.0 or self.in_scale != 1.0:
-            x = (x + self.in_shift) * self.in_scale
-        h = self.features(x)
-        avg = torch.mean(h, dim=(2, 3))
-        mx = torch.amax(h, dim=(2, 3))
-        return self.head(self.dropout(torch.cat([avg, mx], dim=1)))
+        widths = [1] + [c for c, _, _ in layers]
+        mods = [m for cin, (cout, k, st) in zip(widths, layers) for m in conv_block(cin, cout, k, st)]
+        super().__init__(mods, widths[-1], n_classes, in_shift, in_scale, dropout)
 
 
 DETECTOR_S2_LAYERS = [(16, 3, 2), (32, 3, 2), (64, 3, 2), (80, 3, 1)]
