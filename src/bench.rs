@@ -277,8 +277,11 @@ pub fn quiet_room(rate: u32, seconds: f32) -> Vec<f32> {
 }
 
 /// Times `babycryd run` (this executable) from spawn to the READY=1 it sends on its
-/// $NOTIFY_SOCKET, `starts` times: models loaded and optimised, audio flowing (a WAV
-/// replayed in real time), MQTT off. Each process is killed once it is ready.
+/// $NOTIFY_SOCKET, `starts` times: models loaded and optimised, audio flowing, MQTT off.
+/// Each process is killed once it is ready. The audio is a quiet room streamed as raw
+/// 48 kHz PCM on stdin (`--input -`, the `arecord | babycryd` path), paced at 10x real
+/// time, so the process holds what it holds with a microphone; a file `--input` would add
+/// the whole decoded recording to its RSS.
 pub fn start_to_ready(reason: &Path, starts: u32) -> anyhow::Result<StartFigures> {
     use std::os::unix::net::UnixDatagram;
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
@@ -292,8 +295,12 @@ pub fn start_to_ready(reason: &Path, starts: u32) -> anyhow::Result<StartFigures
             reason.file_name().unwrap_or_default().to_string_lossy()
         ),
     )?;
-    let wav = dir.path().join("room.wav");
-    write_wav_i16(&wav, &quiet_room(CAPTURE_RATE, 30.0), CAPTURE_RATE)?;
+    let pcm: std::sync::Arc<Vec<u8>> = std::sync::Arc::new(
+        quiet_room(CAPTURE_RATE, 1.0)
+            .iter()
+            .flat_map(|&x| ((x.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes())
+            .collect(),
+    );
     let exe = std::env::current_exe().context("finding the babycryd executable")?;
     let mut times = Vec::new();
     let mut rss = Vec::new();
@@ -305,15 +312,24 @@ pub fn start_to_ready(reason: &Path, starts: u32) -> anyhow::Result<StartFigures
         let mut child = std::process::Command::new(&exe)
             .arg("--config")
             .arg(&config)
-            .args(["run", "--no-mqtt", "--input"])
-            .arg(&wav)
+            .args(["run", "--no-mqtt", "--input", "-", "--format", "s16le"])
+            .args(["--rate", &CAPTURE_RATE.to_string(), "--channels", "1"])
             .env("NOTIFY_SOCKET", &socket_path)
             .env("RUST_LOG", "error")
-            .stdin(std::process::Stdio::null())
+            .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .context("starting babycryd run")?;
+        let mut stdin = child.stdin.take().context("the child's stdin")?;
+        let second = std::sync::Arc::clone(&pcm);
+        // Ends with a broken pipe once the child is killed.
+        let feeder = std::thread::spawn(move || {
+            use std::io::Write;
+            while stdin.write_all(&second).is_ok() {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
         let mut buf = [0u8; 4096];
         let ready = loop {
             match socket.recv(&mut buf) {
@@ -327,6 +343,7 @@ pub fn start_to_ready(reason: &Path, starts: u32) -> anyhow::Result<StartFigures
         let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()));
         let _ = child.kill();
         let _ = child.wait();
+        let _ = feeder.join();
         times.push(ready.context("no READY=1 within 10 s")?);
         rss.extend(status.ok().as_deref().and_then(vm_hwm_mib));
     }
