@@ -40,8 +40,10 @@ def write(reports: Path, models_dir: Path, root: Path = D.DEFAULT_DATA) -> None:
             L.append(f"| `{name}` | `{sha256(p)}` | {p.stat().st_size} |")
     L += ["", "Training is deterministic on one machine (fixed seeds, single-process data order); PyTorch",
           "CPU kernels may differ in the last bits across CPUs or thread counts, so a re-run elsewhere can",
-          "give ONNX files with slightly different weights (and hashes). Checked here: two separate runs",
-          "of `train.sh detector` (06:51 and 08:02 UTC, 2026-11-24) exported byte-identical `cry-detector.onnx`.", ""]
+          "give ONNX files with slightly different weights (and hashes). Checked here: on 2026-11-30 two",
+          "separate runs each of `train.sh reason` and `train.sh detector` (BABYCRY_THREADS=2) exported",
+          "byte-identical ONNX files. The detector's weights are not byte-identical to the 2026-11-24 export",
+          "of the same recipe; the cause (library or training-code change) was not traced.", ""]
 
     if det:
         c = det["chosen"]
