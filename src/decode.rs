@@ -5,15 +5,17 @@
 //! corrupt file, or one that is not audio at all, becomes a [`DecodeError`] that names
 //! the file and the cause. A file with an announced length that decodes short is
 //! reported as truncated rather than silently classified on half its audio.
+//! [`AudioStream`] decodes packet by packet, for replays that must not hold a whole night
+//! in memory; [`decode_file`] collects it for the single recordings `classify` reads.
 
 use std::fs::File;
 use std::io::ErrorKind;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use symphonia::core::audio::SampleBuffer;
-use symphonia::core::codecs::{DecoderOptions, CODEC_TYPE_NULL};
+use symphonia::core::codecs::{Decoder, DecoderOptions, CODEC_TYPE_NULL};
 use symphonia::core::errors::Error as SymError;
-use symphonia::core::formats::FormatOptions;
+use symphonia::core::formats::{FormatOptions, FormatReader};
 use symphonia::core::io::{MediaSource, MediaSourceStream};
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
@@ -37,24 +39,7 @@ impl DecodedAudio {
 
 /// Decodes the file at `path`.
 pub fn decode_file(path: &Path) -> Result<DecodedAudio, DecodeError> {
-    let file = File::open(path).map_err(|source| DecodeError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
-        return Err(DecodeError::Open {
-            path: path.to_owned(),
-            source: std::io::Error::new(ErrorKind::InvalidInput, "is a directory"),
-        });
-    }
-    if len == 0 {
-        return Err(DecodeError::EmptyFile {
-            path: path.to_owned(),
-        });
-    }
-    let ext = path.extension().and_then(|e| e.to_str());
-    decode_source(Box::new(file), ext, path)
+    collect(AudioStream::open(path)?)
 }
 
 /// Decodes in-memory bytes; `path` only names them in errors.
@@ -68,27 +53,268 @@ pub fn decode_bytes(
             path: path.to_owned(),
         });
     }
-    decode_source(Box::new(std::io::Cursor::new(bytes)), ext, path)
+    collect(AudioStream::from_source(
+        Box::new(std::io::Cursor::new(bytes)),
+        ext,
+        path,
+    )?)
 }
 
-fn decode_source(
-    source: Box<dyn MediaSource>,
-    ext: Option<&str>,
+fn collect(mut stream: AudioStream) -> Result<DecodedAudio, DecodeError> {
+    let mut samples = Vec::new();
+    while stream.next_into(&mut samples)? {}
+    Ok(DecodedAudio {
+        samples,
+        sample_rate: stream.sample_rate(),
+        channels: stream.channels(),
+    })
+}
+
+/// A recording decoded one packet at a time, downmixed to mono at its own rate, so a
+/// replay holds one packet instead of the whole night. The checks of a whole-file decode
+/// still hold: a stream that ends with no audio, or short of its announced length, ends
+/// in an error instead of `Ok(false)`, and so does a packet of non-finite samples.
+pub struct AudioStream {
+    path: PathBuf,
+    format: Box<dyn FormatReader>,
+    decoder: Box<dyn Decoder>,
+    track_id: u32,
+    sample_rate: u32,
+    channels: usize,
+    announced_frames: Option<u64>,
+    decoded_frames: u64,
+    buffer: Option<SampleBuffer<f32>>,
+    finished: bool,
+}
+
+impl std::fmt::Debug for AudioStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AudioStream")
+            .field("path", &self.path)
+            .field("sample_rate", &self.sample_rate)
+            .field("decoded_frames", &self.decoded_frames)
+            .finish()
+    }
+}
+
+impl AudioStream {
+    /// Opens the file at `path` and reads its header.
+    pub fn open(path: &Path) -> Result<Self, DecodeError> {
+        let file = File::open(path).map_err(|source| DecodeError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+            return Err(DecodeError::Open {
+                path: path.to_owned(),
+                source: std::io::Error::new(ErrorKind::InvalidInput, "is a directory"),
+            });
+        }
+        if len == 0 {
+            return Err(DecodeError::EmptyFile {
+                path: path.to_owned(),
+            });
+        }
+        let ext = path.extension().and_then(|e| e.to_str());
+        Self::from_source(Box::new(file), ext, path)
+    }
+
+    fn from_source(
+        source: Box<dyn MediaSource>,
+        ext: Option<&str>,
+        path: &Path,
+    ) -> Result<Self, DecodeError> {
+        guarded(path, || Self::probe(source, ext, path))
+    }
+
+    pub fn sample_rate(&self) -> u32 {
+        self.sample_rate
+    }
+
+    /// Channels in the file before the downmix.
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// Appends the next packet's mono samples to `out`: `Ok(true)` while there may be
+    /// more, `Ok(false)` once the recording has ended well.
+    pub fn next_into(&mut self, out: &mut Vec<f32>) -> Result<bool, DecodeError> {
+        if self.finished {
+            return Ok(false);
+        }
+        let path = self.path.clone();
+        let more = guarded(&path, || self.decode_packet(out));
+        if !matches!(more, Ok(true)) {
+            self.finished = true;
+        }
+        more
+    }
+
+    fn probe(
+        source: Box<dyn MediaSource>,
+        ext: Option<&str>,
+        path: &Path,
+    ) -> Result<Self, DecodeError> {
+        let stream = MediaSourceStream::new(source, Default::default());
+        let mut hint = Hint::new();
+        if let Some(ext) = ext {
+            hint.with_extension(ext);
+        }
+        let probed = symphonia::default::get_probe()
+            .format(
+                &hint,
+                stream,
+                &FormatOptions::default(),
+                &MetadataOptions::default(),
+            )
+            .map_err(|e| unsupported(path, e.to_string()))?;
+        let format = probed.format;
+        let track = format
+            .tracks()
+            .iter()
+            .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
+            .ok_or_else(|| unsupported(path, "no audio track".into()))?;
+        let track_id = track.id;
+        let params = track.codec_params.clone();
+        let sample_rate = params
+            .sample_rate
+            .ok_or_else(|| unsupported(path, "no sample rate".into()))?;
+        if sample_rate == 0 {
+            return Err(corrupt(path, "sample rate 0".into()));
+        }
+        let decoder = symphonia::default::get_codecs()
+            .make(&params, &DecoderOptions::default())
+            .map_err(|e| unsupported(path, e.to_string()))?;
+        Ok(Self {
+            path: path.to_owned(),
+            format,
+            decoder,
+            track_id,
+            sample_rate,
+            channels: params.channels.map(|c| c.count()).unwrap_or(0),
+            announced_frames: params.n_frames,
+            decoded_frames: 0,
+            buffer: None,
+            finished: false,
+        })
+    }
+
+    fn decode_packet(&mut self, out: &mut Vec<f32>) -> Result<bool, DecodeError> {
+        let path = self.path.as_path();
+        loop {
+            let packet = match self.format.next_packet() {
+                Ok(p) => p,
+                Err(SymError::IoError(e)) if e.kind() == ErrorKind::UnexpectedEof => {
+                    return self.at_end()
+                }
+                Err(SymError::ResetRequired) => return self.at_end(),
+                Err(e) => return Err(corrupt(path, e.to_string())),
+            };
+            if packet.track_id() != self.track_id {
+                continue;
+            }
+            let decoded = match self.decoder.decode(&packet) {
+                Ok(d) => d,
+                Err(SymError::IoError(e)) if e.kind() == ErrorKind::UnexpectedEof => {
+                    return self.at_end()
+                }
+                Err(e) => return Err(corrupt(path, e.to_string())),
+            };
+            let spec = *decoded.spec();
+            let ch = spec.channels.count().max(1);
+            self.channels = ch;
+            let frames = decoded.frames();
+            if self
+                .buffer
+                .as_ref()
+                .is_none_or(|b| b.capacity() < decoded.capacity() * ch)
+            {
+                self.buffer = Some(SampleBuffer::new(decoded.capacity() as u64, spec));
+            }
+            let buf = self.buffer.as_mut().expect("allocated above");
+            buf.copy_interleaved_ref(decoded);
+            let interleaved = &buf.samples()[..frames * ch];
+            let first = out.len();
+            if ch == 1 {
+                out.extend_from_slice(interleaved);
+            } else {
+                let scale = 1.0 / ch as f32;
+                out.extend(
+                    interleaved
+                        .chunks_exact(ch)
+                        .map(|f| f.iter().sum::<f32>() * scale),
+                );
+            }
+            if out[first..].iter().any(|s| !s.is_finite()) {
+                return Err(corrupt(path, "samples are not finite numbers".into()));
+            }
+            self.decoded_frames += frames as u64;
+            return Ok(true);
+        }
+    }
+
+    /// The end of the packets: a recording with no audio, or one that decodes short of
+    /// its announced length, is an error.
+    fn at_end(&self) -> Result<bool, DecodeError> {
+        let path = self.path.as_path();
+        if self.decoded_frames == 0 {
+            return Err(DecodeError::NoAudio {
+                path: path.to_owned(),
+            });
+        }
+        if let Some(n) = self.announced_frames {
+            // Some encoders round the announced length to a block; only a real shortfall
+            // is truncation.
+            let rate = u64::from(self.sample_rate);
+            if self.decoded_frames + rate / 100 < n {
+                return Err(corrupt(
+                    path,
+                    format!(
+                        "truncated: decoded {} of {} announced samples ({:.2} s of {:.2} s)",
+                        self.decoded_frames,
+                        n,
+                        self.decoded_frames as f64 / rate as f64,
+                        n as f64 / rate as f64
+                    ),
+                ));
+            }
+        }
+        Ok(false)
+    }
+}
+
+fn unsupported(path: &Path, reason: String) -> DecodeError {
+    DecodeError::Unsupported {
+        path: path.to_owned(),
+        reason,
+    }
+}
+
+fn corrupt(path: &Path, reason: String) -> DecodeError {
+    DecodeError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    }
+}
+
+/// Runs a step of the decoder. symphonia asserts on some malformed headers (a zero sample
+/// rate reaches a division in its time base, found by tests/fuzz.rs); a bad file must be
+/// an error, never a crash, and the user sees that error alone, not the decoder's panic
+/// message.
+fn guarded<T>(
     path: &Path,
-) -> Result<DecodedAudio, DecodeError> {
-    // symphonia asserts on some malformed headers (a zero sample rate reaches a division
-    // in its time base, found by tests/fuzz.rs); a bad file must be an error, never a crash,
-    // and the user sees that error alone, not the decoder's panic message.
+    step: impl FnOnce() -> Result<T, DecodeError>,
+) -> Result<T, DecodeError> {
     quiet_decoder_panics();
     DECODING.with(|d| d.set(true));
-    let guarded = std::panic::AssertUnwindSafe(|| decode_unguarded(source, ext, path));
-    let outcome = std::panic::catch_unwind(guarded);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(step));
     DECODING.with(|d| d.set(false));
     outcome.unwrap_or_else(|_| {
-        Err(DecodeError::Corrupt {
-            path: path.to_owned(),
-            reason: "malformed header or stream (the decoder gave up)".into(),
-        })
+        Err(corrupt(
+            path,
+            "malformed header or stream (the decoder gave up)".into(),
+        ))
     })
 }
 
@@ -111,121 +337,6 @@ fn quiet_decoder_panics() {
             }
         }));
     });
-}
-
-fn decode_unguarded(
-    source: Box<dyn MediaSource>,
-    ext: Option<&str>,
-    path: &Path,
-) -> Result<DecodedAudio, DecodeError> {
-    let unsupported = |reason: String| DecodeError::Unsupported {
-        path: path.to_owned(),
-        reason,
-    };
-    let corrupt = |reason: String| DecodeError::Corrupt {
-        path: path.to_owned(),
-        reason,
-    };
-
-    let stream = MediaSourceStream::new(source, Default::default());
-    let mut hint = Hint::new();
-    if let Some(ext) = ext {
-        hint.with_extension(ext);
-    }
-    let probed = symphonia::default::get_probe()
-        .format(
-            &hint,
-            stream,
-            &FormatOptions::default(),
-            &MetadataOptions::default(),
-        )
-        .map_err(|e| unsupported(e.to_string()))?;
-    let mut format = probed.format;
-    let track = format
-        .tracks()
-        .iter()
-        .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
-        .ok_or_else(|| unsupported("no audio track".into()))?;
-    let track_id = track.id;
-    let params = track.codec_params.clone();
-    let sample_rate = params
-        .sample_rate
-        .ok_or_else(|| unsupported("no sample rate".into()))?;
-    if sample_rate == 0 {
-        return Err(corrupt("sample rate 0".into()));
-    }
-    let announced_frames = params.n_frames;
-    let mut decoder = symphonia::default::get_codecs()
-        .make(&params, &DecoderOptions::default())
-        .map_err(|e| unsupported(e.to_string()))?;
-
-    let mut samples = Vec::new();
-    let mut channels = params.channels.map(|c| c.count()).unwrap_or(0);
-    let mut buffer: Option<SampleBuffer<f32>> = None;
-    loop {
-        let packet = match format.next_packet() {
-            Ok(p) => p,
-            Err(SymError::IoError(e)) if e.kind() == ErrorKind::UnexpectedEof => break,
-            Err(SymError::ResetRequired) => break,
-            Err(e) => return Err(corrupt(e.to_string())),
-        };
-        if packet.track_id() != track_id {
-            continue;
-        }
-        let decoded = match decoder.decode(&packet) {
-            Ok(d) => d,
-            Err(SymError::IoError(e)) if e.kind() == ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(corrupt(e.to_string())),
-        };
-        let spec = *decoded.spec();
-        let ch = spec.channels.count().max(1);
-        channels = ch;
-        let frames = decoded.frames();
-        if buffer
-            .as_ref()
-            .is_none_or(|b| b.capacity() < decoded.capacity() * ch)
-        {
-            buffer = Some(SampleBuffer::new(decoded.capacity() as u64, spec));
-        }
-        let buf = buffer.as_mut().expect("allocated above");
-        buf.copy_interleaved_ref(decoded);
-        let interleaved = &buf.samples()[..frames * ch];
-        if ch == 1 {
-            samples.extend_from_slice(interleaved);
-        } else {
-            let scale = 1.0 / ch as f32;
-            samples.extend(
-                interleaved
-                    .chunks_exact(ch)
-                    .map(|f| f.iter().sum::<f32>() * scale),
-            );
-        }
-    }
-    if samples.is_empty() {
-        return Err(DecodeError::NoAudio {
-            path: path.to_owned(),
-        });
-    }
-    if let Some(n) = announced_frames {
-        // Some encoders round the announced length to a block; only a real shortfall is truncation.
-        if (samples.len() as u64) + u64::from(sample_rate) / 100 < n {
-            return Err(corrupt(format!(
-                "truncated: decoded {} of {} announced samples ({:.2} s of {:.2} s)",
-                samples.len(),
-                n,
-                samples.len() as f64 / f64::from(sample_rate),
-                n as f64 / f64::from(sample_rate)
-            )));
-        }
-    }
-    if samples.iter().any(|s| !s.is_finite()) {
-        return Err(corrupt("samples are not finite numbers".into()));
-    }
-    Ok(DecodedAudio {
-        samples,
-        sample_rate,
-        channels,
-    })
 }
 
 /// Writes a mono 16-bit PCM WAV file: for demos and tests that make their own signals.

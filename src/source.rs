@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::decode::decode_file;
+use crate::decode::AudioStream;
 use crate::error::{DecodeError, ResampleError};
 use crate::resample::StreamResampler;
 
@@ -461,6 +461,12 @@ impl Capture {
             match self.stream(format) {
                 Ok(true) => break,
                 Ok(false) => return,
+                Err(e @ SourceError::Decode(_)) => {
+                    // A recording that fails part-way is not a device to reopen: a
+                    // replay from its start would deliver its audio twice.
+                    tracing::error!("{e}");
+                    break;
+                }
                 Err(e) => {
                     self.source.close();
                     failures = 1;
@@ -556,37 +562,63 @@ fn pull_frames(rate: u32) -> usize {
     (rate as usize / 10).max(1)
 }
 
-/// A decoded file, replayed in real time or as fast as the pipeline takes it.
+/// A recording replayed in real time or as fast as the pipeline takes it.
 #[derive(Debug)]
 pub struct FileSource {
     name: String,
-    samples: Vec<f32>,
+    replay: Replay,
     rate: u32,
     realtime: bool,
-    pos: usize,
+    emitted: u64,
     started: Option<Instant>,
 }
 
+#[derive(Debug)]
+enum Replay {
+    /// Samples made in memory (the demo night, tests, benches).
+    Memory { samples: Vec<f32>, pos: usize },
+    /// A file decoded a packet at a time: `pending` holds the decoded samples not yet
+    /// delivered from `pos` on, so a night-long recording costs one packet of memory.
+    Stream {
+        stream: Box<AudioStream>,
+        pending: Vec<f32>,
+        pos: usize,
+    },
+}
+
 impl FileSource {
-    /// Decodes `path` now, so a bad file fails before the daemon starts.
+    /// Opens `path` for a replay. The whole file is decoded once now without keeping its
+    /// samples, so a bad or truncated recording fails before the daemon starts; the replay
+    /// then decodes it again, packet by packet.
     pub fn new(path: &Path, realtime: bool) -> Result<Self, DecodeError> {
-        let audio = decode_file(path)?;
-        Ok(Self::from_samples(
-            path.display().to_string(),
-            audio.samples,
-            audio.sample_rate,
+        let mut check = AudioStream::open(path)?;
+        let mut scratch = Vec::new();
+        while check.next_into(&mut scratch)? {
+            scratch.clear();
+        }
+        let stream = AudioStream::open(path)?;
+        Ok(Self {
+            name: path.display().to_string(),
+            rate: stream.sample_rate(),
+            replay: Replay::Stream {
+                stream: Box::new(stream),
+                pending: Vec::new(),
+                pos: 0,
+            },
             realtime,
-        ))
+            emitted: 0,
+            started: None,
+        })
     }
 
     /// A source replaying mono `samples` at `rate`.
     pub fn from_samples(name: String, samples: Vec<f32>, rate: u32, realtime: bool) -> Self {
         Self {
             name,
-            samples,
+            replay: Replay::Memory { samples, pos: 0 },
             rate,
             realtime,
-            pos: 0,
+            emitted: 0,
             started: None,
         }
     }
@@ -605,20 +637,41 @@ impl AudioSource for FileSource {
     }
 
     fn pull(&mut self, buf: &mut Vec<f32>) -> Result<Pull, SourceError> {
-        if self.pos >= self.samples.len() {
-            return Ok(Pull::End);
-        }
+        let want = pull_frames(self.rate);
+        let chunk: &[f32] = match &mut self.replay {
+            Replay::Memory { samples, pos } => {
+                if *pos >= samples.len() {
+                    return Ok(Pull::End);
+                }
+                let start = *pos;
+                *pos = (start + want).min(samples.len());
+                &samples[start..*pos]
+            }
+            Replay::Stream {
+                stream,
+                pending,
+                pos,
+            } => {
+                pending.drain(..*pos);
+                *pos = 0;
+                while pending.len() < want && stream.next_into(pending)? {}
+                if pending.is_empty() {
+                    return Ok(Pull::End);
+                }
+                *pos = want.min(pending.len());
+                &pending[..*pos]
+            }
+        };
         if self.realtime {
             let started = *self.started.get_or_insert_with(Instant::now);
-            let due = started + Duration::from_secs_f64(self.pos as f64 / f64::from(self.rate));
+            let due = started + Duration::from_secs_f64(self.emitted as f64 / f64::from(self.rate));
             let now = Instant::now();
             if due > now {
                 std::thread::sleep(due - now);
             }
         }
-        let end = (self.pos + pull_frames(self.rate)).min(self.samples.len());
-        buf.extend_from_slice(&self.samples[self.pos..end]);
-        self.pos = end;
+        buf.extend_from_slice(chunk);
+        self.emitted += chunk.len() as u64;
         Ok(Pull::Audio)
     }
 }
@@ -770,6 +823,53 @@ impl<R: Read + Send + 'static> AudioSource for RawPcmSource<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_replay_streams_the_decoded_samples_holding_one_packet() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ten-minutes.wav");
+        let rate = 16_000;
+        let samples: Vec<f32> = (0..rate as usize * 600)
+            .map(|i| 0.3 * (i as f32 * 0.05).sin() + 0.01 * ((i * 7919) % 101) as f32 / 101.0)
+            .collect();
+        crate::decode::write_wav_i16(&path, &samples, rate).unwrap();
+        let whole = crate::decode::decode_file(&path).unwrap().samples;
+
+        let mut source = FileSource::new(&path, false).unwrap();
+        assert_eq!(
+            source.open().unwrap(),
+            StreamFormat {
+                sample_rate: rate,
+                channels: 1
+            }
+        );
+        let (mut replayed, mut buf, mut held) = (Vec::new(), Vec::new(), 0);
+        while let Pull::Audio = source.pull(&mut buf).unwrap() {
+            replayed.extend_from_slice(&buf);
+            buf.clear();
+            if let Replay::Stream { pending, .. } = &source.replay {
+                held = held.max(pending.capacity());
+            }
+        }
+        assert_eq!(
+            replayed, whole,
+            "the replay is the decoded file, sample for sample"
+        );
+        // 9.6 M samples decoded; the replay never held more than a pull and a packet.
+        assert!(held > 0 && held <= 65_536, "held {held} samples at once");
+        assert!(matches!(source.pull(&mut buf), Ok(Pull::End)));
+    }
+
+    #[test]
+    fn a_truncated_file_fails_before_its_replay_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cut.wav");
+        crate::decode::write_wav_i16(&path, &vec![0.1; 80_000], 8000).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        let err = FileSource::new(&path, false).unwrap_err().to_string();
+        assert!(err.contains("truncated"), "{err}");
+    }
 
     #[test]
     fn backoff_doubles_and_caps_at_the_maximum() {
