@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    babycry::cli::tune_allocator();
     let cli = babycry::cli::Cli::parse();
     let (level, json) = babycry::cli::configured_logging(&cli);
     babycry::cli::init_logging(cli.log_json || json, level.as_deref());
