@@ -24,7 +24,7 @@ use tract_onnx::tract_core::ops::Cost;
 
 use crate::cli::Cli;
 use crate::config::Config;
-use crate::decode::{decode_file, write_wav_i16};
+use crate::decode::{decode_file, pcm_s16le, write_wav_i16};
 use crate::features::{FrontEnd, MelMatrix};
 use crate::model::Model;
 use crate::monitor::{CryMonitor, MonitorSettings};
@@ -295,12 +295,8 @@ pub fn start_to_ready(reason: &Path, starts: u32) -> anyhow::Result<StartFigures
             reason.file_name().unwrap_or_default().to_string_lossy()
         ),
     )?;
-    let pcm: std::sync::Arc<Vec<u8>> = std::sync::Arc::new(
-        quiet_room(CAPTURE_RATE, 1.0)
-            .iter()
-            .flat_map(|&x| ((x.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes())
-            .collect(),
-    );
+    let pcm: std::sync::Arc<Vec<u8>> =
+        std::sync::Arc::new(pcm_s16le(&quiet_room(CAPTURE_RATE, 1.0)).collect());
     let exe = std::env::current_exe().context("finding the babycryd executable")?;
     let mut times = Vec::new();
     let mut rss = Vec::new();

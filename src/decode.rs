@@ -125,7 +125,7 @@ impl AudioStream {
         ext: Option<&str>,
         path: &Path,
     ) -> Result<Self, DecodeError> {
-        guarded(path, || Self::probe(source, ext, path))
+        guarded(|| Self::probe(source, ext, path)).unwrap_or_else(|| Err(gave_up(path)))
     }
 
     pub fn sample_rate(&self) -> u32 {
@@ -143,8 +143,7 @@ impl AudioStream {
         if self.finished {
             return Ok(false);
         }
-        let path = self.path.clone();
-        let more = guarded(&path, || self.decode_packet(out));
+        let more = guarded(|| self.decode_packet(out)).unwrap_or_else(|| Err(gave_up(&self.path)));
         if !matches!(more, Ok(true)) {
             self.finished = true;
         }
@@ -298,24 +297,23 @@ fn corrupt(path: &Path, reason: String) -> DecodeError {
     }
 }
 
-/// Runs a step of the decoder. symphonia asserts on some malformed headers (a zero sample
-/// rate reaches a division in its time base, found by tests/fuzz.rs); a bad file must be
-/// an error, never a crash, and the user sees that error alone, not the decoder's panic
-/// message.
-fn guarded<T>(
-    path: &Path,
-    step: impl FnOnce() -> Result<T, DecodeError>,
-) -> Result<T, DecodeError> {
+/// Runs a step of the decoder; `None` when it panicked. symphonia asserts on some
+/// malformed headers (a zero sample rate reaches a division in its time base, found by
+/// tests/fuzz.rs); a bad file must be an error ([`gave_up`]), never a crash, and the user
+/// sees that error alone, not the decoder's panic message.
+fn guarded<R>(step: impl FnOnce() -> R) -> Option<R> {
     quiet_decoder_panics();
     DECODING.with(|d| d.set(true));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(step));
     DECODING.with(|d| d.set(false));
-    outcome.unwrap_or_else(|_| {
-        Err(corrupt(
-            path,
-            "malformed header or stream (the decoder gave up)".into(),
-        ))
-    })
+    outcome.ok()
+}
+
+fn gave_up(path: &Path) -> DecodeError {
+    corrupt(
+        path,
+        "malformed header or stream (the decoder gave up)".into(),
+    )
 }
 
 thread_local! {
@@ -355,10 +353,16 @@ pub fn write_wav_i16(path: &Path, samples: &[f32], sample_rate: u32) -> std::io:
     bytes.extend_from_slice(&16u16.to_le_bytes());
     bytes.extend_from_slice(b"data");
     bytes.extend_from_slice(&data_len.to_le_bytes());
-    for &s in samples {
-        bytes.extend_from_slice(&((s.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes());
-    }
+    bytes.extend(pcm_s16le(samples));
     std::fs::write(path, bytes)
+}
+
+/// `samples` as signed 16-bit little-endian PCM (clamped to [-1, 1]): a WAV's data, or
+/// what `arecord -f S16_LE` writes to a pipe.
+pub fn pcm_s16le(samples: &[f32]) -> impl Iterator<Item = u8> + '_ {
+    samples
+        .iter()
+        .flat_map(|&s| ((s.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes())
 }
 
 #[cfg(test)]

@@ -103,6 +103,14 @@ pub enum SourceError {
     Decode(#[from] DecodeError),
 }
 
+impl SourceError {
+    /// Whether reopening the source may help: a device can come back, a bad recording
+    /// cannot (and reopening one that failed part-way would replay its audio twice).
+    pub fn retryable(&self) -> bool {
+        !matches!(self, Self::Decode(_))
+    }
+}
+
 /// A source of interleaved samples. Implementations: [`FileSource`], [`RawPcmSource`],
 /// `capture::CpalSource`, and the failing sources of the tests.
 pub trait AudioSource: Send {
@@ -444,7 +452,7 @@ impl Capture {
                 Ok(f) => f,
                 Err(e) => {
                     failures += 1;
-                    if matches!(e, SourceError::Decode(_)) {
+                    if !e.retryable() {
                         tracing::error!("{e}");
                         break;
                     }
@@ -461,9 +469,7 @@ impl Capture {
             match self.stream(format) {
                 Ok(true) => break,
                 Ok(false) => return,
-                Err(e @ SourceError::Decode(_)) => {
-                    // A recording that fails part-way is not a device to reopen: a
-                    // replay from its start would deliver its audio twice.
+                Err(e) if !e.retryable() => {
                     tracing::error!("{e}");
                     break;
                 }

@@ -437,6 +437,16 @@ def best_threshold(ev: Evaluator, rule, grid=FINE_THRESHOLDS) -> dict | None:
     return max(ok, key=lambda r: (r["recording_recall"], r["recording_recall_3s"], r["threshold"]))
 
 
+def cross_validated(name: str, items, audio, seed: int, fold: np.ndarray | None = None):
+    """Configuration `name` cross-validated on the folds of fold seed `seed` (cached under
+    training/cache/): its windows, out-of-fold result and Evaluator."""
+    fold = assign_folds(items, seed) if fold is None else fold
+    set_config(name)
+    W = build_windows(items, audio, fold, seed)
+    res = cross_validate(name, items, audio, fold, W, seed)
+    return W, res, Evaluator(res, items, fold, W)
+
+
 def per_fold_recall(ev: Evaluator, at: dict | None) -> np.ndarray | None:
     """Recording recall of each fold at the pooled operating point `at` (best_threshold's row)."""
     if at is None:
@@ -459,13 +469,9 @@ def run(root: Path, reports: Path, models_dir: Path, version: str) -> dict:
     # single fold seed's winner is often the luck of where one hard negative fell)
     cv, evs, cmp, Ws, recall = {}, {}, {}, {}, {}
     for name in CONFIGS:
-        set_config(name)
         recall[name] = []
         for s in COMPARE_SEEDS:
-            fold_s = fold if s == seed else assign_folds(items, s)
-            W_s = build_windows(items, audio, fold_s, s)
-            cv_s = cross_validate(name, items, audio, fold_s, W_s, s)
-            ev_s = Evaluator(cv_s, items, fold_s, W_s)
+            W_s, cv_s, ev_s = cross_validated(name, items, audio, s, fold if s == seed else None)
             b = best_threshold(ev_s, DEFAULT_RULE)
             own = per_fold_recall(ev_s, b)
             recall[name].append(np.zeros(N_SPLITS) if own is None else own)
