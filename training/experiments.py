@@ -1,9 +1,10 @@
 """Detector experiments: group CV of other training recipes on the shipped folds, no export.
 
     training/.venv/bin/python training/experiments.py [--seeds 0,1,2 NAME ...]
-    (default, the committed report: every configuration in detector.CONFIGS and
-    detector.EXPERIMENTS on fold seed 0, the shipped folds, and e8, w1.5-e8, e20-bal and
-    s2-e8 also on fold seeds 1 and 2)
+    (default, the committed report reports/detector-experiments.md: every configuration in
+    detector.CONFIGS and detector.EXPERIMENTS on fold seed 0, the shipped folds, and e8,
+    w1.5-e8, e20-bal and s2-e8 also on fold seeds 1 and 2; with arguments the report goes
+    to training/cache/detector-experiments.md)
 
 Each configuration is cross-validated exactly as `train.sh detector` does its candidates
 (same folds, streams and rule; checkpoints and out-of-fold results cached under
@@ -128,7 +129,9 @@ def main() -> int:
     items = D.read_donateacry(root) + D.read_negatives(root)
     audio = D.load_audio(root, items)
     results = [evaluate(n, items, audio, seed) for n, seed in runs]
-    out = HERE / "reports" / "detector-experiments.md"
+    # Only the default run rewrites the committed report; a run of chosen configurations
+    # writes beside the cache, so it cannot leave a partial report behind.
+    out = HERE / "reports" / "detector-experiments.md" if not args else D.CACHE / "detector-experiments.md"
     write(results, out)
     print(out.read_text())
     return 0
