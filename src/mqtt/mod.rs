@@ -7,7 +7,8 @@
 //! undelivered events in order (bounded, optionally spooled to the state directory) and
 //! `link` is the client task: reconnects with backoff, republishes discovery and states
 //! after every ConnAck and on Home Assistant's birth message, and delivers queued events
-//! in order, removing each only when the broker acknowledges it (QoS 1 PUBACK).
+//! in order, one at a time, removing each only when the broker acknowledges it (QoS 1
+//! PUBACK).
 //!
 //! INTERFACE (used by the daemon): `MqttHandle::spawn` starts the client task;
 //! `MqttHandle::send` hands it an [`Update`] without ever blocking;
