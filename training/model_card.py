@@ -66,7 +66,8 @@ def write(reports: Path, models_dir: Path, root: Path = D.DEFAULT_DATA) -> None:
               "backgrounds always from the same fold. Class-balanced sampling.", "",
               f"**Evaluation** (`training/reports/detector.md`, command `bash training/train.sh detector`): "
               f"{det['n_splits']}-fold group CV, configurations compared over fold seeds {det['compare_seeds']}, figures on fold seed {det['seeds'][0]}; negatives split by "
-              "their group; held-out non-cry recordings concatenated into continuous streams run every 0.5 s: "
+              "their group; held-out non-cry recordings concatenated into continuous streams run every 0.5 s, each "
+              "second of audio once (overlapping cuts of one recording tiled): "
               "`neg` = negatives/ (speech, music, household, baby laughter, environment, animals, room tone), "
               "`rej` = rejected Donate-a-cry files (label-noisy hard negatives). A false episode = a confirmation "
               f"more than {det['quiet_hops'] / 2:g} s after the previous one (the daemon's default quiet_seconds). "
@@ -157,8 +158,9 @@ def write(reports: Path, models_dir: Path, root: Path = D.DEFAULT_DATA) -> None:
           "  log-loss against the prior before trusting any reason.",
           "- Recordings are phone recordings (Android AMR-NB, iOS ADPCM) at 8 kHz from 2015 apps; a different",
           "  microphone, distance or room changes the input distribution (the detector uses absolute dB).",
-          "- The negative stream is small (about 2 h in total over all folds), so false alarms per hour have",
-          "  a wide confidence interval (each false episode moves the pooled rate by ~0.5/h).",
+          "- The negative streams are small (1.0 h of negatives/ and 0.7 h of rejected files over all folds),",
+          "  so false alarms per hour have a wide confidence interval: each false episode in the `neg` stream",
+          "  moves its pooled rate by 1.0/h.",
           "- baby_laugh and room_tone are each ONE recording: held out in one fold only.",
           "- Cry recording recall is measured on the 7 s cry recordings themselves (crying assumed to start",
           "  at the recording's start) and, separately, with held-out non-cry audio mixed in at 10/5/0 dB",

@@ -127,7 +127,9 @@ def write_detector(res: dict, reports: Path) -> None:
         f"operating point and the figures below come from fold seed {res['seeds'][0]}. "
         f"Class-balanced sampling, {res['samples_per_epoch']} draws per epoch. The held-out non-cry recordings of "
         "each fold are concatenated (seeded random order) into two continuous streams, run every 0.5 s like the "
-        "daemon: `neg` = negatives/ only (speech, music, household, baby laughter, environment, animals, room tone), "
+        "daemon, each second of audio once (the overlapping 5 s cuts of the one baby-laughter and the one room-tone "
+        "recording are tiled, not replayed five times): `neg` = negatives/ only (speech, music, household, baby "
+        "laughter, environment, animals, room tone), "
         "`rej` = rejected Donate-a-cry files (label-noisy hard negatives: mostly not cries, some babble and adults "
         f"imitating cries). A false episode starts at a confirmation ({k} of the last {n} windows ≥ threshold) more than "
         f"{res['quiet_hops'] / 2:g} s after the previous confirmation (the daemon's default `quiet_seconds` = 10).",

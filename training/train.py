@@ -34,7 +34,7 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=D.DEFAULT_DATA)
     ap.add_argument("--reports", type=Path, default=HERE / "reports")
     ap.add_argument("--models-dir", type=Path, default=ROOT / "models")
-    ap.add_argument("--version", default="2026.11.24")
+    ap.add_argument("--version", default="2026.11.30")
     ap.add_argument("--skip-old", action="store_true",
                     help="reason: do not train the old-recipe baseline (use cached results if any)")
     args = ap.parse_args()

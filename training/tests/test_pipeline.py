@@ -130,3 +130,20 @@ def test_k_of_n_rule_and_episodes():
     assert detector.episodes(fire, quiet=2).tolist() == [4, 12]
     ok, when = detector.recording_detect(np.array([.9, .9, .9, .1]), 0.5, 3, 4, win=8000)
     assert ok and when == 2.0
+
+
+def test_the_false_alarm_stream_plays_each_second_of_a_cut_recording_once():
+    import detector as DT
+    laugh = [D.Item(file=f"audio/baby_laugh/g__laugh_1.m4a_{k}.flac", source="negatives", label="baby_laugh",
+                    screen="negative", group="laugh_1") for k in range(12)]
+    # Numbered files of other categories are separate recordings, never tiled.
+    digits = [D.Item(file=f"audio/speech/a__digits_{k}.flac", source="negatives", label="speech",
+                     screen="negative", group="a") for k in range(3)]
+    items = laugh + digits
+    audio = [np.zeros(5 * DT.SR, np.float32) for _ in items]
+    order = list(range(len(items)))[::-1]
+    kept = DT.stream_items(items, audio, order)
+    assert kept == [14, 13, 12, 10, 5, 0], kept
+    # A shorter last cut still tiles: 0-5 s, then the next cut starting at or after 5 s.
+    audio[0] = np.zeros(3 * DT.SR, np.float32)
+    assert DT.stream_items(items, audio, list(range(12))) == [0, 3, 8]
