@@ -250,9 +250,24 @@ async fn drive(mut eventloop: EventLoop, cfg: MqttConfig, tx: mpsc::UnboundedSen
 /// What a submitted publish was, to match its `Outgoing::Publish(pkid)` and PUBACK.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tag {
-    State,
+    /// `online` and the discovery configs, once per connect or rediscovery (QoS 1).
+    Announce,
+    /// A current state: crying, reason, confidence, diagnostics (QoS 0, see [`Tag::qos`]).
+    Reading,
     Queued(u64),
     Offline,
+}
+
+impl Tag {
+    /// Current states go at QoS 0: they are retained, superseded by the next value and
+    /// republished after every connect, so a PUBACK would add nothing but a packet from
+    /// the broker that Nagle may hold, delaying the next event by up to 40 ms.
+    fn qos(self) -> QoS {
+        match self {
+            Tag::Reading => QoS::AtMostOnce,
+            Tag::Announce | Tag::Queued(_) | Tag::Offline => QoS::AtLeastOnce,
+        }
+    }
 }
 
 /// The latest states, republished after every connect.
@@ -404,10 +419,7 @@ impl Link {
     }
 
     fn publish(&mut self, topic: &str, retain: bool, payload: String, tag: Tag) -> bool {
-        match self
-            .client
-            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
-        {
+        match self.client.try_publish(topic, tag.qos(), retain, payload) {
             Ok(()) => {
                 self.submitted.push_back(tag);
                 true
@@ -457,15 +469,20 @@ impl Link {
         if self.connected {
             let payload = if self.current.crying { "ON" } else { "OFF" };
             let topic = self.topics.crying.clone();
-            self.publish(&topic, true, payload.into(), Tag::State);
+            self.publish(&topic, true, payload.into(), Tag::Reading);
         }
     }
 
     fn publish_reason(&mut self) {
         if let (true, Some((reason, confidence))) = (self.connected, self.current.reason.clone()) {
             let (rt, ct) = (self.topics.reason.clone(), self.topics.confidence.clone());
-            self.publish(&rt, true, reason, Tag::State);
-            self.publish(&ct, true, format!("{:.1}", confidence * 100.0), Tag::State);
+            self.publish(&rt, true, reason, Tag::Reading);
+            self.publish(
+                &ct,
+                true,
+                format!("{:.1}", confidence * 100.0),
+                Tag::Reading,
+            );
         }
     }
 
@@ -475,18 +492,18 @@ impl Link {
             v["events_queued"] = self.outbox.len().into();
             v["events_dropped"] = self.outbox.dropped.into();
             let topic = self.topics.diagnostics.clone();
-            self.publish(&topic, true, v.to_string(), Tag::State);
+            self.publish(&topic, true, v.to_string(), Tag::Reading);
         }
     }
 
     /// `online`, discovery, then the current states.
     fn announce(&mut self) {
         let status = self.topics.status.clone();
-        self.publish(&status, true, "online".into(), Tag::State);
+        self.publish(&status, true, "online".into(), Tag::Announce);
         for (topic, payload) in
             discovery_messages(&self.topics, &self.cfg.device_name, &self.device)
         {
-            self.publish(&topic, true, payload, Tag::State);
+            self.publish(&topic, true, payload, Tag::Announce);
         }
         self.status.discoveries += 1;
         self.publish_crying();
@@ -551,6 +568,8 @@ impl Link {
                         self.inflight.insert(pkid, tag);
                     }
                 }
+                // A QoS 0 state written out may have been all that held the next event.
+                self.pump();
             }
             Event::Incoming(Incoming::PubAck(ack)) => {
                 match self.inflight.remove(&ack.pkid) {
@@ -563,7 +582,7 @@ impl Link {
                             c.offline_acked = true;
                         }
                     }
-                    Some(Tag::State) | None => {}
+                    Some(Tag::Announce | Tag::Reading) | None => {}
                 }
                 // Any PUBACK may be the last one outstanding: the next event can go.
                 self.pump();
