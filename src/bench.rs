@@ -280,8 +280,8 @@ pub fn quiet_room(rate: u32, seconds: f32) -> Vec<f32> {
 /// $NOTIFY_SOCKET, `starts` times: models loaded and optimised, audio flowing, MQTT off.
 /// Each process is killed once it is ready. The audio is a quiet room streamed as raw
 /// 48 kHz PCM on stdin (`--input -`, the `arecord | babycryd` path), paced at 10x real
-/// time, so the process holds what it holds with a microphone; a file `--input` would add
-/// the whole decoded recording to its RSS.
+/// time, so the process holds what it holds with a microphone, not a test recording's
+/// decoder and file buffers.
 pub fn start_to_ready(reason: &Path, starts: u32) -> anyhow::Result<StartFigures> {
     use std::os::unix::net::UnixDatagram;
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
