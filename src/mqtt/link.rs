@@ -22,8 +22,11 @@
 //! Delivery is therefore exactly once unless the connection dies inside that one round
 //! trip: an event the broker forwarded but whose PUBACK was lost with the connection is
 //! sent again (QoS 1 cannot tell), so consumers that must never double-count dedupe by
-//! the event's unique `id`. When shutting down, the outbox is flushed as fast as the
-//! channel takes it instead.
+//! the event's unique `id`. QoS 2 would not close that window: Mosquitto forwards a QoS 2
+//! message on PUBREL and, killed, forgets it, so a lost PUBCOMP leaves the same doubt, and
+//! answering it with a PUBREL only (no resend) would lose the event instead of doubling it.
+//!
+//! When shutting down, the outbox is flushed as fast as the channel takes it instead.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
