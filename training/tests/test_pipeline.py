@@ -147,3 +147,23 @@ def test_the_false_alarm_stream_plays_each_second_of_a_cut_recording_once():
     # A shorter last cut still tiles: 0-5 s, then the next cut starting at or after 5 s.
     audio[0] = np.zeros(3 * DT.SR, np.float32)
     assert DT.stream_items(items, audio, list(range(12))) == [0, 3, 8]
+
+
+def test_voiced_fraction_finds_phonation_in_a_cry_pitch_range_only():
+    import detector as DT
+    t = np.arange(DT.SR) / DT.SR
+    rng = np.random.default_rng(3)
+
+    def harmonic(f0):  # a voice-like tone: f0 and four harmonics below 4 kHz
+        return 0.1 * sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 6) if k * f0 < 4000)
+
+    ws = np.stack([harmonic(450.0),                       # a cry's pitch
+                   harmonic(450.0) * (t < 0.5),           # half a second of it, then silence
+                   0.1 * rng.standard_normal(DT.SR),      # noise
+                   np.zeros(DT.SR),                       # digital silence
+                   harmonic(120.0)])                      # an adult's pitch, below 250 Hz
+    v = DT.voiced_fraction(ws)
+    assert v[0] > 0.95, v
+    assert 0.4 < v[1] < 0.6, v
+    assert v[2] < 0.05 and v[3] == 0.0, v
+    assert v[4] < 0.5, v
