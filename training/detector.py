@@ -147,7 +147,7 @@ def voiced_fraction(ws: np.ndarray, frame: int = 256, hop: int = 128, r_min: flo
 
 def base_voicing(audio) -> np.ndarray:
     """voiced_fraction of every base window, in build_windows' order (cached)."""
-    path = D.CACHE / f"detector-voicing{feat_tag()}.npy"
+    path = D.CACHE / f"detector-voicing-w{WIN}.npy"
     if path.exists():
         return np.load(path)
     v = np.concatenate([voiced_fraction(windows_of(y)) for y in audio])
@@ -380,6 +380,19 @@ def ck_tag(name: str) -> str:
     return f"-{name}" if any(k in ALL_CONFIGS[name] for k in TRAIN_KEYS) else ""
 
 
+def training_windows(name: str, W, blabel: np.ndarray, audio) -> tuple[np.ndarray, np.ndarray]:
+    """Which base and augmented windows configuration `name` trains on, in the folds and in
+    the final model alike: every non-cry window and the cry windows that are not pauses;
+    with "pos_voicing" only the cry windows that hold phonation (evaluation is unchanged)."""
+    base_ok = ~(blabel.astype(bool) & ~W["base_active"])
+    aug_ok = np.ones(len(W["aug_label"]), dtype=bool)
+    if "pos_voicing" in ALL_CONFIGS[name]:
+        unvoiced = base_voicing(audio) < ALL_CONFIGS[name]["pos_voicing"]
+        base_ok &= ~(blabel.astype(bool) & unvoiced)
+        aug_ok = ~((W["aug_label"] == 1) & unvoiced[W["aug_src"]])
+    return base_ok, aug_ok
+
+
 def cross_validate(name, items, audio, fold, W, seed) -> dict:
     """Out-of-fold logits of base windows, both streams and the noisy cries (cached)."""
     path = D.CACHE / f"detector-cv-{name}-s{seed}.pkl"
@@ -393,17 +406,11 @@ def cross_validate(name, items, audio, fold, W, seed) -> dict:
         # windows and noisy cries are kept.
     epochs = ALL_CONFIGS[name]["epochs"]
     is_cry = np.array([it.is_cry for it in items])
-    bx, bitem, bact = W["base_x"], W["base_item"], W["base_active"]
+    bx, bitem = W["base_x"], W["base_item"]
     blabel = is_cry[bitem].astype(np.int64)
     bfold = fold[bitem]
     ax, alabel, afold = W["aug_x"], W["aug_label"], fold[bitem[W["aug_src"]]]
-    train_ok = ~(blabel.astype(bool) & ~bact)
-    aug_ok = np.ones(len(alabel), dtype=bool)
-    if "pos_voicing" in ALL_CONFIGS[name]:
-        # train on the cry windows that hold phonation only; evaluation is unchanged
-        unvoiced = base_voicing(audio) < ALL_CONFIGS[name]["pos_voicing"]
-        train_ok &= ~(blabel.astype(bool) & unvoiced)
-        aug_ok = ~((alabel == 1) & unvoiced[W["aug_src"]])
+    train_ok, aug_ok = training_windows(name, W, blabel, audio)
     cats_item = np.array([item_category(it) for it in items])
     acats = cats_item[bitem[W["aug_src"]]]
     res = {"oof": np.zeros((len(bx), 2)), "streams": {}, "noisy": {},
@@ -618,13 +625,13 @@ def run(root: Path, reports: Path, models_dir: Path, version: str) -> dict:
     ece_raw, bins_raw = MT.binary_ece(MT.softmax(cv[best]["oof"])[ev.evalw][:, 1], y_e)
 
     # 3. final model on all data with the chosen configuration
-    bx, bitem, bact = W["base_x"], W["base_item"], W["base_active"]
+    bx, bitem = W["base_x"], W["base_item"]
     blabel = is_cry[bitem].astype(np.int64)
-    train_ok = ~(blabel.astype(bool) & ~bact)
-    xtr = np.concatenate([bx[train_ok], W["aug_x"]])[:, None]
-    ytr = np.concatenate([blabel[train_ok], W["aug_label"]])
+    train_ok, aug_ok = training_windows(best, W, blabel, audio)
+    xtr = np.concatenate([bx[train_ok], W["aug_x"][aug_ok]])[:, None]
+    ytr = np.concatenate([blabel[train_ok], W["aug_label"][aug_ok]])
     icat = np.array([item_category(it) for it in items])
-    ctr = np.concatenate([icat[bitem[train_ok]], icat[bitem[W["aug_src"]]]])
+    ctr = np.concatenate([icat[bitem[train_ok]], icat[bitem[W["aug_src"][aug_ok]]]])
     TU.seed_all(seed)
     net = net_for(best)
     TU.train(net, xtr, ytr, train_cfg(best, ytr, ctr), seed=seed)

@@ -69,11 +69,15 @@ ENSEMBLES = {"e8 + e8-r1": ("e8", "e8-r1"),
 def ensembles(items, audio) -> list[dict]:
     """ENSEMBLES evaluated like one configuration (temperature, operating point) on fold seed 0."""
     fold = DT.assign_folds(items, 0)
+    DT.set_config("e8")   # every member runs on the 1 s absolute-dB windows
+    W = DT.build_windows(items, audio, fold, 0)
+    cv = {}               # each network's out-of-fold result, loaded once
+    for n in dict.fromkeys(n for names in ENSEMBLES.values() for n in names):
+        DT.set_config(n)
+        cv[n] = DT.cross_validate(n, items, audio, fold, W, 0)
     out = []
     for label, names in ENSEMBLES.items():
-        runs = [DT.cross_validated(n, items, audio, 0, fold) for n in names]
-        W = runs[0][0]
-        rs = [r for _, r, _ in runs]
+        rs = [cv[n] for n in names]
         res = {"oof": np.mean([r["oof"] for r in rs], axis=0), "noisy": rs[0]["noisy"],
                "streams": {k: dict(v, logits=np.mean([r["streams"][k]["logits"] for r in rs], axis=0))
                            for k, v in rs[0]["streams"].items()}}
