@@ -3,8 +3,9 @@
     training/.venv/bin/python training/experiments.py [--seeds 0,1,2 NAME ...]
     (default, the committed report reports/detector-experiments.md: every configuration in
     detector.CONFIGS and detector.EXPERIMENTS on fold seed 0, the shipped folds, and e8,
-    w1.5-e8, e20-bal, s2-e8 and w1.5-e20-bal also on fold seeds 1 and 2, then the
-    ENSEMBLES below; with arguments the report goes to training/cache/detector-experiments.md)
+    w1.5-e8, e20-bal, s2-e8, w1.5-e20-bal and the learning curve (lc*) also on fold seeds 1
+    and 2, then the ENSEMBLES below; with arguments the report goes to
+    training/cache/detector-experiments.md)
 
 Each configuration is cross-validated exactly as `train.sh detector` does its candidates
 (same folds, streams and rule; checkpoints and out-of-fold results cached under
@@ -13,8 +14,9 @@ training/cache/), then evaluated on a finer threshold grid above 0.9, because at
 one step of the standard grid (0.95 -> 0.975) moves recall by up to 0.14. Writes
 reports/detector-experiments.md: recall at the target with its spread over folds, the
 paired per-fold difference against e8, recall within 3 s, false episodes per hour, the
-window ROC AUC against the hardest non-cry categories, and what averaging several networks
-(ENSEMBLES) would gain.
+window ROC AUC against the hardest non-cry categories, what averaging several networks
+(ENSEMBLES) would gain, and a learning curve (e8 on a quarter, half, three quarters and all
+of the training groups): how much more data of the same kind would buy.
 """
 from __future__ import annotations
 
@@ -137,6 +139,22 @@ def write(results: list[dict], path: Path, ens: list[dict] | None = None) -> Non
                 f"{np.concatenate(ds).mean():+.3f} ± {np.concatenate(ds).std(ddof=1):.3f}"
             rej = np.mean([r["best"]["false_per_hour_rej"] for r in rs])
             lines.append(f"| {name} | {rec.mean():.3f} ± {rec.std(ddof=1):.3f} | {vs} | {rej:.2f} |")
+    curve = [r for r in results if "train_frac" in r["config"]]
+    if curve:
+        lines += ["", "Learning curve: e8 trained on a nested random subset of the training folds' groups",
+                  "(babies and non-cry recordings alike), without the augmented copies (their backgrounds",
+                  "could come from groups left out); the held-out folds are unchanged. Mean ± sd over the",
+                  "fold seeds each fraction was run on:", "",
+                  "| fraction of training groups | fold seeds | window AUC | recording recall at <= 1 false/h | false/h rej |",
+                  "|---|---|---|---|---|"]
+        for frac in sorted({r["config"]["train_frac"] for r in curve}):
+            rs = [r for r in curve if r["config"]["train_frac"] == frac]
+            auc = np.array([r["auc"] for r in rs])
+            rec = np.array([r["best"]["recording_recall"] for r in rs])
+            rej = np.mean([r["best"]["false_per_hour_rej"] for r in rs])
+            sd = (lambda a: f" ± {a.std(ddof=1):.3f}" if len(a) > 1 else "")
+            lines.append(f"| {frac:g} | {', '.join(str(r['seed']) for r in rs)} | {auc.mean():.4f}{sd(auc)} | "
+                         f"{rec.mean():.3f}{sd(rec)} | {rej:.2f} |")
     if ens:
         lines += ["", "Ensembles on fold seed 0 (the mean of the networks' out-of-fold logits, then the same",
                   "temperature and operating point search; each would cost its networks' MACs together):", "",
@@ -159,7 +177,8 @@ def main() -> int:
         runs = [(n, 0) for n in args]
     else:
         runs = [(n, 0) for n in [*DT.CONFIGS, *DT.EXPERIMENTS]] + \
-            [(n, seed) for seed in (1, 2) for n in ("e8", "w1.5-e8", "e20-bal", "s2-e8", "w1.5-e20-bal")]
+            [(n, seed) for seed in (1, 2) for n in ("e8", "w1.5-e8", "e20-bal", "s2-e8", "w1.5-e20-bal",
+                                                    *(n for n in DT.EXPERIMENTS if n.startswith("lc")))]
     unknown = [n for n, _ in runs if n not in DT.ALL_CONFIGS]
     if unknown:
         print(f"unknown configuration(s) {unknown}; known: {list(DT.ALL_CONFIGS)}", file=sys.stderr)

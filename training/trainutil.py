@@ -33,6 +33,7 @@ class TrainConfig:
     sample_weights: np.ndarray | None = None   # per-item sampling weights (None = uniform)
     samples_per_epoch: int | None = None       # with sample_weights: draws per epoch
     mixup: float = 0.0                         # Beta(alpha, alpha) mixup of input pairs (0 = off)
+    focal: float = 0.0                         # focal-loss gamma: (1 - p_true) ** gamma weights (0 = off)
     extra: dict = field(default_factory=dict)
 
 
@@ -49,7 +50,16 @@ def train(net: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, seed: 
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
                                                 pct_start=0.2)
     w = None if cfg.class_weights is None else torch.tensor(cfg.class_weights, dtype=torch.float32)
-    lossf = nn.CrossEntropyLoss(weight=w, label_smoothing=cfg.label_smoothing)
+    ce = nn.CrossEntropyLoss(weight=w, label_smoothing=cfg.label_smoothing,
+                             reduction="none" if cfg.focal > 0 else "mean")
+
+    def lossf(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if cfg.focal <= 0:
+            return ce(out, target)
+        # Focal loss: down-weights windows the network already gets right, so the hard
+        # ones (the most cry-like non-cry sounds, the faintest cries) carry the gradient.
+        p_true = torch.softmax(out, 1).gather(1, target[:, None])[:, 0].detach()
+        return ((1.0 - p_true) ** cfg.focal * ce(out, target)).mean()
     sw = None if cfg.sample_weights is None else torch.tensor(cfg.sample_weights, dtype=torch.double)
     net.train()
     for ep in range(cfg.epochs):

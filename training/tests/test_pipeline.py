@@ -167,3 +167,15 @@ def test_voiced_fraction_finds_phonation_in_a_cry_pitch_range_only():
     assert 0.4 < v[1] < 0.6, v
     assert v[2] < 0.05 and v[3] == 0.0, v
     assert v[4] < 0.5, v
+
+
+def test_learning_curve_subsets_are_nested_whole_groups_of_the_asked_share():
+    import detector as DT
+    items = [D.Item(file=f"{g}-{k}.flac", source="donateacry", label="hungry", screen="verified",
+                  group=f"g{g:03d}") for g in range(200) for k in range(1 + g % 3)]
+    subsets = {f: DT.learning_subset(items, f) for f in (0.25, 0.5, 0.75, 1.0)}
+    kept_groups = {f: {it.group for it, k in zip(items, s) if k} for f, s in subsets.items()}
+    assert {f: len(g) for f, g in kept_groups.items()} == {0.25: 50, 0.5: 100, 0.75: 150, 1.0: 200}
+    assert kept_groups[0.25] < kept_groups[0.5] < kept_groups[0.75] < kept_groups[1.0]
+    for f, s in subsets.items():   # a group is in or out with all of its recordings
+        assert all(k == (it.group in kept_groups[f]) for it, k in zip(items, s))
