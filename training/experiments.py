@@ -147,14 +147,16 @@ def write(results: list[dict], path: Path, ens: list[dict] | None = None) -> Non
                   "fold seeds each fraction was run on:", "",
                   "| fraction of training groups | fold seeds | window AUC | recording recall at <= 1 false/h | false/h rej |",
                   "|---|---|---|---|---|"]
+        def spread(a: np.ndarray) -> str:
+            return f" ± {a.std(ddof=1):.3f}" if len(a) > 1 else ""
+
         for frac in sorted({r["config"]["train_frac"] for r in curve}):
             rs = [r for r in curve if r["config"]["train_frac"] == frac]
             auc = np.array([r["auc"] for r in rs])
             rec = np.array([r["best"]["recording_recall"] for r in rs])
             rej = np.mean([r["best"]["false_per_hour_rej"] for r in rs])
-            sd = (lambda a: f" ± {a.std(ddof=1):.3f}" if len(a) > 1 else "")
-            lines.append(f"| {frac:g} | {', '.join(str(r['seed']) for r in rs)} | {auc.mean():.4f}{sd(auc)} | "
-                         f"{rec.mean():.3f}{sd(rec)} | {rej:.2f} |")
+            lines.append(f"| {frac:g} | {', '.join(str(r['seed']) for r in rs)} | {auc.mean():.4f}{spread(auc)} | "
+                         f"{rec.mean():.3f}{spread(rec)} | {rej:.2f} |")
     if ens:
         lines += ["", "Ensembles on fold seed 0 (the mean of the networks' out-of-fold logits, then the same",
                   "temperature and operating point search; each would cost its networks' MACs together):", "",
