@@ -366,7 +366,7 @@ def recording_detect(p: np.ndarray, t: float, k: int, n: int, win: int | None = 
 
 
 def cfg_for(labels, epochs: int, cats: np.ndarray | None = None, neg_power: float = 0.0,
-            mixup: float = 0.0) -> TU.TrainConfig:
+            mixup: float = 0.0, focal: float = 0.0) -> TU.TrainConfig:
     """Class-balanced draws; with neg_power > 0 the non-cry half is spread over categories
     (cats: category per training window) with mass ~ count ** (1 - neg_power)."""
     cnt = np.bincount(labels, minlength=2).astype(np.float64)
@@ -380,7 +380,7 @@ def cfg_for(labels, epochs: int, cats: np.ndarray | None = None, neg_power: floa
     return TU.TrainConfig(epochs=epochs, batch_size=64, lr=3e-3, weight_decay=1e-2,
                           sample_weights=sw / sw.sum(), samples_per_epoch=SAMPLES_PER_EPOCH,
                           augment=TU.spec_augment(max_f=4, max_t=8, n_masks=1, max_shift=0,
-                                                  noise=0.0), mixup=mixup)
+                                                  noise=0.0), mixup=mixup, focal=focal)
 
 
 def item_category(it: D.Item) -> str:
@@ -391,9 +391,8 @@ def item_category(it: D.Item) -> str:
 
 def train_cfg(name: str, labels: np.ndarray, cats: np.ndarray) -> TU.TrainConfig:
     c = ALL_CONFIGS[name]
-    cfg = cfg_for(labels, c["epochs"], cats, c.get("neg_power", 0.0), c.get("mixup", 0.0))
-    cfg.focal = c.get("focal", 0.0)
-    return cfg
+    return cfg_for(labels, c["epochs"], cats, c.get("neg_power", 0.0), c.get("mixup", 0.0),
+                   c.get("focal", 0.0))
 
 
 def net_for(name: str) -> M.SmallCNN:
@@ -456,6 +455,12 @@ def cross_validate(name, items, audio, fold, W, seed) -> dict:
     train_ok, aug_ok = training_windows(name, W, blabel, items, audio)
     cats_item = np.array([item_category(it) for it in items])
     acats = cats_item[bitem[W["aug_src"]]]
+    # Learning curve: train on a nested subset of the training groups, without the
+    # augmented copies (their backgrounds may come from groups left out).
+    frac = ALL_CONFIGS[name].get("train_frac")
+    if frac is not None:
+        train_ok = train_ok & learning_subset(items, frac)[bitem]
+        aug_ok = np.zeros_like(aug_ok)
     res = {"oof": np.zeros((len(bx), 2)), "streams": {}, "noisy": {},
            "stream_version": STREAM_VERSION}
     if stale is not None:
@@ -464,11 +469,6 @@ def cross_validate(name, items, audio, fold, W, seed) -> dict:
         t0 = time.time()
         trb = (bfold != f) & train_ok
         tra = (afold != f) & aug_ok
-        if "train_frac" in ALL_CONFIGS[name]:
-            # Learning curve: train on a nested subset of the training groups, without the
-            # augmented copies (their backgrounds may come from groups left out).
-            trb &= learning_subset(items, ALL_CONFIGS[name]["train_frac"])[bitem]
-            tra[:] = False
         xtr = np.concatenate([bx[trb], ax[tra]])[:, None]
         ytr = np.concatenate([blabel[trb], alabel[tra]])
         ctr = np.concatenate([cats_item[bitem[trb]], acats[tra]])
