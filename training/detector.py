@@ -35,7 +35,8 @@ SAMPLES_PER_EPOCH = 12000
 # default the 2-D SmallCNN with max-pooling), "pos_voicing" (train only on cry windows at
 # least this voiced), "pos_screen" (train only on cry recordings of this screen), "focal"
 # (focal-loss gamma), "train_frac" (learning curve: a nested share of the training groups,
-# no augmented copies; cross-validation only).
+# no augmented copies; cross-validation only) with "train_frac_of" ("cry" or "not_cry":
+# thin only that kind).
 # CONFIGS is in order of preference, cheapest network first: the first configuration whose
 # recall is not clearly below the best one's (paired per-fold difference: mean + sd >= 0) is
 # chosen, so a cheaper network wins a tie.
@@ -69,11 +70,13 @@ EXPERIMENTS = {"e20": {"epochs": 20, "window_s": 1.0},
                "pcen-e8": {"epochs": 8, "window_s": 1.0, "normalize": "pcen"},
                **{f"lc{frac:g}-e8": {"epochs": 8, "window_s": 1.0, "train_frac": frac}
                   for frac in (0.25, 0.5, 0.75, 1.0)},
+               **{f"lc0.5{of}-e8": {"epochs": 8, "window_s": 1.0, "train_frac": 0.5, "train_frac_of": of}
+                  for of in ("cry", "not_cry")},
                "ver-e8": {"epochs": 8, "window_s": 1.0, "pos_screen": "verified"},
                "focal-e8": {"epochs": 8, "window_s": 1.0, "focal": 2.0}}
 ALL_CONFIGS = {**CONFIGS, **EXPERIMENTS}
 TRAIN_KEYS = ("mixup", "neg_power", "channels", "train_seed", "arch", "pos_voicing", "train_frac",
-              "pos_screen", "focal")   # "normalize" is in the feature tag
+              "train_frac_of", "pos_screen", "focal")   # "normalize" is in the feature tag
 QUIET_HOPS = 20        # the daemon ends an episode after 10 s (20 hops) without confirmed crying
 PAUSE_DB = 20.0        # cry-recording windows this far below the recording's loudest are pauses
 RULES = [(1, 1), (2, 2), (2, 3), (3, 4), (3, 5), (4, 6)]
@@ -426,13 +429,15 @@ def training_windows(name: str, W, blabel: np.ndarray, items, audio) -> tuple[np
     return base_ok, aug_ok
 
 
-def learning_subset(items, frac: float) -> np.ndarray:
-    """Per item: whether its group is among the first `frac` of all groups in one fixed
-    random order (so the subsets are nested: 0.25 within 0.5 within 0.75)."""
-    groups = sorted({it.group for it in items})
+def learning_subset(items, frac: float, of: str = "all") -> np.ndarray:
+    """Per item: whether its group is among the first `frac` of the groups in one fixed
+    random order (so the subsets are nested: 0.25 within 0.5 within 0.75). of = "cry" or
+    "not_cry" thins only the items of that kind and keeps every item of the other."""
+    thinned = [of == "all" or it.is_cry == (of == "cry") for it in items]
+    groups = sorted({it.group for it, t in zip(items, thinned) if t})
     order = np.random.default_rng(777).permutation(len(groups))
     kept = {groups[j] for j in order[:int(round(frac * len(groups)))]}
-    return np.array([it.group in kept for it in items])
+    return np.array([not t or it.group in kept for it, t in zip(items, thinned)])
 
 
 def cross_validate(name, items, audio, fold, W, seed) -> dict:
@@ -459,7 +464,7 @@ def cross_validate(name, items, audio, fold, W, seed) -> dict:
     # augmented copies (their backgrounds may come from groups left out).
     frac = ALL_CONFIGS[name].get("train_frac")
     if frac is not None:
-        train_ok = train_ok & learning_subset(items, frac)[bitem]
+        train_ok = train_ok & learning_subset(items, frac, ALL_CONFIGS[name].get("train_frac_of", "all"))[bitem]
         aug_ok = np.zeros_like(aug_ok)
     res = {"oof": np.zeros((len(bx), 2)), "streams": {}, "noisy": {},
            "stream_version": STREAM_VERSION}

@@ -142,21 +142,27 @@ def write(results: list[dict], path: Path, ens: list[dict] | None = None) -> Non
     curve = [r for r in results if "train_frac" in r["config"]]
     if curve:
         lines += ["", "Learning curve: e8 trained on a nested random subset of the training folds' groups",
-                  "(babies and non-cry recordings alike), without the augmented copies (their backgrounds",
-                  "could come from groups left out); the held-out folds are unchanged. Mean ± sd over the",
-                  "fold seeds each fraction was run on:", "",
-                  "| fraction of training groups | fold seeds | window AUC | recording recall at <= 1 false/h | false/h rej |",
-                  "|---|---|---|---|---|"]
+                  "(babies and non-cry recordings alike, or only the cry or only the non-cry recordings",
+                  "thinned), without the augmented copies (their backgrounds could come from groups left",
+                  "out); the held-out folds are unchanged. Mean ± sd over the fold seeds each row was run on:", "",
+                  "| fraction of training groups | thinned | fold seeds | window AUC | AUC vs environment | AUC vs animal | recording recall at <= 1 false/h | false/h rej |",
+                  "|---|---|---|---|---|---|---|---|"]
+
         def spread(a: np.ndarray) -> str:
             return f" ± {a.std(ddof=1):.3f}" if len(a) > 1 else ""
 
-        for frac in sorted({r["config"]["train_frac"] for r in curve}):
-            rs = [r for r in curve if r["config"]["train_frac"] == frac]
+        def point(r) -> tuple[float, str]:
+            return r["config"]["train_frac"], r["config"].get("train_frac_of", "all")
+
+        for frac, of in sorted({point(r) for r in curve}):
+            rs = [r for r in curve if point(r) == (frac, of)]
             auc = np.array([r["auc"] for r in rs])
             rec = np.array([r["best"]["recording_recall"] for r in rs])
+            cat = {c: np.array([r["cat_auc"][c] for r in rs]) for c in ("environment", "animal")}
             rej = np.mean([r["best"]["false_per_hour_rej"] for r in rs])
-            lines.append(f"| {frac:g} | {', '.join(str(r['seed']) for r in rs)} | {auc.mean():.4f}{spread(auc)} | "
-                         f"{rec.mean():.3f}{spread(rec)} | {rej:.2f} |")
+            lines.append(f"| {frac:g} | {of} | {', '.join(str(r['seed']) for r in rs)} | {auc.mean():.4f}{spread(auc)} | "
+                         + " | ".join(f"{a.mean():.3f}{spread(a)}" for a in cat.values())
+                         + f" | {rec.mean():.3f}{spread(rec)} | {rej:.2f} |")
     if ens:
         lines += ["", "Ensembles on fold seed 0 (the mean of the networks' out-of-fold logits, then the same",
                   "temperature and operating point search; each would cost its networks' MACs together):", "",

@@ -179,3 +179,14 @@ def test_learning_curve_subsets_are_nested_whole_groups_of_the_asked_share():
     assert kept_groups[0.25] < kept_groups[0.5] < kept_groups[0.75] < kept_groups[1.0]
     for f, s in subsets.items():   # a group is in or out with all of its recordings
         assert all(k == (it.group in kept_groups[f]) for it, k in zip(items, s))
+
+
+def test_a_learning_curve_can_thin_only_the_cries_or_only_the_non_cry_sounds():
+    import detector as DT
+    items = [D.Item(file=f"{g}.flac", source="donateacry" if g % 2 else "negatives", label="x",
+                    screen="verified" if g % 2 else "negative", group=f"g{g:03d}") for g in range(200)]
+    cry = np.array([it.is_cry for it in items])
+    for of, thinned in (("cry", cry), ("not_cry", ~cry)):
+        kept = DT.learning_subset(items, 0.5, of)
+        assert kept[~thinned].all(), of               # the other kind is kept whole
+        assert kept[thinned].sum() == 50, of           # half of the 100 groups of this kind
