@@ -35,7 +35,7 @@ SAMPLES_PER_EPOCH = 12000
 # default the 2-D SmallCNN with max-pooling), "pos_voicing" (train only on cry windows at
 # least this voiced), "pos_screen" (train only on cry recordings of this screen), "focal"
 # (focal-loss gamma), "train_frac" (learning curve: a nested share of the training groups,
-# no augmented copies; cross-validation only) with "train_frac_of" ("cry" or "not_cry":
+# no augmented copies) with "train_frac_of" ("cry" or "not_cry":
 # thin only that kind).
 # CONFIGS is in order of preference, cheapest network first: the first configuration whose
 # recall is not clearly below the best one's (paired per-fold difference: mean + sd >= 0) is
@@ -414,7 +414,9 @@ def training_windows(name: str, W, blabel: np.ndarray, items, audio) -> tuple[np
     """Which base and augmented windows configuration `name` trains on, in the folds and in
     the final model alike: every non-cry window and the cry windows that are not pauses;
     with "pos_voicing" only the cry windows that hold phonation, with "pos_screen" only the
-    cry recordings of that screen (evaluation is unchanged)."""
+    cry recordings of that screen, with "train_frac" (learning curve) a nested share of the
+    groups and no augmented copies, since their backgrounds may come from groups left out
+    (evaluation is unchanged)."""
     base_ok = ~(blabel.astype(bool) & ~W["base_active"])
     aug_ok = np.ones(len(W["aug_label"]), dtype=bool)
     if "pos_screen" in ALL_CONFIGS[name]:
@@ -425,7 +427,11 @@ def training_windows(name: str, W, blabel: np.ndarray, items, audio) -> tuple[np
     if "pos_voicing" in ALL_CONFIGS[name]:
         unvoiced = base_voicing(audio) < ALL_CONFIGS[name]["pos_voicing"]
         base_ok &= ~(blabel.astype(bool) & unvoiced)
-        aug_ok = ~((W["aug_label"] == 1) & unvoiced[W["aug_src"]])
+        aug_ok &= ~((W["aug_label"] == 1) & unvoiced[W["aug_src"]])
+    frac = ALL_CONFIGS[name].get("train_frac")
+    if frac is not None:
+        base_ok &= learning_subset(items, frac, ALL_CONFIGS[name].get("train_frac_of", "all"))[W["base_item"]]
+        aug_ok[:] = False
     return base_ok, aug_ok
 
 
@@ -460,12 +466,6 @@ def cross_validate(name, items, audio, fold, W, seed) -> dict:
     train_ok, aug_ok = training_windows(name, W, blabel, items, audio)
     cats_item = np.array([item_category(it) for it in items])
     acats = cats_item[bitem[W["aug_src"]]]
-    # Learning curve: train on a nested subset of the training groups, without the
-    # augmented copies (their backgrounds may come from groups left out).
-    frac = ALL_CONFIGS[name].get("train_frac")
-    if frac is not None:
-        train_ok = train_ok & learning_subset(items, frac, ALL_CONFIGS[name].get("train_frac_of", "all"))[bitem]
-        aug_ok = np.zeros_like(aug_ok)
     res = {"oof": np.zeros((len(bx), 2)), "streams": {}, "noisy": {},
            "stream_version": STREAM_VERSION}
     if stale is not None:

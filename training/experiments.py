@@ -186,7 +186,7 @@ def main() -> int:
     else:
         runs = [(n, 0) for n in [*DT.CONFIGS, *DT.EXPERIMENTS]] + \
             [(n, seed) for seed in (1, 2) for n in ("e8", "w1.5-e8", "e20-bal", "s2-e8", "w1.5-e20-bal",
-                                                    *(n for n in DT.EXPERIMENTS if n.startswith("lc")))]
+                                                    *(n for n, c in DT.EXPERIMENTS.items() if "train_frac" in c))]
     unknown = [n for n, _ in runs if n not in DT.ALL_CONFIGS]
     if unknown:
         print(f"unknown configuration(s) {unknown}; known: {list(DT.ALL_CONFIGS)}", file=sys.stderr)
