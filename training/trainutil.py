@@ -17,8 +17,13 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def threads() -> int:
+    """CPU threads for training and inference (BABYCRY_THREADS, default 2)."""
+    return int(os.environ.get("BABYCRY_THREADS", "2"))
+
+
 def set_threads() -> None:
-    torch.set_num_threads(int(os.environ.get("BABYCRY_THREADS", "2")))
+    torch.set_num_threads(threads())
 
 
 @dataclass

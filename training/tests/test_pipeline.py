@@ -190,3 +190,24 @@ def test_a_learning_curve_can_thin_only_the_cries_or_only_the_non_cry_sounds():
         kept = DT.learning_subset(items, 0.5, of)
         assert kept[~thinned].all(), of               # the other kind is kept whole
         assert kept[thinned].sum() == 50, of           # half of the 100 groups of this kind
+
+
+def test_the_pretrained_probe_picks_the_best_recall_within_one_false_episode_per_hour():
+    import probe_pretrained as P
+    half_hour = P.DT.SR * 1800
+    items = [D.Item(file=f"c{k}.flac", source="donateacry", label="hungry", screen="verified",
+                    group=f"c{k}") for k in range(2)] + \
+            [D.Item(file=f"n{k}.flac", source="negatives", label="speech", screen="negative",
+                    group=f"n{k}") for k in range(2)]
+    audio = [np.zeros(P.DT.SR * 7, np.int8)] * 2 + [np.zeros(half_hour, np.int8)] * 2   # 1 h of negatives
+    owner = np.repeat(np.arange(4), 3)
+    p = np.array([.95, .95, .95,    # a clear cry
+                  .6, .6, .6,       # a faint one
+                  .7, .7, .1,       # a cry-like clip: one false episode up to 0.7
+                  .3, .3, .3])      # a second at or below 0.3: two per hour, over the target
+    op = P.operating_point(p, owner, items, audio)
+    assert op["recall"] == 1.0 and op["false_episodes"] == 1, op
+    assert op["threshold"] == 0.6 and op["hours"] == 1.0, op
+    p[3:6] = .25                    # the faint cry now sits below the second false alarm
+    op = P.operating_point(p, owner, items, audio)
+    assert op["recall"] == 0.5 and op["threshold"] > 0.7, op
