@@ -148,9 +148,6 @@ def write(results: list[dict], path: Path, ens: list[dict] | None = None) -> Non
                   "| fraction of training groups | thinned | fold seeds | window AUC | AUC vs environment | AUC vs animal | recording recall at <= 1 false/h | false/h rej |",
                   "|---|---|---|---|---|---|---|---|"]
 
-        def spread(a: np.ndarray) -> str:
-            return f" ± {a.std(ddof=1):.3f}" if len(a) > 1 else ""
-
         def point(r) -> tuple[float, str]:
             return r["config"]["train_frac"], r["config"].get("train_frac_of", "all")
 
@@ -160,9 +157,9 @@ def write(results: list[dict], path: Path, ens: list[dict] | None = None) -> Non
             rec = np.array([r["best"]["recording_recall"] for r in rs])
             cat = {c: np.array([r["cat_auc"][c] for r in rs]) for c in ("environment", "animal")}
             rej = np.mean([r["best"]["false_per_hour_rej"] for r in rs])
-            lines.append(f"| {frac:g} | {of} | {', '.join(str(r['seed']) for r in rs)} | {auc.mean():.4f}{spread(auc)} | "
-                         + " | ".join(f"{a.mean():.3f}{spread(a)}" for a in cat.values())
-                         + f" | {rec.mean():.3f}{spread(rec)} | {rej:.2f} |")
+            lines.append(f"| {frac:g} | {of} | {', '.join(str(r['seed']) for r in rs)} | {auc.mean():.4f}{MT.sd_suffix(auc)} | "
+                         + " | ".join(f"{a.mean():.3f}{MT.sd_suffix(a)}" for a in cat.values())
+                         + f" | {rec.mean():.3f}{MT.sd_suffix(rec)} | {rej:.2f} |")
     if ens:
         lines += ["", "Ensembles on fold seed 0 (the mean of the networks' out-of-fold logits, then the same",
                   "temperature and operating point search; each would cost its networks' MACs together):", "",

@@ -86,6 +86,12 @@ def mean_std(xs) -> dict:
             "n": int(len(a))}
 
 
+def sd_suffix(values) -> str:
+    """" ± sd" (sample sd, 3 decimals) to follow a mean in a report, or "" for one value."""
+    a = np.asarray(list(values), dtype=np.float64)
+    return f" ± {a.std(ddof=1):.3f}" if len(a) > 1 else ""
+
+
 def plot_confusion(cm: list[list[int]], labels: list[str], path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")

@@ -206,8 +206,8 @@ def test_the_pretrained_probe_picks_the_best_recall_within_one_false_episode_per
                   .7, .7, .1,       # a cry-like clip: one false episode up to 0.7
                   .3, .3, .3])      # a second at or below 0.3: two per hour, over the target
     op = P.operating_point(p, owner, items, audio)
-    assert op["recall"] == 1.0 and op["false_episodes"] == 1, op
+    assert op["recording_recall"] == 1.0 and op["false_episodes"] == 1, op
     assert op["threshold"] == 0.6 and op["hours"] == 1.0, op
     p[3:6] = .25                    # the faint cry now sits below the second false alarm
     op = P.operating_point(p, owner, items, audio)
-    assert op["recall"] == 0.5 and op["threshold"] > 0.7, op
+    assert op["recording_recall"] == 0.5 and op["threshold"] > 0.7, op
