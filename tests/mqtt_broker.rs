@@ -1,6 +1,8 @@
 //! The MQTT client against a real Mosquitto, started by each test on a free port with its
 //! own config file in a temporary directory and killed on drop. Subscribers are real
-//! rumqttc clients.
+//! rumqttc clients. One test scripts the broker's side of the connection instead: a PUBACK
+//! and the end of the connection in one TCP segment, an instant a killed Mosquitto hits
+//! only by chance.
 
 mod broker_common;
 
@@ -411,11 +413,12 @@ async fn events_wait_for_a_broker_that_is_down_at_boot_and_overflow_drops_the_ol
 /// held the last PUBACK back and this duplicated one event per kill.
 ///
 /// The kills land 2, 5 and 20 ms after a send (`BABYCRY_KILL_DELAYS_US`, microseconds,
-/// overrides them). One round trip after each send remains where QoS 1 cannot help: a
-/// broker that dies after forwarding an event and before its PUBACK is read. Measured:
-/// with `BABYCRY_KILL_DELAYS_US=0,200,2000` a duplicate in 7 of 60 runs; `0,0,0` once in
-/// 40 runs; `0,2000,20000` once in 55 runs (which kill was not logged); the defaults none
-/// in 92 runs (276 kills).
+/// overrides them). One instant remains where QoS 1 cannot help: a broker that dies after
+/// forwarding an event and before sending its PUBACK. Measured: with
+/// `BABYCRY_KILL_DELAYS_US=0,200,2000` a duplicate in 4 of 120 runs, each one a broker whose
+/// log ends at the forward, without the PUBACK (7 of 60 before a PUBACK read together with
+/// the end of the connection counted); `0,0,0` none in 40 runs; `0,2000,20000` none in 40;
+/// the defaults none in 40 (and none in 92 before).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_killed_mid_stream_loses_and_duplicates_nothing() {
     let mut broker = Broker::start();
@@ -445,6 +448,7 @@ async fn a_broker_killed_mid_stream_loses_and_duplicates_nothing() {
         .zip(delays.into_iter().map(Duration::from_micros))
         .collect();
     let mut restarts = 0;
+    let mut killed_after = Vec::new();
     for (i, e) in sent.iter().enumerate() {
         handle.send(Update::Event(e.clone()));
         let Some(&(_, delay)) = kills.iter().find(|(at, _)| *at == i) else {
@@ -453,6 +457,15 @@ async fn a_broker_killed_mid_stream_loses_and_duplicates_nothing() {
         };
         std::thread::sleep(delay);
         broker.kill();
+        // What the broker did last (it logs each packet before sending it): a duplicate
+        // comes from a kill after "Sending PUBLISH to test-sub..." and before "Sending
+        // PUBACK to babycryd...".
+        let log = broker.log();
+        let lines: Vec<&str> = log.lines().collect();
+        killed_after.push(format!(
+            "kill at event {i}: {:?}",
+            &lines[lines.len().saturating_sub(3)..]
+        ));
         // The subscriber comes back well before the client's next attempt (>= 1 s).
         tokio::time::sleep(Duration::from_millis(1500)).await;
         broker.restart();
@@ -483,7 +496,12 @@ async fn a_broker_killed_mid_stream_loses_and_duplicates_nothing() {
     let expected: Vec<String> = sent.iter().map(Event::to_json).collect();
     let index = |p: &String| expected.iter().position(|e| e == p);
     let order: Vec<Option<usize>> = got.iter().map(index).collect();
-    assert_eq!(got.len(), expected.len(), "exactly once: {order:?}");
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "exactly once: {order:?}\n{}",
+        killed_after.join("\n")
+    );
     assert_eq!(got, expected, "in order, unchanged");
     let st = handle.status();
     assert!(st.connections == 4 && st.failures >= 3, "{st:?}");
@@ -1299,4 +1317,134 @@ async fn sighup_moves_the_daemon_to_new_mqtt_settings_without_dropping_audio() {
     )
     .await;
     assert!(!ids_of(&sub.on("babycry/hupold/event")).contains(&last_end));
+}
+
+/// One MQTT packet read from a client: its first byte and its body.
+async fn read_packet(s: &mut tokio::net::TcpStream) -> Option<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let first = s.read_u8().await.ok()?;
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let b = s.read_u8().await.ok()?;
+        len |= usize::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+    }
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).await.ok()?;
+    Some((first, body))
+}
+
+/// The payloads of `babycry/<node>/event` publishes, by connection (0-based), as a scripted
+/// MQTT 3.1.1 peer saw them. The peer acknowledges everything; on the first connection it
+/// answers the first event with its PUBACK and closes in the same TCP segment (TCP_CORK
+/// holds the PUBACK until the FIN is tacked on), as a broker killed right after
+/// acknowledging does at its worst: the client reads the PUBACK and the end of the
+/// connection at once.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+async fn acknowledge_then_close(
+    listener: tokio::net::TcpListener,
+    node: &str,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(usize, String)>>>,
+) {
+    use std::os::fd::AsRawFd;
+    use tokio::io::AsyncWriteExt;
+    let event_topic = format!("babycry/{node}/event");
+    for conn in 0.. {
+        let Ok((mut s, _)) = listener.accept().await else {
+            return;
+        };
+        while let Some((first, body)) = read_packet(&mut s).await {
+            match first >> 4 {
+                1 => s.write_all(&[0x20, 2, 0, 0]).await.unwrap(), // CONNECT -> CONNACK
+                8 => s.write_all(&[0x90, 3, body[0], body[1], 1]).await.unwrap(), // SUBACK
+                3 => {
+                    let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                    let topic = String::from_utf8_lossy(&body[2..2 + topic_len]).into_owned();
+                    let qos = (first >> 1) & 3;
+                    let payload_at = 2 + topic_len + if qos > 0 { 2 } else { 0 };
+                    let is_event = topic == event_topic;
+                    if is_event {
+                        let payload = String::from_utf8_lossy(&body[payload_at..]).into_owned();
+                        seen.lock().unwrap().push((conn, payload));
+                    }
+                    if qos == 0 {
+                        continue;
+                    }
+                    let pid = [body[2 + topic_len], body[3 + topic_len]];
+                    if is_event && conn == 0 {
+                        let on: libc::c_int = 1;
+                        // SAFETY: a valid socket and a c_int option of the right size.
+                        let rc = unsafe {
+                            libc::setsockopt(
+                                s.as_raw_fd(),
+                                libc::IPPROTO_TCP,
+                                libc::TCP_CORK,
+                                (&raw const on).cast(),
+                                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                            )
+                        };
+                        assert_eq!(rc, 0, "TCP_CORK");
+                        s.write_all(&[0x40, 2, pid[0], pid[1]]).await.unwrap();
+                        s.shutdown().await.unwrap();
+                        break;
+                    }
+                    s.write_all(&[0x40, 2, pid[0], pid[1]]).await.unwrap();
+                }
+                12 => s.write_all(&[0xd0, 0]).await.unwrap(), // PINGREQ -> PINGRESP
+                _ => {}
+            }
+        }
+    }
+}
+
+/// rumqttc can read a PUBACK and the end of the connection in one go; the event it
+/// acknowledges was delivered and must not be sent again on the next connection.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[tokio::test]
+async fn a_puback_read_together_with_the_connection_end_is_not_resent() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let peer = tokio::spawn(acknowledge_then_close(listener, "corked", seen.clone()));
+    let (handle, _task) = MqttHandle::spawn(&config(port, "corked"), device());
+    wait_until("connected", Duration::from_secs(10), || {
+        handle.status().connected
+    })
+    .await;
+    let (first, second) = (window_event(1, 0), window_event(1, 1));
+    handle.send(Update::Event(first.clone()));
+    wait_until(
+        "the first connection ended",
+        Duration::from_secs(10),
+        || handle.status().failures >= 1,
+    )
+    .await;
+    wait_until("reconnected", Duration::from_secs(70), || {
+        handle.status().connections >= 2
+    })
+    .await;
+    handle.send(Update::Event(second.clone()));
+    wait_until("the second event arrived", Duration::from_secs(10), || {
+        seen.lock().unwrap().iter().any(|(c, _)| *c == 1)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = [first.to_json(), second.to_json()];
+    // (connection, which event) for each event publish the peer saw.
+    let got: Vec<(usize, Option<usize>)> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(c, p)| (*c, sent.iter().position(|s| s == p)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(0, Some(0)), (1, Some(1))],
+        "each event once: the first on the connection that acknowledged it"
+    );
+    assert_eq!(handle.status().queued, 0, "{:?}", handle.status());
+    peer.abort();
 }

@@ -19,12 +19,17 @@
 //! it. Sent alone, an event's PUBLISH carries the TCP ACK of everything the broker sent
 //! before, so its PUBACK leaves at once (about 0.13 ms round trip on loopback).
 //!
-//! Delivery is therefore exactly once unless the connection dies inside that one round
-//! trip: an event the broker forwarded but whose PUBACK was lost with the connection is
-//! sent again (QoS 1 cannot tell), so consumers that must never double-count dedupe by
-//! the event's unique `id`. QoS 2 would not close that window: Mosquitto forwards a QoS 2
-//! message on PUBREL and, killed, forgets it, so a lost PUBCOMP leaves the same doubt, and
-//! answering it with a PUBREL only (no resend) would lose the event instead of doubling it.
+//! A PUBACK that reaches the daemon counts even when the connection ends with it: rumqttc
+//! reads packets in batches, and one read together with the end of the connection (a
+//! broker killed right after acknowledging) stays in its state until after the next
+//! ConnAck, so the driver hands such events over before it reports the failure.
+//!
+//! Delivery is therefore exactly once unless the broker dies between forwarding an event
+//! and sending its PUBACK: that event is sent again (QoS 1 cannot tell), so consumers that
+//! must never double-count dedupe by the event's unique `id`. QoS 2 would not close that
+//! window: Mosquitto forwards a QoS 2 message on PUBREL and, killed, forgets it, so a lost
+//! PUBCOMP leaves the same doubt, and answering it with a PUBREL only (no resend) would
+//! lose the event instead of doubling it.
 //!
 //! When shutting down, the outbox is flushed as fast as the channel takes it instead.
 
@@ -235,6 +240,14 @@ async fn drive(mut eventloop: EventLoop, cfg: MqttConfig, tx: mpsc::UnboundedSen
                 }
             }
             Err(e) => {
+                // Events rumqttc read just before the error (see the module docs) belong
+                // to the connection that ended; after the next ConnAck the link task would
+                // already have resent what they acknowledge.
+                for event in eventloop.state.events.drain(..) {
+                    if tx.send(Net::Event(event)).is_err() {
+                        return;
+                    }
+                }
                 failures = failures.saturating_add(1);
                 let retry_in = backoff(failures);
                 let error = describe(&e, &cfg);
