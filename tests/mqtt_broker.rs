@@ -1320,6 +1320,7 @@ async fn sighup_moves_the_daemon_to_new_mqtt_settings_without_dropping_audio() {
 }
 
 /// One MQTT packet read from a client: its first byte and its body.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 async fn read_packet(s: &mut tokio::net::TcpStream) -> Option<(u8, Vec<u8>)> {
     use tokio::io::AsyncReadExt;
     let first = s.read_u8().await.ok()?;
@@ -1374,7 +1375,8 @@ async fn acknowledge_then_close(
                         continue;
                     }
                     let pid = [body[2 + topic_len], body[3 + topic_len]];
-                    if is_event && conn == 0 {
+                    let close = is_event && conn == 0;
+                    if close {
                         let on: libc::c_int = 1;
                         // SAFETY: a valid socket and a c_int option of the right size.
                         let rc = unsafe {
@@ -1387,11 +1389,12 @@ async fn acknowledge_then_close(
                             )
                         };
                         assert_eq!(rc, 0, "TCP_CORK");
-                        s.write_all(&[0x40, 2, pid[0], pid[1]]).await.unwrap();
+                    }
+                    s.write_all(&[0x40, 2, pid[0], pid[1]]).await.unwrap();
+                    if close {
                         s.shutdown().await.unwrap();
                         break;
                     }
-                    s.write_all(&[0x40, 2, pid[0], pid[1]]).await.unwrap();
                 }
                 12 => s.write_all(&[0xd0, 0]).await.unwrap(), // PINGREQ -> PINGRESP
                 _ => {}
