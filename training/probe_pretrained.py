@@ -147,12 +147,9 @@ def e8_on_spans(items, audio, fold, seed, owner, start) -> np.ndarray:
     3 s span (cross-validated exactly as train.sh detector does; cached)."""
     W, _, ev = DT.cross_validated("e8", items, audio, seed, fold)
     bs = W["base_start"] / DT.SR
-    by_item: dict[int, list[int]] = {}
-    for j, i in enumerate(W["base_item"]):
-        by_item.setdefault(int(i), []).append(j)
     out = np.zeros(len(owner))
     for w, (i, s) in enumerate(zip(owner, start)):
-        js = np.array(by_item[int(i)])
+        js = np.array(ev.rec_windows[int(i)])
         inside = js[(bs[js] >= s - 1e-6) & (bs[js] + DT.WIN / DT.SR <= s + BN_WIN / BN_SR + 1e-6)]
         out[w] = ev.pw[inside if len(inside) else js].mean()
     return out
