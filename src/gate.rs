@@ -59,11 +59,24 @@ fn check(name: &str, v: f64, lo: f64, hi: f64) -> Result<(), String> {
     Ok(())
 }
 
+/// How far above the noise floor the closing level (opening level minus the hysteresis)
+/// must stay, dB. While the gate is open the floor only rises, and the gate closes only
+/// after a whole hangover of frames below the closing level: a closing level at or below
+/// the room would keep it open, and the models running, for good.
+pub const MIN_CLOSE_ABOVE_FLOOR_DB: f64 = 3.0;
+
 impl GateConfig {
     pub fn validate(&self) -> Result<(), String> {
         check("margin_db", self.margin_db, 0.0, 60.0)?;
         check("min_level_dbfs", self.min_level_dbfs, SILENCE_DBFS, 0.0)?;
         check("hysteresis_db", self.hysteresis_db, 0.0, 30.0)?;
+        if self.margin_db - self.hysteresis_db < MIN_CLOSE_ABOVE_FLOOR_DB {
+            return Err(format!(
+                "hysteresis_db = {} must be at least {MIN_CLOSE_ABOVE_FLOOR_DB} dB below \
+                 margin_db = {}: the gate closes only below the room's level otherwise",
+                self.hysteresis_db, self.margin_db
+            ));
+        }
         check("min_open_seconds", self.min_open_seconds, 0.0, 2.0)?;
         check("hangover_seconds", self.hangover_seconds, 0.0, 10.0)?;
         check("pre_roll_seconds", self.pre_roll_seconds, 0.0, 5.0)?;
@@ -273,6 +286,44 @@ mod tests {
         .validate()
         .unwrap_err();
         assert!(e.starts_with("min_level_dbfs"), "{e}");
+        let e = GateConfig {
+            margin_db: 2.0,
+            hysteresis_db: 3.0,
+            ..GateConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.starts_with("hysteresis_db = 3 must be"), "{e}");
+        assert!(GateConfig {
+            margin_db: 6.0,
+            hysteresis_db: 3.0,
+            ..GateConfig::default()
+        }
+        .validate()
+        .is_ok());
+    }
+
+    /// Why the settings above are refused: with the closing level at the room's level,
+    /// half the room's frames are above it, a hangover's worth of quiet frames in a row
+    /// never comes, and the gate stays open long after the cry.
+    #[test]
+    fn a_closing_level_at_the_room_keeps_the_gate_open_and_a_valid_one_closes() {
+        let stays_open = |margin_db: f64, hysteresis_db: f64| {
+            let config = GateConfig {
+                margin_db,
+                hysteresis_db,
+                ..GateConfig::default()
+            };
+            let mut gate = EnergyGate::new(&config, RATE);
+            let mut audio = synth::room_tone(RATE, 4.0, 0.01, 1);
+            audio.extend(synth::cry(RATE, 2.0, 0.5));
+            audio.extend(synth::room_tone(RATE, 60.0, 0.01, 2));
+            run(&mut gate, &audio, 0);
+            gate.is_open()
+        };
+        assert!(stays_open(2.0, 3.0));
+        assert!(!stays_open(10.0, 3.0));
+        assert!(!stays_open(6.0, 3.0));
     }
 
     #[test]
