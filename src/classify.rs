@@ -165,7 +165,8 @@ impl Classifier {
         let mut starts = vec![0usize];
         while starts.last().copied().unwrap_or(0) + window < audio.len() {
             let next = starts.last().copied().unwrap_or(0) + hop;
-            if audio.len() - next < window / 2 {
+            // A hop longer than the window can step past the end.
+            if audio.len().saturating_sub(next) < window / 2 {
                 break;
             }
             starts.push(next);
@@ -243,10 +244,11 @@ impl Classifier {
         loop {
             let end = (start + window).min(audio.len());
             probs.push(detector.predict(&audio[start..end])?.probabilities[positive]);
-            if end >= audio.len() {
+            start += hop;
+            // A hop longer than the window can step past the end.
+            if end >= audio.len() || start >= audio.len() {
                 break;
             }
-            start += hop;
         }
         Ok(confirmation_score(
             &probs,

@@ -163,6 +163,38 @@ fn long_files_report_every_window_and_a_summary() {
     assert!((a["duration_s"].as_f64().unwrap() - 20.0).abs() < 1e-6);
 }
 
+/// Hops longer than a window: the reason windows (`--hop` above 7 s) and the detector's
+/// (`[detector] hop_seconds` above its 1 s window) step past the end of the file without
+/// reading beyond it.
+#[test]
+fn hops_longer_than_a_window_stop_at_the_end_of_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = cry_wav(dir.path(), "eight.wav", 8000, 8.0);
+    let config = dir.path().join("hop.toml");
+    std::fs::write(&config, "[detector]\nhop_seconds = 2.5\n").unwrap();
+    for args in [
+        vec!["classify", "--json", "--hop", "10"],
+        vec!["--config", config.to_str().unwrap(), "classify", "--json"],
+    ] {
+        let mut args = args.clone();
+        args.push(wav.to_str().unwrap());
+        let out = babycryd(&args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let a = &json_lines(&out)[0];
+        // 8 s: one 7 s window from 0 (the 1 s tail is under half a window).
+        let starts: Vec<f64> = a["windows"]
+            .as_array()
+            .map(|w| w.iter().map(|w| w["start_s"].as_f64().unwrap()).collect())
+            .unwrap_or_default();
+        assert!(starts.len() <= 1, "{args:?}: {starts:?}");
+        assert!(a["cry_probability"].as_f64().is_some(), "{args:?}: {a}");
+    }
+}
+
 #[test]
 fn bad_inputs_each_get_one_clear_line_and_the_rest_are_classified() {
     let dir = tempfile::tempdir().unwrap();
