@@ -95,20 +95,29 @@ pub struct Settings {
 
 /// Where the config file is looked for when `--config` is not given.
 pub fn default_config_path() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("CONFIGURATION_DIRECTORY") {
-        // systemd may pass several directories separated by ':'; ours is the first.
-        let first = dir
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        if !first.is_empty() {
-            return Some(Path::new(&first).join("config.toml"));
-        }
-    }
-    let etc = PathBuf::from("/etc/babycryd/config.toml");
-    etc.exists().then_some(etc)
+    config_path_from(
+        std::env::var_os("CONFIGURATION_DIRECTORY").as_deref(),
+        Path::new("/etc/babycryd/config.toml"),
+    )
+}
+
+/// The first of `<configuration_directory>/config.toml` and `etc` that exists. The unit
+/// sets `ConfigurationDirectory=` whether or not anyone wrote a config there, so a
+/// missing file means the defaults, not an error.
+fn config_path_from(
+    configuration_directory: Option<&std::ffi::OsStr>,
+    etc: &Path,
+) -> Option<PathBuf> {
+    // systemd may pass several directories separated by ':'; ours is the first.
+    let from_systemd = configuration_directory.and_then(|dir| {
+        let dir = dir.to_string_lossy();
+        let first = dir.split(':').next().unwrap_or_default();
+        (!first.is_empty()).then(|| Path::new(first).join("config.toml"))
+    });
+    from_systemd
+        .into_iter()
+        .chain(std::iter::once(etc.to_owned()))
+        .find(|p| p.exists())
 }
 
 /// Places searched for models when `[models] dir` is empty, in order.
@@ -192,6 +201,19 @@ impl Config {
             .validate()
             .map_err(|e| invalid(format!("daemon.{e}")))?;
         let (detector_model, reason_model) = self.resolve_models().map_err(invalid)?;
+        // A misspelt label would leave its class on the model's threshold without a word.
+        // (A sidecar that does not load is reported when the model is loaded.)
+        if !self.thresholds.is_empty() {
+            let sidecar = crate::model::Sidecar::load(&crate::model::sidecar_path(&reason_model));
+            if let Ok(sidecar) = sidecar {
+                if let Some(label) = self.thresholds.keys().find(|l| !sidecar.labels.contains(l)) {
+                    return Err(invalid(format!(
+                        "thresholds.{label}: not a label of the reason model ({})",
+                        sidecar.labels.join(", ")
+                    )));
+                }
+            }
+        }
         Ok(Settings {
             config: self,
             source,
@@ -250,6 +272,22 @@ pub fn load_settings(explicit: Option<&Path>) -> Result<Settings, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_configuration_directory_means_the_defaults() {
+        let systemd = tempfile::tempdir().unwrap();
+        let etc = tempfile::tempdir().unwrap();
+        let etc_file = etc.path().join("config.toml");
+        let dirs = format!("{}:/elsewhere", systemd.path().display());
+        let find = || config_path_from(Some(std::ffi::OsStr::new(&dirs)), &etc_file);
+        assert_eq!(find(), None);
+        std::fs::write(&etc_file, "").unwrap();
+        assert_eq!(find(), Some(etc_file.clone()));
+        let ours = systemd.path().join("config.toml");
+        std::fs::write(&ours, "").unwrap();
+        assert_eq!(find(), Some(ours));
+        assert_eq!(config_path_from(None, &etc_file), Some(etc_file));
+    }
 
     #[test]
     fn unknown_keys_are_refused_with_their_name() {

@@ -136,6 +136,10 @@ fn cases() -> Vec<Case> {
             "check-config --config $DIR/range.toml",
         ),
         case(
+            "Threshold for a label the model does not have (`[thresholds] hungy`)",
+            "check-config --config $DIR/label.toml",
+        ),
+        case(
             "Configured model missing (`[models] dir` without models)",
             "classify --config $DIR/no-models.toml $DIR/silence.wav",
         ),
@@ -262,6 +266,7 @@ fn prepare(dir: &Path, broker_port: u16, closed_port: u16) {
     write("broken.toml", b"[gate\nmargin_db = 1\n");
     write("typo.toml", b"[modles]\ndir = \"models\"\n");
     write("range.toml", b"[gate]\nmargin_db = 99\n");
+    config("label.toml", "[thresholds]\nhungy = 0.5\n");
     write(
         "no-models.toml",
         format!("[models]\ndir = {:?}\n", dir.display()).as_bytes(),
