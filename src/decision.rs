@@ -10,7 +10,8 @@ use crate::events::UNCERTAIN;
 use crate::model::{Prediction, Sidecar};
 
 /// The reason decision for one window: the top label when its probability reaches the
-/// label's threshold (config first, then the sidecar's), else `uncertain`.
+/// label's threshold (config first, then the sidecar's) and that threshold is below 1,
+/// else `uncertain`.
 pub fn reason_decision(
     pred: &Prediction,
     sidecar: &Sidecar,
@@ -22,7 +23,9 @@ pub fn reason_decision(
         .get(label)
         .copied()
         .unwrap_or_else(|| sidecar.threshold_for(label));
-    if p >= threshold {
+    // 1.0 means "never shown" (the shipped sidecar abstains so): a softmax rounded to f32
+    // reaches 1.0 itself when one logit leads by about 17.
+    if threshold < 1.0 && p >= threshold {
         (label.clone(), p)
     } else {
         (UNCERTAIN.to_string(), p)
@@ -158,5 +161,30 @@ mod tests {
         assert_eq!(confirmation_score(&[], 3, 4), 0.0);
         // Shorter than n: one span.
         assert!((confirmation_score(&[0.6, 0.9], 3, 4) - 0.6).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_threshold_of_one_never_shows_the_label_even_at_probability_one() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/cry-reason.toml");
+        let sidecar = Sidecar::load(&path).unwrap();
+        let hungry = sidecar.labels.iter().position(|l| l == "hungry").unwrap();
+        let mut probabilities = vec![0.0; sidecar.labels.len()];
+        probabilities[hungry] = 1.0;
+        let certain = Prediction { probabilities };
+        assert_eq!(
+            sidecar.threshold_for("hungry"),
+            1.0,
+            "the shipped sidecar abstains"
+        );
+        let none = BTreeMap::new();
+        assert_eq!(
+            reason_decision(&certain, &sidecar, &none),
+            (UNCERTAIN.to_string(), 1.0)
+        );
+        let lowered = BTreeMap::from([("hungry".to_string(), 0.5)]);
+        assert_eq!(
+            reason_decision(&certain, &sidecar, &lowered),
+            ("hungry".to_string(), 1.0)
+        );
     }
 }
