@@ -64,6 +64,8 @@ pub struct CryEpisode {
     /// (window start, cry probability) of every detector window in the episode.
     detector: Vec<(u64, f32)>,
     next_reason_start: u64,
+    /// Stream sample where the latest classified reason window ends.
+    classified_until: u64,
 }
 
 /// The analysis stage.
@@ -379,6 +381,7 @@ impl CryMonitor {
             predictions: Vec::new(),
             detector,
             next_reason_start: start,
+            classified_until: start,
         });
         emit(self.event(EventKind::EpisodeStart {
             episode: number,
@@ -448,6 +451,7 @@ impl CryMonitor {
         if let Some(ep) = &mut self.episode {
             ep.windows.push(result);
             ep.predictions.push(pred);
+            ep.classified_until = ep.classified_until.max(end);
         }
         Ok(())
     }
@@ -456,11 +460,17 @@ impl CryMonitor {
         let Some(ep) = &self.episode else {
             return Ok(());
         };
-        if ep.predictions.is_empty() {
-            // Shorter than a reason window: classify what there is (zero-padded).
-            let start = ep.start_sample;
-            let end = start + self.reason.window_samples() as u64;
-            self.classify_window(start, end, emit)?;
+        if ep.predictions.is_empty() || ep.last_cry_end > ep.classified_until {
+            // Crying that no reason window has covered: an episode shorter than a window,
+            // or a stream that ends (a shutdown) in the middle of one. Classify the last
+            // window's worth of the episode, zero-padded where it is shorter.
+            let window = self.reason.window_samples() as u64;
+            let start = ep
+                .last_cry_end
+                .saturating_sub(window)
+                .max(ep.start_sample)
+                .max(self.history_start);
+            self.classify_window(start, start + window, emit)?;
         }
         let Some(ep) = self.episode.take() else {
             return Ok(());

@@ -90,6 +90,39 @@ fn an_episode_is_confirmed_within_3_s_and_ends_after_the_quiet_time() {
     assert_eq!(m.summary().episodes, 1);
 }
 
+/// The stream ends (a shutdown) 17 s into a long cry: the reason windows so far cover
+/// up to about 14.6 s, and the crying after that is classified too, as the last window's
+/// worth of the episode, not dropped.
+#[test]
+fn a_stream_that_ends_mid_window_still_classifies_its_last_crying() {
+    let mut m = monitor(|_| {}, true);
+    let audio = cry_at(&[0.5], 17.0, 17.5);
+    let events = kinds(&feed(&mut m, &audio, 400));
+    let windows: Vec<(f64, f64)> = events
+        .iter()
+        .filter_map(|(_, k)| match k {
+            EventKind::Window { result, .. } => Some((result.start_s, result.end_s)),
+            _ => None,
+        })
+        .collect();
+    let (ends, last_cry) = events
+        .iter()
+        .find_map(|(_, k)| match k {
+            EventKind::EpisodeEnd {
+                end_s, windows: n, ..
+            } => Some((*n as usize, *end_s)),
+            _ => None,
+        })
+        .expect("the episode ends with the stream");
+    assert_eq!(ends, windows.len());
+    let &(start, end) = windows.last().expect("windows");
+    assert!(last_cry > 16.5, "the crying lasts to the end: {last_cry}");
+    assert!(
+        (end - last_cry).abs() < 0.05 && (end - start - 7.0).abs() < 1e-6,
+        "the last window ends with the crying: {windows:?}, crying until {last_cry}"
+    );
+}
+
 #[test]
 fn the_cooldown_turns_a_second_cry_into_no_episode() {
     let audio = cry_at(&[5.0, 25.0], 5.0, 45.0);
