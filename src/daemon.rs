@@ -250,6 +250,8 @@ pub async fn run(
     let mut settings = settings;
     let mut state = AudioState::Connecting;
     let mut ready = false;
+    // The episode the last STATUS= line named.
+    let mut status_episode = None;
     let mut last_watchdog: Option<Instant> = None;
     let mut xruns = 0;
     let mut updates = Vec::new();
@@ -296,9 +298,18 @@ pub async fn run(
                     break;
                 }
                 let summary = monitor.summary();
-                if summary.audio_seconds >= next_diagnostics {
+                let tick = summary.audio_seconds >= next_diagnostics;
+                if tick {
                     next_diagnostics += settings.config.daemon.diagnostics_seconds;
                     updates.push(Update::Diagnostics(diagnostics(&monitor, &state)));
+                }
+                // `systemctl status` follows the episodes and, at each diagnostics tick,
+                // the noise floor.
+                let episode = monitor.episode().map(|e| e.number);
+                if ready && (tick || episode != status_episode) {
+                    status_episode = episode;
+                    let status = status_line(&state, &monitor);
+                    sd_notify(&[sd_notify::NotifyState::Status(&status)]);
                 }
                 // Frames arrived (digital silence included: that is reported as a
                 // stall, but a restart would not bring sound to a muted microphone).
@@ -347,6 +358,15 @@ pub async fn run(
         }
     }
     stop.store(true, Ordering::Relaxed);
+    // A shutdown flushes what is pending: the audio the capture thread queued before it
+    // saw the stop is analysed too (at most the channel's 64 blocks, then it is empty).
+    while let (None, Ok(event)) = (&failure, audio_rx.try_recv()) {
+        if let SourceEvent::Audio(samples) = event {
+            if let Err(e) = monitor.push(&samples, &mut |u| updates.push(u)) {
+                failure = Some(e);
+            }
+        }
+    }
     let finished = monitor.finish(&mut |u| updates.push(u));
     let mut summary = monitor.summary();
     summary.xruns = xruns;

@@ -263,6 +263,32 @@ fn sd_notify_sends_ready_status_and_watchdog() {
     assert!(all.find("READY=1") < all.find("WATCHDOG=1"), "{all}");
 }
 
+/// STATUS= follows the episodes, not only the audio state: `systemctl status` says
+/// "crying" while the baby cries and "quiet" again after the episode.
+#[test]
+fn the_status_line_follows_the_episode() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut audio = synth::room_tone(RATE, 3.0, 0.002, 4);
+    synth::mix_into(&mut audio, &synth::cry(RATE, 2.5, 0.5), 8000);
+    audio.extend(synth::room_tone(RATE, 15.0, 0.002, 5));
+    let wav = write_wav(dir.path(), "cry.wav", &audio);
+    let (notify, child) = spawn_notified(
+        dir.path(),
+        "[detector]\nthreshold = 0.8\n",
+        &["--fast", "--input", wav.to_str().unwrap()],
+    );
+    assert!(child.wait_with_output().unwrap().status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    let all = notify.all();
+    let crying = all
+        .find("STATUS=audio running; crying (episode 1)")
+        .unwrap_or_else(|| panic!("no crying status: {all}"));
+    assert!(
+        all[crying..].contains("STATUS=audio running; quiet"),
+        "quiet again after the episode: {all}"
+    );
+}
+
 /// Raw PCM on stdin that pauses with the pipe still open: the watchdog stops while no
 /// frames arrive, the source is reported stalled, and both come back with the audio.
 #[test]
