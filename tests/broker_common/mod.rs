@@ -90,8 +90,8 @@ impl Broker {
         std::fs::read_to_string(self.path("mosquitto.log")).unwrap_or_default()
     }
 
-    /// SIGSTOP or SIGCONT: stopped, the broker keeps its connections open but reads and
-    /// acknowledges nothing.
+    /// Sends a signal by name. SIGSTOP: the broker keeps its connections open but reads
+    /// and acknowledges nothing until SIGCONT.
     pub fn signal(&self, sig: &str) {
         let pid = self.child.as_ref().expect("the broker runs").id();
         let status = Command::new("kill")
@@ -105,6 +105,15 @@ impl Broker {
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, as `systemctl restart mosquitto` or a container restart sends it: the
+    /// broker finishes the packet it is handling, then closes every connection and exits.
+    pub fn terminate(&mut self) {
+        self.signal("TERM");
+        if let Some(mut c) = self.child.take() {
             c.wait().unwrap();
         }
     }
