@@ -3,7 +3,9 @@
 //! on overflow) and optionally mirrored to a small spool file in the state directory, so
 //! undelivered events survive a daemon restart. The spool is rewritten atomically (temp
 //! file + rename) at most once a second and only while something is undelivered, which
-//! keeps SD-card writes to the time the broker is away.
+//! keeps SD-card writes to the time the broker is away. A write that fails (full disk,
+//! read-only directory) stays owed and is tried again at the next save, so the events
+//! reach the disk once it takes writes again; the failure is logged once per streak.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -31,6 +33,8 @@ pub(crate) struct Outbox {
     spool: Option<PathBuf>,
     /// The spool file differs from `items`.
     dirty: bool,
+    /// The last write of the spool failed: warned once, retried at every save.
+    failing: bool,
 }
 
 impl Outbox {
@@ -43,6 +47,7 @@ impl Outbox {
             dropped: 0,
             spool,
             dirty: false,
+            failing: false,
         };
         if let Some(path) = outbox.spool.clone() {
             match std::fs::read_to_string(&path) {
@@ -115,12 +120,21 @@ impl Outbox {
             return;
         };
         match self.write_spool(&path) {
-            Ok(()) => self.dirty = false,
-            Err(e) => {
-                tracing::warn!(spool = %path.display(), "cannot write the spool (events stay in memory): {e}");
-                // Do not retry every tick against a read-only or missing directory.
+            Ok(()) => {
                 self.dirty = false;
+                if self.failing {
+                    self.failing = false;
+                    tracing::info!(spool = %path.display(), events = self.items.len(), "the spool is written again");
+                }
             }
+            // Still dirty: the next save (the spool tick, a second later) tries again, so
+            // the events reach the disk once it takes writes again, at the latest at
+            // shutdown. Warned once per streak of failures, not every second.
+            Err(e) if !self.failing => {
+                self.failing = true;
+                tracing::warn!(spool = %path.display(), "cannot write the spool (events stay in memory): {e}; trying again every second");
+            }
+            Err(e) => tracing::debug!(spool = %path.display(), "cannot write the spool: {e}"),
         }
     }
 
@@ -199,5 +213,30 @@ mod tests {
         again.remove(second.seq);
         again.save_if_dirty();
         assert!(!path.exists());
+    }
+
+    /// A spool that cannot be written stays owed: the next save after the directory
+    /// comes back writes it.
+    #[test]
+    fn a_failed_spool_write_is_retried_on_the_next_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::write(&state, b"").unwrap();
+        let path = state.join("spool.jsonl");
+        let mut q = Outbox::new(10, Some(path.clone()));
+        q.push("event".into(), "{\"a\":1}".into());
+        q.save_if_dirty();
+        assert!(!path.exists(), "below a regular file: cannot be written");
+        assert!(q.dirty && q.failing);
+        q.save_if_dirty();
+        std::fs::remove_file(&state).unwrap();
+        std::fs::create_dir(&state).unwrap();
+        q.save_if_dirty();
+        let text = std::fs::read_to_string(&path).expect("written once the directory is back");
+        assert_eq!(
+            text,
+            "{\"topic\":\"event\",\"payload\":\"{\\\"a\\\":1}\"}\n"
+        );
+        assert!(!q.dirty && !q.failing, "the streak of failures is over");
     }
 }
