@@ -6,6 +6,8 @@
 //! keeps SD-card writes to the time the broker is away. A write that fails (full disk,
 //! read-only directory) stays owed and is tried again at the next save, so the events
 //! reach the disk once it takes writes again; the failure is logged once per streak.
+//! It is loaded line by line: a damaged line costs only itself, and a spool that cannot
+//! be read at all is moved aside (`mqtt-spool.jsonl.unreadable`), never overwritten.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -50,26 +52,55 @@ impl Outbox {
             failing: false,
         };
         if let Some(path) = outbox.spool.clone() {
-            match std::fs::read_to_string(&path) {
-                Ok(text) => {
-                    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                        match serde_json::from_str::<Queued>(line) {
-                            Ok(q) => outbox.push(q.topic, q.payload),
-                            Err(e) => {
-                                tracing::warn!(spool = %path.display(), "skipping a bad spool line: {e}")
-                            }
-                        }
-                    }
-                    if !outbox.items.is_empty() {
-                        tracing::info!(spool = %path.display(), events = outbox.items.len(), "loaded undelivered events from the spool");
-                    }
-                    outbox.dirty = false;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(spool = %path.display(), "cannot read the spool: {e}"),
-            }
+            outbox.load(&path);
         }
         outbox
+    }
+
+    /// Loads the spool line by line, as bytes: a line that is not a message (a stray
+    /// byte, invalid UTF-8, a torn write) is skipped and counted, and every other one
+    /// kept in order. Reading it as one string would lose them all to one bad byte, and
+    /// the next save would then overwrite the spool with an empty outbox.
+    fn load(&mut self, path: &Path) {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                // Moved aside, so the next save does not replace what may still be
+                // recovered by hand.
+                let aside = path.with_extension("jsonl.unreadable");
+                match std::fs::rename(path, &aside) {
+                    Ok(()) => {
+                        tracing::warn!(spool = %path.display(), "cannot read the spool: {e}; moved to {}", aside.display())
+                    }
+                    Err(re) => {
+                        tracing::warn!(spool = %path.display(), "cannot read the spool: {e}; nor move it aside: {re}")
+                    }
+                }
+                return;
+            }
+        };
+        let (mut bad, mut first_error) = (0usize, None);
+        for line in bytes.split(|&b| b == b'\n') {
+            if line.trim_ascii().is_empty() {
+                continue;
+            }
+            match serde_json::from_slice::<Queued>(line) {
+                Ok(q) => self.push(q.topic, q.payload),
+                Err(e) => {
+                    bad += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            tracing::warn!(spool = %path.display(), skipped = bad, kept = self.items.len(), "skipping bad spool lines (the first: {e})");
+        }
+        if !self.items.is_empty() {
+            tracing::info!(spool = %path.display(), events = self.items.len(), "loaded undelivered events from the spool");
+        }
+        // The file holds these already; the bad lines go at the next save.
+        self.dirty = false;
     }
 
     /// Appends a message; drops (and counts) the oldest beyond capacity.
@@ -238,5 +269,41 @@ mod tests {
             "{\"topic\":\"event\",\"payload\":\"{\\\"a\\\":1}\"}\n"
         );
         assert!(!q.dirty && !q.failing, "the streak of failures is over");
+    }
+
+    /// A spool line that is not valid UTF-8 (a bad sector, a stray byte) costs that line
+    /// only: the events on either side of it are loaded, in order.
+    #[test]
+    fn a_bad_byte_in_the_spool_costs_only_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.jsonl");
+        let mut text = b"{\"topic\":\"event\",\"payload\":\"first\"}\n".to_vec();
+        text.extend_from_slice(b"{\"topic\":\"event\",\"payload\":\"bad \xff\"}\n");
+        text.extend_from_slice(b"{\"topic\":\"episode\",\"payload\":\"second\"}\n");
+        std::fs::write(&path, text).unwrap();
+        let q = Outbox::new(10, Some(path.clone()));
+        let loaded: Vec<(&str, &str)> = q
+            .items
+            .iter()
+            .map(|m| (m.topic.as_str(), m.payload.as_str()))
+            .collect();
+        assert_eq!(loaded, [("event", "first"), ("episode", "second")]);
+    }
+
+    /// A spool that cannot be read at all is moved aside instead of being replaced by
+    /// the next save.
+    #[test]
+    fn an_unreadable_spool_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.jsonl");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("inside"), b"kept").unwrap();
+        let mut q = Outbox::new(10, Some(path.clone()));
+        assert_eq!(q.len(), 0);
+        let aside = dir.path().join("spool.jsonl.unreadable");
+        assert_eq!(std::fs::read(aside.join("inside")).unwrap(), b"kept");
+        q.push("event".into(), "{}".into());
+        q.save_if_dirty();
+        assert!(path.is_file() && !q.dirty);
     }
 }
