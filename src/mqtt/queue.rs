@@ -2,12 +2,13 @@
 //! order, until the broker acknowledges them. Bounded (the oldest is dropped and counted
 //! on overflow) and optionally mirrored to a small spool file in the state directory, so
 //! undelivered events survive a daemon restart. The spool is rewritten atomically (temp
-//! file + rename) at most once a second and only while something is undelivered, which
-//! keeps SD-card writes to the time the broker is away. A write that fails (full disk,
-//! read-only directory) stays owed and is tried again at the next save, so the events
-//! reach the disk once it takes writes again; the failure is logged once per streak.
-//! It is loaded line by line: a damaged line costs only itself, and a spool that cannot
-//! be read at all is moved aside (`mqtt-spool.jsonl.unreadable`), never overwritten.
+//! file synced, renamed, then the directory synced, so the rename survives a power cut)
+//! at most once a second and only while something is undelivered, which keeps SD-card
+//! writes to the time the broker is away. A write that fails (full disk, read-only
+//! directory) stays owed and is tried again at the next save, so the events reach the
+//! disk once it takes writes again; the failure is logged once per streak. It is loaded
+//! line by line: a damaged line costs only itself, and a spool that cannot be read at
+//! all is moved aside (`mqtt-spool.jsonl.unreadable`), never overwritten.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -172,8 +173,12 @@ impl Outbox {
     fn write_spool(&self, path: &Path) -> std::io::Result<()> {
         if self.items.is_empty() {
             return match std::fs::remove_file(path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
+                Ok(()) => {
+                    sync_directory_of(path);
+                    Ok(())
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
             };
         }
         if let Some(dir) = path.parent() {
@@ -196,7 +201,26 @@ impl Outbox {
             f.write_all(text.as_bytes())?;
             f.sync_all()?;
         }
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        sync_directory_of(path);
+        Ok(())
+    }
+}
+
+/// Makes a rename or removal in the spool's directory durable: until the directory
+/// itself is synced, a power cut (the usual end of a Raspberry Pi) can bring back the
+/// old spool, resending delivered events, or no spool at all, losing the new ones. Best
+/// effort: the file's own contents are already synced, and some file systems cannot
+/// sync a directory, so a failure is logged (once per process) and not an error.
+fn sync_directory_of(path: &Path) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let Some(dir) = path.parent() else {
+        return;
+    };
+    if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(dir = %dir.display(), "cannot sync the spool's directory (a power cut may bring back an older spool): {e}");
+        }
     }
 }
 
