@@ -977,6 +977,38 @@ async fn mqtt_remove_makes_the_device_disappear() {
         .filter(|m| m.topic.ends_with("/config") && m.payload.is_empty())
         .collect();
     assert_eq!(removals.len(), 10);
+
+    // A removal that gets no answer gives up on its error path, without DISCONNECT: the
+    // broker, stopped, accepts the connection and reads nothing until it resumes, then
+    // reads the CONNECT and the closed connection at once. A removal client with the
+    // daemon's last will would leave a retained `offline` on the status it just cleared.
+    broker.signal("STOP");
+    let out = Command::new(env!("CARGO_BIN_EXE_babycryd"))
+        .arg("--config")
+        .arg(&conf)
+        .arg("mqtt-remove")
+        .output()
+        .unwrap();
+    broker.signal("CONT");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    wait_until(
+        "the broker saw the removal client go",
+        Duration::from_secs(5),
+        || {
+            broker
+                .log()
+                .contains("Client babycryd-testnode-remove closed its connection")
+        },
+    )
+    .await;
+    let last = Subscriber::start(broker.port, &["babycry/testnode/#"]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        last.all().is_empty(),
+        "no last will after a failed removal: {:?}",
+        last.all()
+    );
 }
 
 #[tokio::test]

@@ -154,17 +154,13 @@ pub(crate) fn tls_config(cfg: &MqttConfig) -> Result<Arc<rustls::ClientConfig>, 
     Ok(Arc::new(config))
 }
 
-fn options(cfg: &MqttConfig, topics: &Topics) -> Result<MqttOptions, MqttError> {
-    let mut o = MqttOptions::new(cfg.client_id(), cfg.host.clone(), cfg.port);
+/// The connection options for `client_id`: keepalive, credentials and TLS from `cfg`,
+/// and no last will (see [`options`]).
+fn base_options(cfg: &MqttConfig, client_id: String) -> Result<MqttOptions, MqttError> {
+    let mut o = MqttOptions::new(client_id, cfg.host.clone(), cfg.port);
     o.set_keep_alive(Duration::from_secs(cfg.keepalive_seconds.into()))
         .set_clean_session(true)
-        .set_max_packet_size(256 * 1024, 256 * 1024)
-        .set_last_will(LastWill::new(
-            &topics.status,
-            "offline",
-            QoS::AtLeastOnce,
-            true,
-        ));
+        .set_max_packet_size(256 * 1024, 256 * 1024);
     if !cfg.username.is_empty() {
         o.set_credentials(cfg.username.clone(), cfg.password()?.unwrap_or_default());
     }
@@ -173,6 +169,19 @@ fn options(cfg: &MqttConfig, topics: &Topics) -> Result<MqttOptions, MqttError> 
             tls_config(cfg)?,
         )));
     }
+    Ok(o)
+}
+
+/// The daemon's options: [`base_options`] with the retained last will `offline` on
+/// `<base>/status`, so a daemon that dies without saying goodbye shows as unavailable.
+fn options(cfg: &MqttConfig, topics: &Topics) -> Result<MqttOptions, MqttError> {
+    let mut o = base_options(cfg, cfg.client_id())?;
+    o.set_last_will(LastWill::new(
+        &topics.status,
+        "offline",
+        QoS::AtLeastOnce,
+        true,
+    ));
     Ok(o)
 }
 
@@ -712,13 +721,14 @@ impl Link {
     }
 }
 
-/// `babycryd mqtt-remove`: connects, publishes empty retained configs (Home Assistant
-/// removes the entities) and clears the retained states; returns how many entities were
-/// removed.
+/// `babycryd mqtt-remove`: connects (as `<client_id>-remove`, without a last will),
+/// publishes empty retained configs (Home Assistant removes the entities) and clears the
+/// retained states; returns how many entities were removed.
 pub async fn remove_device(cfg: &MqttConfig, timeout: Duration) -> Result<usize, MqttError> {
     let topics = cfg.topics();
-    let mut opts = options(cfg, &topics)?;
-    opts.set_client_id(format!("{}-remove", cfg.client_id()));
+    // No last will: this client gives up without DISCONNECT on a timeout or error, and
+    // the daemon's will would then put a retained `offline` back on the status it clears.
+    let opts = base_options(cfg, format!("{}-remove", cfg.client_id()))?;
     let (client, mut eventloop) = AsyncClient::new(opts, CHANNEL);
     let mut messages = removal_messages(&topics);
     let count = messages.len();
