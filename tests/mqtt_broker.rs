@@ -1,8 +1,8 @@
 //! The MQTT client against a real Mosquitto, started by each test on a free port with its
 //! own config file in a temporary directory and killed on drop. Subscribers are real
-//! rumqttc clients. One test scripts the broker's side of the connection instead: a PUBACK
+//! rumqttc clients. Two tests script the broker's side of the connection instead: a PUBACK
 //! and the end of the connection in one TCP segment, an instant a killed Mosquitto hits
-//! only by chance.
+//! only by chance, and a broker that drops every connection right after accepting it.
 
 mod broker_common;
 
@@ -330,7 +330,7 @@ async fn home_assistant_birth_message_triggers_rediscovery_and_junk_is_ignored()
     assert!(live.all()[retained_configs..].iter().all(|m| !m.retain));
 
     // Over the 256 KiB packet limit: MQTT 3.1.1 cannot refuse it, so rumqttc drops the
-    // connection; the link reconnects (backoff from 1 s) and announces itself again.
+    // connection; the link reconnects (backoff from 1..2 s) and announces itself again.
     ha.publish(
         "homeassistant/status",
         QoS::AtLeastOnce,
@@ -1369,7 +1369,6 @@ async fn sighup_moves_the_daemon_to_new_mqtt_settings_without_dropping_audio() {
 }
 
 /// One MQTT packet read from a client: its first byte and its body.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
 async fn read_packet(s: &mut tokio::net::TcpStream) -> Option<(u8, Vec<u8>)> {
     use tokio::io::AsyncReadExt;
     let first = s.read_u8().await.ok()?;
@@ -1498,5 +1497,50 @@ async fn a_puback_read_together_with_the_connection_end_is_not_resent() {
         "each event once: the first on the connection that acknowledged it"
     );
     assert_eq!(handle.status().queued, 0, "{:?}", handle.status());
+    peer.abort();
+}
+
+/// A broker that accepts every connection and drops it right after its CONNACK, as two
+/// monitors with the same client id do to each other: the link retries with growing,
+/// jittered delays (1..2 s, 2..4 s, 4..8 s), not every second forever, since a connection
+/// that did not stay up does not reset the backoff.
+#[tokio::test]
+async fn a_connection_dropped_right_after_its_connack_is_retried_with_growing_delays() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connects = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = connects.clone();
+    let peer = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            if let Some((first, _)) = read_packet(&mut s).await {
+                if first >> 4 == 1 {
+                    seen.lock().unwrap().push(Instant::now());
+                    let _ = s.write_all(&[0x20, 2, 0, 0]).await;
+                }
+            }
+            let _ = s.shutdown().await;
+        }
+    });
+    let (handle, _task) = MqttHandle::spawn(&config(port, "flap"), device());
+    wait_until("four connections", Duration::from_secs(30), || {
+        connects.lock().unwrap().len() >= 4
+    })
+    .await;
+    let at = connects.lock().unwrap().clone();
+    let gaps: Vec<f64> = at.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
+    eprintln!("gaps between connections: {gaps:.3?}");
+    // Each delay plus a moment to connect.
+    for (gap, (lo, hi)) in gaps.iter().zip([(1.0, 2.5), (2.0, 4.5), (4.0, 8.5)]) {
+        assert!(
+            (lo..hi).contains(gap),
+            "{gap:.3} s not within {lo}..{hi}: {gaps:.3?}"
+        );
+    }
+    let st = handle.status();
+    assert!(st.connections >= 3 && st.failures >= 3, "{st:?}");
     peer.abort();
 }

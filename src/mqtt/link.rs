@@ -1,6 +1,7 @@
 //! The client task: one rumqttc event loop polled in its own task (the driver), with
-//! exponential backoff and jitter between failed attempts (1 s to 60 s), and the link task
-//! that owns everything else: the outbox, the current states, discovery and shutdown.
+//! exponential backoff and jitter between failed attempts (1 s to 60 s; a connection that
+//! ends within 30 s of its ConnAck does not reset it), and the link task that owns
+//! everything else: the outbox, the current states, discovery and shutdown.
 //!
 //! The link task never awaits a publish: it uses `try_publish`, and learns what the broker
 //! has taken from the driver's events. Every publish is tagged in submission order; rumqttc
@@ -55,6 +56,11 @@ use crate::events::{Diagnostics, EventKind, Update};
 const CHANNEL: usize = 512;
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A connection must stay up this long before the backoff starts again from its first
+/// step. Resetting at the ConnAck would retry a broker that accepts and drops at once (two
+/// monitors with the same client id taking over each other's session) every second
+/// forever, each time with discovery.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// Home Assistant's birth message triggers rediscovery after a random delay in this range
 /// (milliseconds), so a restarted HA is not flooded by every device at once.
 const REDISCOVERY_DELAY_MS: std::ops::Range<u64> = 500..2500;
@@ -77,8 +83,6 @@ pub struct LinkStatus {
     pub discoveries: u64,
 }
 
-/// The delay before retry number `failures` (1-based): doubling from 1 s, capped at 60 s,
-/// each scaled by a random 50..100 % so many clients do not retry in step.
 /// What `<base>/event` carries: one record per classified window and one per episode end.
 /// Episode starts are `crying` = ON, audio states are diagnostics, and the run summary is
 /// for the JSON lines only.
@@ -89,11 +93,17 @@ fn on_event_topic(kind: &EventKind) -> bool {
     )
 }
 
+/// The delay before retry number `failures` (1-based): a random point in the upper half
+/// of a ceiling that doubles from 2 s and stops at 60 s, so 1..2 s, 2..4 s, 4..8 s, ...
+/// 30..60 s. Every delay is jittered, the first one too: clients that lost the same
+/// broker, or two that take over each other's session, do not retry in step.
 pub(crate) fn backoff(failures: u32) -> Duration {
-    let exp = BACKOFF_MIN.saturating_mul(1u32 << failures.saturating_sub(1).min(6));
-    let base = exp.min(BACKOFF_MAX);
-    base.mul_f64(rand::rng().random_range(0.5..=1.0))
-        .max(BACKOFF_MIN)
+    let ceiling = BACKOFF_MIN
+        .saturating_mul(2u32 << failures.saturating_sub(1).min(6))
+        .min(BACKOFF_MAX);
+    ceiling
+        .mul_f64(rand::rng().random_range(0.5..=1.0))
+        .clamp(BACKOFF_MIN, BACKOFF_MAX)
 }
 
 /// A readable cause for a failed connection.
@@ -235,14 +245,17 @@ enum Net {
     },
 }
 
-/// Polls the event loop forever, sleeping with backoff after each failure.
+/// Polls the event loop forever, sleeping with backoff after each failure; the backoff
+/// starts again from 1..2 s only after a connection that stayed up (see [`STABLE_AFTER`]).
 async fn drive(mut eventloop: EventLoop, cfg: MqttConfig, tx: mpsc::UnboundedSender<Net>) {
+    // Failures since the last connection that stayed up for STABLE_AFTER.
     let mut failures = 0u32;
+    let mut connected_at = None;
     loop {
         match eventloop.poll().await {
             Ok(event) => {
                 if matches!(event, Event::Incoming(Incoming::ConnAck(_))) {
-                    failures = 0;
+                    connected_at = Some(Instant::now());
                 }
                 if tx.send(Net::Event(event)).is_err() {
                     return;
@@ -256,6 +269,12 @@ async fn drive(mut eventloop: EventLoop, cfg: MqttConfig, tx: mpsc::UnboundedSen
                     if tx.send(Net::Event(event)).is_err() {
                         return;
                     }
+                }
+                if connected_at
+                    .take()
+                    .is_some_and(|at| at.elapsed() >= STABLE_AFTER)
+                {
+                    failures = 0;
                 }
                 failures = failures.saturating_add(1);
                 let retry_in = backoff(failures);
@@ -778,6 +797,8 @@ pub async fn remove_device(cfg: &MqttConfig, timeout: Duration) -> Result<usize,
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     #[test]
@@ -832,18 +853,19 @@ mod tests {
 
     #[test]
     fn backoff_doubles_with_jitter_between_one_and_sixty_seconds() {
+        let secs = |lo: u64, hi: u64| Duration::from_secs(lo)..=Duration::from_secs(hi);
+        let mut firsts = HashSet::new();
         for _ in 0..200 {
-            assert_eq!(backoff(1), BACKOFF_MIN);
+            let b1 = backoff(1);
+            assert!(secs(1, 2).contains(&b1), "{b1:?}");
+            firsts.insert(b1);
             let b3 = backoff(3);
-            assert!(
-                b3 >= Duration::from_secs(2) && b3 <= Duration::from_secs(4),
-                "{b3:?}"
-            );
+            assert!(secs(4, 8).contains(&b3), "{b3:?}");
             let b20 = backoff(20);
-            assert!(
-                b20 >= Duration::from_secs(30) && b20 <= BACKOFF_MAX,
-                "{b20:?}"
-            );
+            assert!(secs(30, 60).contains(&b20), "{b20:?}");
         }
+        // Jitter from the first retry on: two clients that lost the broker together (or
+        // that take over each other's session) do not retry in step.
+        assert!(firsts.len() > 100, "{} distinct first delays", firsts.len());
     }
 }
