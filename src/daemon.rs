@@ -26,7 +26,7 @@ use crate::error::{ConfigError, ModelError};
 use crate::events::{Diagnostics, Event, EventKind, RunSummary, Update};
 use crate::model::Model;
 use crate::monitor::{CryMonitor, MonitorError, MonitorSettings};
-use crate::mqtt::{DeviceInfo, MqttConfig, MqttHandle};
+use crate::mqtt::{DeviceInfo, Handover, MqttConfig, MqttHandle};
 use crate::source::{
     spawn_capture, AudioSource, AudioState, CaptureOptions, RetryPolicy, SourceEvent,
 };
@@ -151,11 +151,13 @@ async fn output_task(
     mqtt_config: MqttConfig,
     device: DeviceInfo,
 ) {
-    let spawn = |config: &MqttConfig| {
-        (mqtt_allowed && config.enabled).then(|| MqttHandle::spawn(config, device.clone()))
+    // Also with `enabled = false`: that task keeps the states for a reload that turns
+    // MQTT on.
+    let spawn = |config: &MqttConfig, handover| {
+        mqtt_allowed.then(|| MqttHandle::resume(config, device.clone(), handover))
     };
     let mut current = mqtt_config.clone();
-    let mut mqtt = spawn(&current);
+    let mut mqtt = spawn(&current, Handover::default());
     while let Some(message) = rx.recv().await {
         match message {
             OutputMessage::Update(update) => {
@@ -173,12 +175,15 @@ async fn output_task(
             OutputMessage::Mqtt(config) => {
                 if config != current {
                     tracing::info!(enabled = config.enabled, host = %config.host, "MQTT settings changed");
+                    // The new task goes on from the old one's states (`crying` ON in
+                    // the middle of an episode) and undelivered events.
+                    let mut handover = Handover::default();
                     if let Some((handle, task)) = mqtt.take() {
-                        handle.shutdown(Duration::from_secs(2)).await;
+                        handover = handle.hand_over(Duration::from_secs(2)).await;
                         task.abort();
                     }
                     current = config;
-                    mqtt = spawn(&current);
+                    mqtt = spawn(&current, handover);
                 }
             }
         }

@@ -2,7 +2,8 @@
 //! Mosquitto: a broker that is down for the first 30 s, a broker that answers slowly
 //! (a TCP proxy holding every chunk), stdin closing in the middle of an episode, a spool
 //! that cannot be written (full disk, read-only state directory), a storm of 100 SIGHUPs
-//! in a second while audio flows, and SIGTERM while the models are running. Each proves:
+//! in a second while audio flows, a SIGHUP that moves the daemon to another broker while
+//! an episode's events wait, and SIGTERM while the models are running. Each proves:
 //! the process neither crashes nor hangs (exit 0 within a bound), every window and
 //! episode end it printed arrives on `<base>/event` exactly once and in order, resident
 //! memory stays within a small margin across the fault, and `<base>/status` and the log
@@ -506,6 +507,67 @@ async fn a_storm_of_100_sighups_in_a_second_drops_no_audio_and_leaks_nothing() {
         ["online", "offline"],
         "the reloads left the MQTT link alone"
     );
+}
+
+/// The daemon points at a port where no broker listens, with the spool `spool` (on: the
+/// spool file; off: memory only), while an episode happens; then a SIGHUP moves it to the
+/// real broker (another `[mqtt] port`). The new link takes over the events the old one
+/// could not deliver: every one arrives once, in order, and `crying` ends OFF.
+async fn events_waiting_for_a_broker_survive_a_reload_to_another_one(node: &str, spool: bool) {
+    let (broker, sub, base) = broker_for(node).await;
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = free_port();
+    let conf = daemon_config(dir.path(), nowhere, node);
+    let text = std::fs::read_to_string(&conf).unwrap();
+    let with_spool = text.replace(
+        &format!("node_id = \"{node}\"\n"),
+        &format!("node_id = \"{node}\"\nspool = {spool}\n"),
+    );
+    assert_ne!(with_spool, text);
+    std::fs::write(&conf, &with_spool).unwrap();
+    let mut daemon = StdinDaemon::start(&conf);
+    let want = feed_an_episode(&mut daemon, 61).await;
+    wait_until("a failed attempt", Duration::from_secs(5), || {
+        daemon.log().contains("cannot reach broker")
+    })
+    .await;
+    let spool_file = dir.path().join(babycry::mqtt::SPOOL_FILE);
+    assert_eq!(spool_file.exists(), spool);
+
+    let moved = with_spool.replace(
+        &format!("port = {nowhere}\n"),
+        &format!("port = {}\n", broker.port),
+    );
+    assert_ne!(moved, with_spool);
+    std::fs::write(&conf, moved).unwrap();
+    daemon.signal("HUP");
+    assert_events_delivered_once_in_order(&sub, &base, &want).await;
+    assert_eq!(
+        payloads(&sub, &format!("{base}/crying"))
+            .last()
+            .map(String::as_str),
+        Some("OFF")
+    );
+    wait_until("no spool once delivered", Duration::from_secs(5), || {
+        !spool_file.exists()
+    })
+    .await;
+    daemon.finish();
+    sub.wait_for(&format!("{base}/status"), "offline", Duration::from_secs(5))
+        .await;
+}
+
+/// With the spool off the undelivered events exist only in the old link's memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_waiting_in_memory_survive_a_reload_to_another_broker() {
+    events_waiting_for_a_broker_survive_a_reload_to_another_one("hupmem", false).await;
+}
+
+/// With the spool on the new link, spooling to the same file, must not load the
+/// events a second time from the file the old link left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_waiting_in_the_spool_survive_a_reload_to_another_broker_once() {
+    events_waiting_for_a_broker_survive_a_reload_to_another_one("hupspool", true).await;
 }
 
 /// SIGTERM while crying audio streams in and the models run: exit 0 within 5 s, the open

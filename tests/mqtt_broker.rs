@@ -1368,6 +1368,64 @@ async fn sighup_moves_the_daemon_to_new_mqtt_settings_without_dropping_audio() {
     assert!(!ids_of(&sub.on("babycry/hupold/event")).contains(&last_end));
 }
 
+/// SIGHUP with new MQTT settings in the middle of a cry: the new link starts from the
+/// states of the old one, so the new base says `crying` ON (retained, for a Home Assistant
+/// that comes later too) and the reason so far, not OFF until the next episode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_during_a_cry_keeps_crying_on_at_the_new_settings() {
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, &["babycry/#"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = daemon_config(dir.path(), broker.port, "cryold");
+    let mut daemon = StdinDaemon::start(&conf);
+    sub.wait_for("babycry/cryold/status", "online", Duration::from_secs(20))
+        .await;
+    // Ends mid-cry: the episode stays open while no more audio comes.
+    daemon.feed(&tone_then_cry(43));
+    sub.wait_for("babycry/cryold/crying", "ON", Duration::from_secs(30))
+        .await;
+    wait_until("a reason", Duration::from_secs(30), || {
+        !sub.on("babycry/cryold/reason").is_empty()
+    })
+    .await;
+    let reason = sub
+        .on("babycry/cryold/reason")
+        .last()
+        .unwrap()
+        .payload
+        .clone();
+    daemon_config(dir.path(), broker.port, "crynew");
+    daemon.signal("HUP");
+    sub.wait_for("babycry/crynew/status", "online", Duration::from_secs(20))
+        .await;
+    wait_until("the new base's states", Duration::from_secs(5), || {
+        !sub.on("babycry/crynew/crying").is_empty() && !sub.on("babycry/crynew/reason").is_empty()
+    })
+    .await;
+    let payloads =
+        |topic: &str| -> Vec<String> { sub.on(topic).into_iter().map(|m| m.payload).collect() };
+    assert_eq!(payloads("babycry/crynew/crying"), ["ON"]);
+    assert_eq!(
+        payloads("babycry/crynew/reason"),
+        std::slice::from_ref(&reason)
+    );
+    let late = Subscriber::start(
+        broker.port,
+        &["babycry/crynew/crying", "babycry/crynew/reason"],
+    )
+    .await;
+    let retained = late
+        .wait_for("babycry/crynew/crying", "ON", Duration::from_secs(5))
+        .await;
+    assert!(retained.retain);
+    late.wait_for("babycry/crynew/reason", &reason, Duration::from_secs(5))
+        .await;
+    assert_eq!(daemon.printed("episode_end"), 0, "still crying");
+    daemon.finish();
+    sub.wait_for("babycry/crynew/crying", "OFF", Duration::from_secs(10))
+        .await;
+}
+
 /// One MQTT packet read from a client: its first byte and its body.
 async fn read_packet(s: &mut tokio::net::TcpStream) -> Option<(u8, Vec<u8>)> {
     use tokio::io::AsyncReadExt;
@@ -1543,4 +1601,38 @@ async fn a_connection_dropped_right_after_its_connack_is_retried_with_growing_de
     let st = handle.status();
     assert!(st.connections >= 3 && st.failures >= 3, "{st:?}");
     peer.abort();
+}
+
+/// A reload that turns MQTT on in the middle of a cry: the task that ran with
+/// `enabled = false` kept the states (not the events, which MQTT was off for), so the
+/// new link says `crying` ON at once.
+#[tokio::test]
+async fn a_link_turned_on_by_a_reload_starts_from_the_states_kept_while_off() {
+    let broker = Broker::start();
+    let live = Subscriber::start(broker.port, &["babycry/wasoff/#"]).await;
+    let off = MqttConfig {
+        enabled: false,
+        ..config(broker.port, "wasoff")
+    };
+    let (handle, _task) = MqttHandle::spawn(&off, device());
+    handle.send(Update::Crying(true));
+    handle.send(Update::Reason {
+        reason: "tired".into(),
+        confidence: 0.625,
+    });
+    handle.send(Update::Event(window_event(1, 0)));
+    let handover = handle.hand_over(Duration::from_secs(1)).await;
+    let (handle, _task) = MqttHandle::resume(&config(broker.port, "wasoff"), device(), handover);
+    live.wait_for("babycry/wasoff/status", "online", Duration::from_secs(10))
+        .await;
+    live.wait_for("babycry/wasoff/crying", "ON", Duration::from_secs(5))
+        .await;
+    live.wait_for("babycry/wasoff/reason", "tired", Duration::from_secs(5))
+        .await;
+    live.wait_for("babycry/wasoff/confidence", "62.5", Duration::from_secs(5))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(live.on("babycry/wasoff/event").is_empty());
+    assert_eq!(handle.status().queued, 0);
+    handle.shutdown(Duration::from_secs(5)).await;
 }

@@ -33,6 +33,10 @@
 //! lose the event instead of doubling it.
 //!
 //! When shutting down, the outbox is flushed as fast as the channel takes it instead.
+//! When a reload replaces the link (new `[mqtt]` settings), the old one flushes what it
+//! can in the time it is given, publishes `offline` and hands its current states and
+//! its undelivered events, in order, to the new one, which announces those states on its
+//! first ConnAck and delivers those events before any newer ones.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -48,7 +52,7 @@ use tokio::time::Instant;
 
 use super::discovery::{discovery_messages, episode_payload, removal_messages};
 use super::queue::Outbox;
-use super::{DeviceInfo, MqttConfig, MqttError, Msg, Topics};
+use super::{DeviceInfo, Handover, MqttConfig, MqttError, Msg, Topics};
 use crate::events::{Diagnostics, EventKind, Update};
 
 /// Requests rumqttc's channel holds; when closing, the link task keeps at most half of
@@ -314,17 +318,30 @@ impl Tag {
     }
 }
 
-/// The latest states, republished after every connect.
+/// The latest states, republished after every connect and handed to the link that a
+/// reload starts.
 #[derive(Debug, Default)]
-struct Current {
+pub(crate) struct Current {
     crying: bool,
     reason: Option<(String, f32)>,
     diagnostics: Option<Diagnostics>,
 }
 
+impl Current {
+    /// Keeps a state update; an event is not a state and is left out.
+    fn note(&mut self, update: Update) {
+        match update {
+            Update::Event(_) => {}
+            Update::Crying(on) => self.crying = on,
+            Update::Reason { reason, confidence } => self.reason = Some((reason, confidence)),
+            Update::Diagnostics(d) => self.diagnostics = Some(d),
+        }
+    }
+}
+
 struct Closing {
     deadline: Instant,
-    done: oneshot::Sender<()>,
+    done: oneshot::Sender<Handover>,
     offline_acked: bool,
     disconnect_requested: bool,
     disconnected: bool,
@@ -352,12 +369,14 @@ struct Link {
     status_tx: watch::Sender<LinkStatus>,
 }
 
-/// The link task: see the module docs.
+/// The link task: see the module docs. It starts from what the link it replaces handed
+/// over (nothing at start-up) and, asked to stop, hands over what it has in turn.
 pub(crate) async fn run(
     cfg: MqttConfig,
     device: DeviceInfo,
     mut rx: mpsc::UnboundedReceiver<Msg>,
     status_tx: watch::Sender<LinkStatus>,
+    handover: Handover,
 ) {
     let topics = cfg.topics();
     let (net_tx, mut net_rx) = mpsc::unbounded_channel();
@@ -380,13 +399,15 @@ pub(crate) async fn run(
             (client, None)
         }
     };
-    let outbox = Outbox::new(cfg.queue_size, cfg.spool_path());
+    let outbox = Outbox::resume(cfg.queue_size, cfg.spool_path(), handover.outbox);
     let mut link = Link {
         topics,
         device,
         client,
         outbox,
-        current: Current::default(),
+        // A reload in the middle of a cry: `crying` stays ON on the new connection (the
+        // monitor says so once per episode).
+        current: handover.current,
         connected: false,
         submitted: VecDeque::new(),
         inflight: HashMap::new(),
@@ -445,9 +466,38 @@ pub(crate) async fn run(
     link.connected = false;
     link.report();
     if let Some(c) = link.closing.take() {
-        let _ = c.done.send(());
+        let _ = c.done.send(Handover {
+            current: link.current,
+            outbox: Some(link.outbox.carry()),
+        });
     }
     drop(net_tx);
+}
+
+/// The task of a handle with `enabled = false`: it sends nothing and keeps no events,
+/// only the latest states and whatever the link before it handed over, for a link that a
+/// later reload turns on.
+pub(crate) async fn idle(
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    status_tx: watch::Sender<LinkStatus>,
+    mut handover: Handover,
+) {
+    if let Some(carried) = &handover.outbox {
+        status_tx.send_replace(LinkStatus {
+            queued: carried.len(),
+            dropped: carried.dropped(),
+            ..LinkStatus::default()
+        });
+    }
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            Msg::Update(u) => handover.current.note(u),
+            Msg::Shutdown(_, done) => {
+                let _ = done.send(handover);
+                return;
+            }
+        }
+    }
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
@@ -699,7 +749,7 @@ impl Link {
         self.report();
     }
 
-    fn begin_shutdown(&mut self, timeout: Duration, done: oneshot::Sender<()>) {
+    fn begin_shutdown(&mut self, timeout: Duration, done: oneshot::Sender<Handover>) {
         self.closing = Some(Closing {
             deadline: Instant::now() + timeout,
             done,

@@ -12,7 +12,10 @@
 //!
 //! INTERFACE (used by the daemon): `MqttHandle::spawn` starts the client task;
 //! `MqttHandle::send` hands it an [`Update`] without ever blocking;
-//! `MqttHandle::shutdown` publishes `offline` and flushes, bounded in time.
+//! `MqttHandle::shutdown` publishes `offline` and flushes, bounded in time;
+//! `MqttHandle::hand_over` does the same and returns a [`Handover`] (the current states
+//! and the undelivered events) from which `MqttHandle::resume` starts the task for new
+//! settings after a reload.
 
 mod discovery;
 mod link;
@@ -405,7 +408,18 @@ pub struct DeviceInfo {
 
 enum Msg {
     Update(Update),
-    Shutdown(Duration, tokio::sync::oneshot::Sender<()>),
+    Shutdown(Duration, tokio::sync::oneshot::Sender<Handover>),
+}
+
+/// What a stopping MQTT task hands to the one that replaces it (a reload that changed
+/// `[mqtt]`): the current states (`crying`, reason, confidence, diagnostics), which the
+/// monitor sends only when they change, and the events not yet delivered, in order.
+/// Empty ([`Default`]) at start-up.
+#[derive(Debug, Default)]
+pub struct Handover {
+    current: link::Current,
+    /// None: nothing handed over, the spool (if any) is read as at start-up.
+    outbox: Option<queue::Carried>,
 }
 
 /// The handle the daemon holds; cheap to clone.
@@ -426,24 +440,27 @@ impl std::fmt::Debug for Msg {
 
 impl MqttHandle {
     /// Starts the MQTT task on the current tokio runtime. Never fails for an unreachable
-    /// broker: the task retries in the background. With `enabled = false` the task only
-    /// drains updates.
+    /// broker: the task retries in the background. With `enabled = false` the task sends
+    /// nothing (see [`MqttHandle::resume`]).
     pub fn spawn(config: &MqttConfig, device: DeviceInfo) -> (Self, tokio::task::JoinHandle<()>) {
+        Self::resume(config, device, Handover::default())
+    }
+
+    /// [`MqttHandle::spawn`] for the settings of a reload, starting from what the task it
+    /// replaces handed over ([`MqttHandle::hand_over`]): its states are published on the
+    /// first connect and its undelivered events go first. With `enabled = false` the task
+    /// keeps the states (not the events it is sent) and the handover for a later reload.
+    pub fn resume(
+        config: &MqttConfig,
+        device: DeviceInfo,
+        handover: Handover,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let (status_tx, status) = tokio::sync::watch::channel(LinkStatus::default());
         let task = if config.enabled {
-            tokio::spawn(link::run(config.clone(), device, rx, status_tx))
+            tokio::spawn(link::run(config.clone(), device, rx, status_tx, handover))
         } else {
-            tokio::spawn(async move {
-                let _status_tx = status_tx;
-                let mut rx = rx;
-                while let Some(msg) = rx.recv().await {
-                    if let Msg::Shutdown(_, done) = msg {
-                        let _ = done.send(());
-                        return;
-                    }
-                }
-            })
+            tokio::spawn(link::idle(rx, status_tx, handover))
         };
         (Self { tx, status }, task)
     }
@@ -461,12 +478,23 @@ impl MqttHandle {
     /// Publishes `offline`, flushes what is queued (to the broker, else to the spool), and
     /// stops, within `timeout`.
     pub async fn shutdown(self, timeout: Duration) {
+        self.hand_over(timeout).await;
+    }
+
+    /// [`MqttHandle::shutdown`], returning what the task for new settings needs
+    /// ([`MqttHandle::resume`]): the current states and what is still undelivered. Empty
+    /// when the task is gone or does not answer in time; the new one then reads the
+    /// spool.
+    pub async fn hand_over(self, timeout: Duration) -> Handover {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         if self.tx.send(Msg::Shutdown(timeout, done_tx)).is_err() {
-            return;
+            return Handover::default();
         }
         // The task bounds itself by `timeout`; a little slack for writing the spool.
-        let _ = tokio::time::timeout(timeout + Duration::from_secs(2), done_rx).await;
+        match tokio::time::timeout(timeout + Duration::from_secs(2), done_rx).await {
+            Ok(Ok(handover)) => handover,
+            _ => Handover::default(),
+        }
     }
 }
 

@@ -38,11 +38,46 @@ pub(crate) struct Outbox {
     dirty: bool,
     /// The last write of the spool failed: warned once, retried at every save.
     failing: bool,
+    /// Spool files of earlier links (a reload that moved the spool) that may still hold
+    /// copies of these messages: removed once `items` is mirrored in their place.
+    superseded: Vec<PathBuf>,
+}
+
+/// The undelivered messages of a link that a reload replaces, in order, for the next
+/// one ([`Outbox::carry`], [`Outbox::resume`]).
+#[derive(Debug, Default)]
+pub(crate) struct Carried {
+    items: Vec<Queued>,
+    dropped: u64,
+    /// Spool files that may hold copies of `items`: the old link's and any it had not
+    /// removed yet.
+    copies: Vec<PathBuf>,
+}
+
+impl Carried {
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
 }
 
 impl Outbox {
     /// An outbox of `capacity`, loaded from `spool` when that file exists.
+    #[cfg(test)]
     pub fn new(capacity: usize, spool: Option<PathBuf>) -> Self {
+        Self::resume(capacity, spool, None)
+    }
+
+    /// An outbox of `capacity` that takes over the messages of the link a reload replaced
+    /// (after any left in `spool` by an earlier run, which are older), or, without them,
+    /// loaded from `spool`. The spool file the carried messages came from is not read:
+    /// it holds copies of them. Other files holding copies are removed once the messages
+    /// are mirrored to `spool` (or at once without one), so a restart does not send them
+    /// twice.
+    pub fn resume(capacity: usize, spool: Option<PathBuf>, carried: Option<Carried>) -> Self {
         let mut outbox = Self {
             items: VecDeque::new(),
             capacity,
@@ -51,11 +86,39 @@ impl Outbox {
             spool,
             dirty: false,
             failing: false,
+            superseded: Vec::new(),
         };
-        if let Some(path) = outbox.spool.clone() {
+        let Some(mut carried) = carried else {
+            if let Some(path) = outbox.spool.clone() {
+                outbox.load(&path);
+            }
+            return outbox;
+        };
+        let before = carried.copies.len();
+        carried.copies.retain(|c| Some(c) != outbox.spool.as_ref());
+        if let (Some(path), true) = (outbox.spool.clone(), carried.copies.len() == before) {
             outbox.load(&path);
         }
+        for q in carried.items {
+            outbox.push(q.topic, q.payload);
+        }
+        outbox.dropped += carried.dropped;
+        outbox.superseded = carried.copies;
+        outbox.dirty = true;
         outbox
+    }
+
+    /// Everything undelivered, in order, for the link that replaces this one. The spool
+    /// file stays as it is (written by the last save): should the next link not start
+    /// (MQTT turned off), the next run still finds the messages there.
+    pub fn carry(self) -> Carried {
+        let mut copies = self.superseded;
+        copies.extend(self.spool);
+        Carried {
+            items: self.items.into(),
+            dropped: self.dropped,
+            copies,
+        }
     }
 
     /// Loads the spool line by line, as bytes: a line that is not a message (a stray
@@ -149,11 +212,13 @@ impl Outbox {
         }
         let Some(path) = self.spool.clone() else {
             self.dirty = false;
+            self.remove_superseded();
             return;
         };
         match self.write_spool(&path) {
             Ok(()) => {
                 self.dirty = false;
+                self.remove_superseded();
                 if self.failing {
                     self.failing = false;
                     tracing::info!(spool = %path.display(), events = self.items.len(), "the spool is written again");
@@ -167,6 +232,20 @@ impl Outbox {
                 tracing::warn!(spool = %path.display(), "cannot write the spool (events stay in memory): {e}; trying again every second");
             }
             Err(e) => tracing::debug!(spool = %path.display(), "cannot write the spool: {e}"),
+        }
+    }
+
+    /// Removes the spool files of earlier links, now that these messages are mirrored in
+    /// their place (or kept in memory only, as configured).
+    fn remove_superseded(&mut self) {
+        for old in self.superseded.drain(..) {
+            match std::fs::remove_file(&old) {
+                Ok(()) => sync_directory_of(&old),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(spool = %old.display(), "cannot remove the previous spool (its events may be sent again by a later run): {e}")
+                }
+            }
         }
     }
 
@@ -329,5 +408,66 @@ mod tests {
         q.push("event".into(), "{}".into());
         q.save_if_dirty();
         assert!(path.is_file() && !q.dirty);
+    }
+
+    fn payloads(q: &Outbox) -> Vec<&str> {
+        q.items.iter().map(|m| m.payload.as_str()).collect()
+    }
+
+    fn spooled(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Queued>(l).unwrap().payload)
+            .collect()
+    }
+
+    /// A reload that keeps the spool file: the new outbox has the old one's messages
+    /// once each, in order, not again from the file the old one wrote.
+    #[test]
+    fn a_carried_outbox_on_the_same_spool_is_not_loaded_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.jsonl");
+        let mut old = Outbox::new(10, Some(path.clone()));
+        for p in ["a", "b", "c"] {
+            old.push("event".into(), p.into());
+        }
+        let first = old.next_from(0).unwrap().seq;
+        old.remove(first);
+        old.dropped = 2;
+        old.save_if_dirty();
+        let mut new = Outbox::resume(10, Some(path.clone()), Some(old.carry()));
+        assert_eq!(payloads(&new), ["b", "c"]);
+        assert_eq!(new.dropped, 2);
+        new.save_if_dirty();
+        assert_eq!(spooled(&path), ["b", "c"]);
+    }
+
+    /// A reload that moves the spool (another state directory): what an earlier run
+    /// left there comes first, then the carried messages; the old file goes once they
+    /// are in the new one.
+    #[test]
+    fn a_carried_outbox_moves_to_the_new_spool_and_removes_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+        let mut earlier = Outbox::new(10, Some(b.clone()));
+        earlier.push("event".into(), "left in b".into());
+        earlier.save_if_dirty();
+        let mut old = Outbox::new(10, Some(a.clone()));
+        old.push("event".into(), "x".into());
+        old.push("episode".into(), "y".into());
+        old.save_if_dirty();
+        let mut new = Outbox::resume(10, Some(b.clone()), Some(old.carry()));
+        assert_eq!(payloads(&new), ["left in b", "x", "y"]);
+        assert!(a.exists(), "kept until the new spool holds its events");
+        new.save_if_dirty();
+        assert_eq!(spooled(&b), ["left in b", "x", "y"]);
+        assert!(!a.exists());
+
+        // Spool turned off: memory only, and the old file goes at the first save.
+        let mut off = Outbox::resume(10, None, Some(new.carry()));
+        assert_eq!(payloads(&off), ["left in b", "x", "y"]);
+        off.save_if_dirty();
+        assert!(!b.exists());
     }
 }
