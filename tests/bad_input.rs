@@ -2,7 +2,8 @@
 //! the user then sees (the first warning or error on stderr) and the exit code. The table
 //! in `docs/bad-input.md` is generated from these runs: the test fails, printing the
 //! regenerated table, when the document differs; `BABYCRY_BLESS=1` rewrites it. Temporary
-//! paths read `$DIR`, the checkout `$REPO`, and a broker's port `$PORT`.
+//! paths read `$DIR`, the checkout `$REPO`, a broker's port `$PORT`, and the random first
+//! reconnect delay its range, `1-2 s`.
 //!
 //! It also proves that the MQTT password is taken from `$BABYCRYD_MQTT_PASSWORD`, reaches
 //! the broker, and is never logged, not even at trace level.
@@ -422,6 +423,21 @@ fn cell_code(text: &str) -> String {
 }
 
 /// Runs every case and returns the table rows.
+/// The first MQTT reconnect waits a random 1..2 s (jitter, so monitors that lost one
+/// broker do not return together): the table shows "retrying in 1-2 s".
+fn first_backoff_as_range(s: &str) -> String {
+    const AT: &str = "retrying in ";
+    let Some(i) = s.find(AT) else {
+        return s.to_owned();
+    };
+    let rest = &s[i + AT.len()..];
+    let end = rest.find(" s").unwrap_or(0);
+    match rest[..end].parse::<f64>() {
+        Ok(d) if (1.0..=2.0).contains(&d) => format!("{}{AT}1-2{}", &s[..i], &rest[end..]),
+        _ => s.to_owned(),
+    }
+}
+
 fn table() -> String {
     let dir = tempfile::tempdir().unwrap();
     let broker = RefusingBroker::start();
@@ -433,10 +449,12 @@ fn table() -> String {
     let dir_s = dir.path().display().to_string();
     let repo_s = common::repo().display().to_string();
     let stable = |s: &str| {
-        s.replace(&dir_s, "$DIR")
-            .replace(&repo_s, "$REPO")
-            .replace(&format!(":{}", broker.port), ":$PORT")
-            .replace(&format!(":{closed_port}"), ":$PORT")
+        first_backoff_as_range(
+            &s.replace(&dir_s, "$DIR")
+                .replace(&repo_s, "$REPO")
+                .replace(&format!(":{}", broker.port), ":$PORT")
+                .replace(&format!(":{closed_port}"), ":$PORT"),
+        )
     };
     let mut rows = vec![
         "| Bad input | Command | What the user sees | Exit code |".to_owned(),
