@@ -1405,9 +1405,12 @@ async fn sighup_during_a_cry_keeps_crying_on_at_the_new_settings() {
     let payloads =
         |topic: &str| -> Vec<String> { sub.on(topic).into_iter().map(|m| m.payload).collect() };
     assert_eq!(payloads("babycry/crynew/crying"), ["ON"]);
-    assert_eq!(
-        payloads("babycry/crynew/reason"),
-        std::slice::from_ref(&reason)
+    // The reason so far first; a reason window the daemon was still classifying may
+    // follow (with the shipped abstaining model, the same `uncertain`).
+    let reasons = payloads("babycry/crynew/reason");
+    assert!(
+        reasons.iter().all(|r| *r == reason),
+        "{reasons:?} vs {reason}"
     );
     let late = Subscriber::start(
         broker.port,
