@@ -16,7 +16,8 @@ use crate::source::{AudioSource, FileSource, PcmFormat, RawPcmSource, StreamForm
 
 /// Exit codes, documented in the README.
 pub mod exit {
-    /// Some inputs could not be processed (the others were).
+    /// Some inputs could not be processed (the others were), or the input of `run`
+    /// failed in a way retrying cannot mend.
     pub const INPUT_FAILED: u8 = 1;
     /// Bad command line (clap's own code).
     pub const USAGE: u8 = 2;
@@ -338,6 +339,10 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
         if cause.is::<crate::error::ModelError>() {
             return exit::MODEL;
         }
+        // The input of `run` failed for good (a recording it cannot convert or decode).
+        if cause.is::<crate::source::SourceError>() {
+            return exit::INPUT_FAILED;
+        }
     }
     exit::RUNTIME
 }
@@ -432,8 +437,9 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
             crate::daemon::run(settings, source, options, rx).await
         })
         .map_err(|e| match e {
-            // Keep the model error itself in the chain: it selects the exit code.
+            // Keep the model or source error itself in the chain: it selects the exit code.
             crate::daemon::DaemonError::Model(m) => anyhow::Error::from(m),
+            crate::daemon::DaemonError::Source(s) => anyhow::Error::from(s),
             other => anyhow::Error::from(other),
         })?;
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));

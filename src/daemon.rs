@@ -28,7 +28,7 @@ use crate::model::Model;
 use crate::monitor::{CryMonitor, MonitorError, MonitorSettings};
 use crate::mqtt::{DeviceInfo, Handover, MqttConfig, MqttHandle};
 use crate::source::{
-    spawn_capture, AudioSource, AudioState, CaptureOptions, RetryPolicy, SourceEvent,
+    spawn_capture, AudioSource, AudioState, CaptureOptions, RetryPolicy, SourceError, SourceEvent,
 };
 
 /// `[daemon]`.
@@ -106,6 +106,10 @@ pub enum DaemonError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Monitor(#[from] MonitorError),
+    /// The source failed in a way reopening cannot mend (a bad recording, a sample rate
+    /// that cannot be converted).
+    #[error(transparent)]
+    Source(#[from] SourceError),
     #[error("{path}: cannot write events: {source}")]
     Events {
         path: PathBuf,
@@ -194,7 +198,8 @@ async fn output_task(
     }
 }
 
-/// Runs the daemon until the source ends or [`Control::Shutdown`]; returns the counters.
+/// Runs the daemon until the source ends or [`Control::Shutdown`]; returns the counters,
+/// or the error of a source that failed for good (after the summary, as at the end).
 pub async fn run(
     settings: Settings,
     source: Box<dyn AudioSource>,
@@ -263,6 +268,7 @@ pub async fn run(
     let mut next_diagnostics = settings.config.daemon.diagnostics_seconds;
     let mut control_open = true;
     let mut failure = None;
+    let mut source_failure = None;
     loop {
         let event = tokio::select! {
             ev = audio_rx.recv() => ev,
@@ -349,8 +355,9 @@ pub async fn run(
                 xruns = n;
                 false
             }
-            SourceEvent::End { xruns: n } => {
+            SourceEvent::End { xruns: n, error } => {
                 xruns = n;
+                source_failure = error;
                 break;
             }
         };
@@ -400,6 +407,9 @@ pub async fn run(
         "stopped"
     );
     if let Some(e) = failure {
+        return Err(e.into());
+    }
+    if let Some(e) = source_failure {
         return Err(e.into());
     }
     finished?;

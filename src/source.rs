@@ -99,15 +99,23 @@ pub enum SourceError {
     /// The device went away while running; the capture thread reopens it.
     #[error("{device}: lost: {reason}")]
     Lost { device: String, reason: String },
+    /// The source delivers a format the capture thread cannot convert (a sample rate the
+    /// resampler does not take); reopening it gives the same format.
+    #[error("{device}: unsupported audio format: {source}")]
+    Format {
+        device: String,
+        source: ResampleError,
+    },
     #[error(transparent)]
     Decode(#[from] DecodeError),
 }
 
 impl SourceError {
     /// Whether reopening the source may help: a device can come back, a bad recording
-    /// cannot (and reopening one that failed part-way would replay its audio twice).
+    /// cannot (and reopening one that failed part-way would replay its audio twice), nor
+    /// can a format that cannot be converted (it would be retried forever).
     pub fn retryable(&self) -> bool {
-        !matches!(self, Self::Decode(_))
+        !matches!(self, Self::Decode(_) | Self::Format { .. })
     }
 }
 
@@ -158,7 +166,7 @@ impl AudioState {
 }
 
 /// What the capture thread sends to the analysis stage.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub enum SourceEvent {
     /// Mono samples at the target rate.
     Audio(Samples),
@@ -168,9 +176,11 @@ pub enum SourceEvent {
     Heartbeat,
     /// The source's overrun count went up to this total (counted, not a loss).
     Xruns(u64),
-    /// No more audio; the xruns counted.
+    /// No more audio; the xruns counted, and the failure that ended the source when
+    /// reopening it could not help (the daemon then stops with that error).
     End {
         xruns: u64,
+        error: Option<SourceError>,
     },
 }
 
@@ -446,58 +456,64 @@ impl Capture {
         if !self.set_state(AudioState::Connecting) {
             return;
         }
+        let error = match self.deliver() {
+            Ok(true) => None,
+            Ok(false) => return,
+            Err(e) => Some(e),
+        };
+        self.source.close();
+        self.set_state(AudioState::Ended);
+        let xruns = self.source.xruns();
+        self.send(SourceEvent::End { xruns, error });
+    }
+
+    /// Opens the source and delivers it, reopening it with backoff while it is lost or
+    /// unavailable: Ok(true) when it ended or a stop was asked, Ok(false) when the
+    /// receiver is gone (or a stop came while waiting), Err on a failure that reopening
+    /// cannot mend (a bad recording, a format that cannot be converted).
+    fn deliver(&mut self) -> Result<bool, SourceError> {
         let mut failures = 0u32;
         while !self.stopped() {
             let format = match self.source.open() {
                 Ok(f) => f,
+                Err(e) if !e.retryable() => return Err(e),
                 Err(e) => {
                     failures += 1;
-                    if !e.retryable() {
-                        tracing::error!("{e}");
-                        break;
-                    }
                     // Warn once per loss (set_state skips repeats); details at debug.
                     tracing::debug!(attempt = failures, "{e}");
                     if !self.set_state(AudioState::Lost(e.to_string()))
                         || !self.wait(self.options.retry.delay(failures))
                     {
-                        return;
+                        return Ok(false);
                     }
                     continue;
                 }
             };
             match self.stream(format) {
-                Ok(true) => break,
-                Ok(false) => return,
-                Err(e) if !e.retryable() => {
-                    tracing::error!("{e}");
-                    break;
-                }
+                Ok(done) => return Ok(done),
+                Err(e) if !e.retryable() => return Err(e),
                 Err(e) => {
                     self.source.close();
                     failures = 1;
                     if !self.set_state(AudioState::Lost(e.to_string()))
                         || !self.wait(self.options.retry.delay(failures))
                     {
-                        return;
+                        return Ok(false);
                     }
                 }
             }
         }
-        self.source.close();
-        self.set_state(AudioState::Ended);
-        let xruns = self.source.xruns();
-        self.send(SourceEvent::End { xruns });
+        Ok(true)
     }
 
     /// Delivers an opened source until it ends (Ok(true)), the receiver is gone or a
-    /// stop is asked (Ok(false) / Ok(true)), or it fails (Err: reopen).
+    /// stop is asked (Ok(false) / Ok(true)), or it fails (Err: reopened when retryable).
     fn stream(&mut self, format: StreamFormat) -> Result<bool, SourceError> {
         let mut converter =
-            CaptureConverter::new(format, self.options.target_rate).map_err(|e| {
-                SourceError::Unavailable {
+            CaptureConverter::new(format, self.options.target_rate).map_err(|source| {
+                SourceError::Format {
                     device: self.source.describe(),
-                    reason: e.to_string(),
+                    source,
                 }
             })?;
         tracing::info!(

@@ -101,6 +101,10 @@ fn cases() -> Vec<Case> {
             "Monitoring a file that does not exist",
             "run --config $DIR/config.toml --input $DIR/missing.wav",
         ),
+        case(
+            "Monitoring a WAV whose header says 500 Hz (below the resampler's 1000 Hz)",
+            "run --config $DIR/config.toml --fast --input $DIR/rate500.wav",
+        ),
         Case {
             stdin: Stdin::Null,
             otherwise: Some(r#"state="ended""#),
@@ -248,6 +252,7 @@ fn prepare(dir: &Path, broker_port: u16, closed_port: u16) {
     write("corrupt.wav", &wav);
     write_wav_i16(&dir.join("silence.wav"), &vec![0.0; 3 * 8000], 8000).unwrap();
     write_wav_i16(&dir.join("silence12.wav"), &vec![0.0; 12 * 8000], 8000).unwrap();
+    write_wav_i16(&dir.join("rate500.wav"), &vec![0.1; 1000], 500).unwrap();
     let mut noise = babycry::synth::Noise::new(7);
     let mut junk: Vec<u8> = (0..48_001)
         .map(|_| ((noise.sample() + 1.0) * 128.0) as u8)

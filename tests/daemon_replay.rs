@@ -377,3 +377,47 @@ fn a_broken_model_exits_with_the_model_code_and_a_missing_file_with_the_input_co
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     assert!(run.stderr.contains("missing.wav"), "{}", run.stderr);
 }
+
+/// A recording at a rate the resampler does not take (a WAV header saying 500 Hz) is an
+/// input that cannot be processed: the daemon says why and exits with the input code,
+/// instead of reopening it every second forever.
+#[test]
+fn a_recording_at_an_unsupported_rate_exits_with_the_input_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("rate500.wav");
+    babycry::decode::write_wav_i16(&wav, &synth::room_tone(500, 2.0, 0.01, 1), 500).unwrap();
+    let config = write_config(dir.path(), "");
+    let stderr_path = dir.path().join("stderr.txt");
+    let mut child = Command::new(bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--fast", "--no-mqtt", "--input"])
+        .arg(&wav)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!(
+                "still running after 30 s:\n{}",
+                std::fs::read_to_string(&stderr_path).unwrap()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("babycryd: ") && last.contains("rate500.wav") && last.contains("500 Hz"),
+        "{stderr}"
+    );
+}
