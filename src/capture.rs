@@ -3,9 +3,10 @@
 //! It owns finding the input device (by name or ALSA id, else the default), opening it
 //! at whatever rate and sample format it offers (I8/I16/I24/I32/U8/U16/F32/F64, any
 //! channel count), and the real-time boundary: the cpal callback converts to f32 and
-//! pushes into a lock-free ring buffer (ringbuf), never allocating or blocking; the
-//! capture thread pulls from the ring. Xruns are counted; any other stream error marks
-//! the device lost, so the capture thread drops the stream and reopens it with backoff.
+//! pushes whole frames into a lock-free ring buffer (ringbuf), never allocating or
+//! blocking; the capture thread pulls from the ring. Xruns are counted; any other stream
+//! error marks the device lost, so the capture thread drops the stream and reopens it
+//! with backoff.
 //! It also lists input devices for `babycryd devices`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,7 +29,7 @@ struct Shared {
     lost: AtomicBool,
     reason: Mutex<String>,
     xruns: AtomicU64,
-    /// Callbacks whose samples did not all fit in the ring buffer (the capture thread
+    /// Callbacks whose frames did not all fit in the ring buffer (the capture thread
     /// fell behind): counted with the xruns.
     overflows: AtomicU64,
 }
@@ -144,12 +145,12 @@ impl CpalSource {
     {
         let data_shared = self.shared.clone();
         let error_shared = self.shared.clone();
+        let channels = usize::from(config.channels.max(1));
         device.build_input_stream(
             config,
             move |data: &[T], _: &cpal::InputCallbackInfo| {
                 // Real-time context: no allocation, no lock, no blocking.
-                let pushed = producer.push_iter(data.iter().map(|&s| s.to_sample::<f32>()));
-                if pushed < data.len() {
+                if !push_frames(&mut producer, data, channels) {
                     data_shared.overflows.fetch_add(1, Ordering::Relaxed);
                 }
             },
@@ -166,6 +167,19 @@ impl CpalSource {
             None,
         )
     }
+}
+
+/// Pushes the whole frames of `data` that fit into the ring as f32; false when some did
+/// not fit (the capture thread fell behind). Whole frames only: a partial one would shift
+/// the channels of every frame after it.
+fn push_frames<T>(producer: &mut impl Producer<Item = f32>, data: &[T], channels: usize) -> bool
+where
+    T: SizedSample,
+    f32: FromSample<T>,
+{
+    let fits = data.len().min(producer.vacant_len()) / channels * channels;
+    producer.push_iter(data[..fits].iter().map(|&s| s.to_sample::<f32>()));
+    fits == data.len()
 }
 
 impl AudioSource for CpalSource {
@@ -185,8 +199,10 @@ impl AudioSource for CpalSource {
             sample_rate: supported.sample_rate(),
             channels: supported.channels(),
         };
-        let capacity = format.sample_rate as usize * usize::from(format.channels) * RING_SECONDS;
-        let (producer, consumer) = HeapRb::<f32>::new(capacity.max(1024)).split();
+        // Whole frames, so that the callback can fill it to the last sample.
+        let frames = (format.sample_rate as usize * RING_SECONDS).max(1024);
+        let capacity = frames * usize::from(format.channels.max(1));
+        let (producer, consumer) = HeapRb::<f32>::new(capacity).split();
         self.shared.lost.store(false, Ordering::Release);
         let config = supported.config();
         let stream = match supported.sample_format() {
@@ -311,4 +327,32 @@ pub fn list_input_devices() -> Result<Vec<InputDevice>, cpal::Error> {
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ring_that_is_nearly_full_takes_whole_frames_only() {
+        // Stereo, three frames of room; the capture thread read one and a half frames.
+        let (mut producer, mut consumer) = HeapRb::<f32>::new(6).split();
+        assert!(push_frames(&mut producer, &[1i16, 2, 3, 4, 5, 6], 2));
+        let mut popped = [0.0; 3];
+        assert_eq!(consumer.pop_slice(&mut popped), 3);
+        // Room for three samples: one frame of the two goes in, the rest is an overflow.
+        assert!(!push_frames(&mut producer, &[7i16, 8, 9, 10], 2));
+        let mut left = [0.0; 6];
+        let n = consumer.pop_slice(&mut left);
+        let scale = 1.0 / 32768.0;
+        let want: Vec<f32> = [4.0, 5.0, 6.0, 7.0, 8.0]
+            .iter()
+            .map(|v| v * scale)
+            .collect();
+        assert_eq!(left[..n], want[..]);
+        // The next callback's frames start on a frame boundary.
+        assert!(push_frames(&mut producer, &[11i16, 12], 2));
+        assert_eq!(consumer.pop_slice(&mut left), 2);
+        assert_eq!(left[..2], [11.0 * scale, 12.0 * scale]);
+    }
 }

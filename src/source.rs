@@ -275,14 +275,17 @@ impl std::fmt::Debug for Samples {
 /// What the capture thread does to every block a source delivers: downmix to mono,
 /// count the run of digital silence at its end, and resample to the target rate into a
 /// pooled buffer (rubato above a quiet room, a box average below it:
-/// [`StreamResampler::for_capture`]). Its buffers are reused, so once warm it allocates
-/// nothing.
+/// [`StreamResampler::for_capture`]). A block need not hold whole frames (a device's
+/// ring is read in fixed-size pieces): a frame it ends inside of is completed by the
+/// next. Its buffers are reused, so once warm it allocates nothing.
 #[derive(Debug)]
 pub struct CaptureConverter {
     channels: u16,
     rate: u32,
     resampler: StreamResampler,
     mono: Vec<f32>,
+    /// The samples of a frame the last block ended inside of (fewer than `channels`).
+    partial: Vec<f32>,
     /// Digital-silence samples at the end of the stream so far (at the source rate).
     zero_run: u64,
     pool: Arc<SamplePool>,
@@ -295,6 +298,7 @@ impl CaptureConverter {
             rate: format.sample_rate,
             resampler: StreamResampler::for_capture(format.sample_rate, target_rate)?,
             mono: Vec::with_capacity(format.sample_rate as usize),
+            partial: Vec::with_capacity(usize::from(format.channels.max(1))),
             zero_run: 0,
             pool: SamplePool::new(),
         })
@@ -302,9 +306,21 @@ impl CaptureConverter {
 
     /// Converts one block of interleaved samples; the result may be empty while the
     /// resampler fills its first chunk.
-    pub fn convert(&mut self, interleaved: &[f32]) -> Result<Samples, ResampleError> {
+    pub fn convert(&mut self, mut interleaved: &[f32]) -> Result<Samples, ResampleError> {
         self.mono.clear();
-        downmix(interleaved, self.channels, &mut self.mono);
+        let channels = usize::from(self.channels.max(1));
+        if !self.partial.is_empty() {
+            let take = (channels - self.partial.len()).min(interleaved.len());
+            self.partial.extend_from_slice(&interleaved[..take]);
+            interleaved = &interleaved[take..];
+            if self.partial.len() == channels {
+                downmix(&self.partial, self.channels, &mut self.mono);
+                self.partial.clear();
+            }
+        }
+        let whole = interleaved.len() / channels * channels;
+        downmix(&interleaved[..whole], self.channels, &mut self.mono);
+        self.partial.extend_from_slice(&interleaved[whole..]);
         match self.mono.iter().rposition(|&s| s != 0.0) {
             Some(i) => self.zero_run = (self.mono.len() - 1 - i) as u64,
             None => self.zero_run += self.mono.len() as u64,
@@ -925,6 +941,43 @@ mod tests {
         let mut out = Vec::new();
         downmix(&[1.0, 0.0, 0.5, 0.5], 2, &mut out);
         assert_eq!(out, vec![0.5, 0.5]);
+    }
+
+    #[test]
+    fn a_block_that_ends_inside_a_frame_keeps_the_partial_frame_for_the_next() {
+        // 4096 samples of 6 channels: 682 frames and 4 samples of the next, each time.
+        let format = StreamFormat {
+            sample_rate: 8000,
+            channels: 6,
+        };
+        let mut converter = CaptureConverter::new(format, 8000).unwrap();
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            out.extend_from_slice(&converter.convert(&[0.25; 4096]).unwrap());
+        }
+        assert_eq!(out.len(), 2048);
+        assert!(out.iter().all(|&s| s == 0.25), "{out:?}");
+
+        // Frame k holds k/1000 + c/10 on channel c (mean k/1000 + 0.25), cut anywhere.
+        let mut converter = CaptureConverter::new(format, 8000).unwrap();
+        let frames = 3000;
+        let interleaved: Vec<f32> = (0..frames * 6)
+            .map(|i| (i / 6) as f32 / 1000.0 + (i % 6) as f32 / 10.0)
+            .collect();
+        let (mut out, mut rest) = (Vec::new(), &interleaved[..]);
+        for size in [4096, 7, 1, 5, 11, 4095].iter().cycle() {
+            let (block, after) = rest.split_at((*size).min(rest.len()));
+            out.extend_from_slice(&converter.convert(block).unwrap());
+            rest = after;
+            if rest.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(out.len(), frames);
+        for (k, &s) in out.iter().enumerate() {
+            let want = k as f32 / 1000.0 + 0.25;
+            assert!((s - want).abs() < 1e-4, "frame {k}: {s}, want {want}");
+        }
     }
 
     #[test]
