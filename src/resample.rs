@@ -4,7 +4,8 @@
 //! It owns two uses: [`resample_all`] for a whole decoded file, and [`StreamResampler`]
 //! for live audio arriving in chunks of any size (the capture thread's output), which
 //! buffers to rubato's fixed input chunk, trims the filter delay once at the start so
-//! stream time stays aligned with wall time, and reuses its buffers in the steady state.
+//! stream time stays aligned with wall time, flushes what it still holds when a stream
+//! ends ([`StreamResampler::finish`]), and reuses its buffers in the steady state.
 //! The capture thread's converter also decides, chunk by chunk, whether audio is loud
 //! enough above the room to need rubato or quiet enough for a box average, which keeps
 //! the FFT asleep in a quiet room (issue 8: an hour of silence from a 48 kHz microphone).
@@ -128,6 +129,10 @@ pub struct StreamResampler {
     to_rate: u32,
     /// None when the rates are equal.
     inner: Option<ChunkConverter>,
+    /// Samples pushed in and given out so far: [`Self::finish`] ends the stream at the
+    /// length its input makes.
+    pushed: u64,
+    given: u64,
 }
 
 impl std::fmt::Debug for StreamResampler {
@@ -163,6 +168,8 @@ impl StreamResampler {
             from_rate,
             to_rate,
             inner,
+            pushed: 0,
+            given: 0,
         })
     }
 
@@ -179,13 +186,36 @@ impl StreamResampler {
 
     /// Feeds `input` and appends every output sample that is ready to `out`.
     pub fn push(&mut self, input: &[f32], out: &mut Vec<f32>) -> Result<(), ResampleError> {
+        let start = out.len();
         match self.inner.as_mut() {
-            Some(inner) => inner.push(input, out),
-            None => {
-                out.extend_from_slice(input);
-                Ok(())
-            }
+            Some(inner) => inner.push(input, out)?,
+            None => out.extend_from_slice(input),
         }
+        self.pushed += input.len() as u64;
+        self.given += (out.len() - start) as u64;
+        Ok(())
+    }
+
+    /// Ends the stream: appends to `out` what is still held (the input short of a whole
+    /// chunk, and what rubato's delay holds back), converted with silence after it, so
+    /// that the whole stream comes to `ceil(pushed * to / from)` samples, as
+    /// [`resample_all`] gives for the whole signal. Nothing is pushed after it.
+    pub fn finish(&mut self, out: &mut Vec<f32>) -> Result<(), ResampleError> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Ok(());
+        };
+        let total = (self.pushed * u64::from(self.to_rate)).div_ceil(u64::from(self.from_rate));
+        let missing = usize::try_from(total.saturating_sub(self.given))
+            .map_err(|e| err(self.from_rate, self.to_rate, e))?;
+        let start = out.len();
+        // Each chunk of silence gives a chunk of output (less rubato's delay, at most
+        // once), so this ends after two or three.
+        while out.len() - start < missing {
+            inner.pad(out)?;
+        }
+        out.truncate(start + missing);
+        self.given += missing as u64;
+        Ok(())
     }
 }
 
@@ -263,12 +293,24 @@ impl ChunkConverter {
             self.filled += take;
             input = &input[take..];
             if self.filled == n {
-                self.convert(out)?;
-                // This chunk becomes the previous one.
-                self.raw.copy_within(n.., 0);
-                self.filled = 0;
+                self.next_chunk(out)?;
             }
         }
+        Ok(())
+    }
+
+    /// Completes this chunk with silence and converts it (the end of the stream).
+    fn pad(&mut self, out: &mut Vec<f32>) -> Result<(), ResampleError> {
+        let at = self.lead + self.chunk_in + self.filled;
+        self.raw[at..].fill(0.0);
+        self.next_chunk(out)
+    }
+
+    /// Converts the chunk now complete; it becomes the previous one.
+    fn next_chunk(&mut self, out: &mut Vec<f32>) -> Result<(), ResampleError> {
+        self.convert(out)?;
+        self.raw.copy_within(self.chunk_in.., 0);
+        self.filled = 0;
         Ok(())
     }
 
@@ -620,6 +662,56 @@ mod tests {
             stream(StreamResampler::for_capture(11_025, 8000).unwrap(), &x);
         assert_eq!(by_rubato, chunks);
         assert_eq!(capture, precise);
+    }
+
+    #[test]
+    fn a_finished_stream_is_the_whole_signal_to_its_last_sample() {
+        // A quiet second (the capture stream box-averages it), then loud to the end
+        // (rubato from the chunk of the onset on, 8 s of hold: to the end).
+        let loud: Vec<f32> = sine(440.0, 48_000, 2.0)
+            .iter()
+            .zip(sine(2900.0, 48_000, 2.0))
+            .map(|(a, b)| 0.4 * a + 0.3 * b)
+            .collect();
+        let mut x: Vec<f32> = sine(440.0, 48_000, 1.0).iter().map(|v| 0.001 * v).collect();
+        x.extend(loud);
+        for n in [
+            1usize, 5, 6, 100, 6143, 6144, 6145, 48_000, 100_001, 144_000,
+        ] {
+            let whole = resample_all(&x[..n], 48_000, 8000).unwrap();
+            assert_eq!(whole.len(), n.div_ceil(6), "{n}");
+            for block in [333usize, 4800, 6144] {
+                for capture in [false, true] {
+                    let mut stream = if capture {
+                        StreamResampler::for_capture(48_000, 8000).unwrap()
+                    } else {
+                        StreamResampler::new(48_000, 8000).unwrap()
+                    };
+                    let mut out = Vec::new();
+                    for chunk in x[..n].chunks(block) {
+                        stream.push(chunk, &mut out).unwrap();
+                    }
+                    stream.finish(&mut out).unwrap();
+                    let case = format!("{n} samples in blocks of {block}, capture {capture}");
+                    assert_eq!(out.len(), n.div_ceil(6), "{case}");
+                    // All rubato: the whole signal's conversion, to the bit. The capture
+                    // stream is rubato's from the chunk of the onset (48 000 / 6144: the
+                    // 8th) on.
+                    let from = match (capture, n > 48_000) {
+                        (false, _) => 0,
+                        (true, true) => 8 * 1024,
+                        (true, false) => continue,
+                    };
+                    assert!(out[from..] == whole[from..], "{case}");
+                }
+            }
+        }
+        // Equal rates pass through; finishing adds nothing.
+        let mut same = StreamResampler::new(8000, 8000).unwrap();
+        let mut out = Vec::new();
+        same.push(&x[..1001], &mut out).unwrap();
+        same.finish(&mut out).unwrap();
+        assert_eq!(out, x[..1001]);
     }
 
     #[test]

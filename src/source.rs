@@ -4,7 +4,8 @@
 //! It owns the [`AudioSource`] trait (open, pull interleaved samples, close), the
 //! capture thread ([`spawn_capture`]) whose [`CaptureConverter`] downmixes and resamples
 //! every source to the models' rate with [`StreamResampler`] into pooled [`Samples`]
-//! buffers (so the steady state allocates nothing per frame), reopens a lost source with
+//! buffers (so the steady state allocates nothing per frame; what the resampler still
+//! holds when a file or stdin ends is the last block), reopens a lost source with
 //! exponential backoff (capped, logged once per loss), counts xruns, and reports the
 //! [`AudioState`] (running, lost, stalled on digital silence or no data for
 //! `[audio] stall_seconds`, ended). The file and stdin sources live here; the cpal one in
@@ -330,6 +331,15 @@ impl CaptureConverter {
         Ok(out)
     }
 
+    /// Ends the stream: the samples the resampler still holds (see
+    /// [`StreamResampler::finish`]). A partial frame left over is not audio.
+    pub fn finish(&mut self) -> Result<Samples, ResampleError> {
+        self.partial.clear();
+        let mut out = self.pool.take();
+        self.resampler.finish(&mut out.data)?;
+        Ok(out)
+    }
+
     /// The rate of the blocks it converts, Hz.
     pub fn source_rate(&self) -> u32 {
         self.rate
@@ -559,7 +569,19 @@ impl Capture {
                 }
             }
             match pulled {
-                Pull::End => return Ok(true),
+                Pull::End => {
+                    // The end of the recording, still inside the resampler, is the last
+                    // block; without it up to a chunk and rubato's delay (0.1-0.2 s)
+                    // would never reach the analysis.
+                    let tail = converter.finish().map_err(|e| SourceError::Lost {
+                        device: self.source.describe(),
+                        reason: e.to_string(),
+                    })?;
+                    if !tail.is_empty() && !self.send(SourceEvent::Audio(tail)) {
+                        return Ok(false);
+                    }
+                    return Ok(true);
+                }
                 Pull::Idle => {
                     if last_audio.elapsed() >= stall_time {
                         let detail =

@@ -421,3 +421,27 @@ fn a_recording_at_an_unsupported_rate_exits_with_the_input_code() {
         "{stderr}"
     );
 }
+
+/// The end of a recording at another rate reaches the analysis: the resampler's last
+/// partial chunk and the samples its delay holds are flushed when the file ends.
+#[test]
+fn a_44k1_or_48_khz_recording_is_analysed_to_its_last_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    for rate in [48_000u32, 44_100] {
+        // It ends loud, so rubato (not the quiet room's box average) converts the end
+        // and its delay holds samples at the end of the file.
+        let mut audio = synth::room_tone(rate, 20.0, 0.002, 12);
+        synth::mix_into(&mut audio, &synth::cry(rate, 4.0, 0.5), 16 * rate as usize);
+        assert_eq!(audio.len(), 20 * rate as usize);
+        let wav = dir.path().join(format!("tail-{rate}.wav"));
+        babycry::decode::write_wav_i16(&wav, &audio, rate).unwrap();
+        let run = run_fast(&config, &wav, &[]);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        let seconds = f64_of(run.summary(), "audio_seconds");
+        assert!(
+            (seconds - 20.0).abs() < 0.001,
+            "{rate} Hz: {seconds} s analysed of 20 s"
+        );
+    }
+}
