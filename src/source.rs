@@ -6,9 +6,10 @@
 //! every source to the models' rate with [`StreamResampler`] into pooled [`Samples`]
 //! buffers (so the steady state allocates nothing per frame; what the resampler still
 //! holds when a file or stdin ends is the last block), reopens a lost source with
-//! exponential backoff (capped, logged once per loss), counts xruns, and reports the
-//! [`AudioState`] (running, lost, stalled on digital silence or no data for
-//! `[audio] stall_seconds`, ended). The file and stdin sources live here; the cpal one in
+//! exponential backoff (capped, logged once per loss; a source that fails soon after
+//! each reopening keeps backing off), counts xruns, and reports the [`AudioState`]
+//! (running, lost, stalled on digital silence or no data for `[audio] stall_seconds`,
+//! ended). The file and stdin sources live here; the cpal one in
 //! [`crate::capture`].
 
 use std::io::Read;
@@ -34,7 +35,8 @@ pub struct AudioConfig {
     pub sample_rate: u32,
     /// Seconds without audio (or with only digital silence) before the source is reported stalled.
     pub stall_seconds: f64,
-    /// Longest wait between attempts to reopen a lost device, seconds.
+    /// Longest wait between attempts to reopen a lost device, seconds; also how long a
+    /// reopened device must deliver audio before its next loss starts again from 1 s.
     pub retry_max_seconds: f64,
 }
 
@@ -416,6 +418,8 @@ struct Capture {
     tx: tokio::sync::mpsc::Sender<SourceEvent>,
     stop: Arc<AtomicBool>,
     state: Option<AudioState>,
+    /// Frames the source delivered since it was last opened.
+    delivered: u64,
 }
 
 impl Capture {
@@ -431,6 +435,7 @@ impl Capture {
             tx,
             stop,
             state: None,
+            delivered: 0,
         }
     }
 
@@ -520,7 +525,16 @@ impl Capture {
                 Err(e) if !e.retryable() => return Err(e),
                 Err(e) => {
                     self.source.close();
-                    failures = 1;
+                    // A source that delivered audio for the longest wait before it failed
+                    // is a new loss: back to the shortest wait. One that fails as soon as
+                    // it opens (or soon after) is the same loss going on: the waits keep
+                    // doubling, or it would be reopened, and logged, every second forever.
+                    let seconds = self.delivered as f64 / f64::from(format.sample_rate.max(1));
+                    failures = if seconds >= self.options.retry.max.as_secs_f64() {
+                        1
+                    } else {
+                        failures + 1
+                    };
                     if !self.set_state(AudioState::Lost(e.to_string()))
                         || !self.wait(self.options.retry.delay(failures))
                     {
@@ -535,6 +549,7 @@ impl Capture {
     /// Delivers an opened source until it ends (Ok(true)), the receiver is gone or a
     /// stop is asked (Ok(false) / Ok(true)), or it fails (Err: reopened when retryable).
     fn stream(&mut self, format: StreamFormat) -> Result<bool, SourceError> {
+        self.delivered = 0;
         let mut converter =
             CaptureConverter::new(format, self.options.target_rate).map_err(|source| {
                 SourceError::Format {
@@ -595,6 +610,7 @@ impl Capture {
                 }
                 Pull::Audio => {
                     last_audio = Instant::now();
+                    self.delivered += (buf.len() / usize::from(format.channels.max(1))) as u64;
                     let out = converter.convert(&buf).map_err(|e| SourceError::Lost {
                         device: self.source.describe(),
                         reason: e.to_string(),
@@ -1000,6 +1016,126 @@ mod tests {
             let want = k as f32 / 1000.0 + 0.25;
             assert!((s - want).abs() < 1e-4, "frame {k}: {s}, want {want}");
         }
+    }
+
+    /// An 8 kHz mono test microphone: its n-th open delivers `script[n]` samples (the
+    /// last entry repeats) and then fails on the next pull. It records when each open
+    /// and each failure happened.
+    struct Flapping {
+        script: Vec<usize>,
+        left: usize,
+        opens: Arc<Mutex<Vec<Instant>>>,
+        failures: Arc<Mutex<Vec<Instant>>>,
+    }
+
+    impl AudioSource for Flapping {
+        fn describe(&self) -> String {
+            "flapping test microphone".into()
+        }
+
+        fn open(&mut self) -> Result<StreamFormat, SourceError> {
+            let mut opens = self.opens.lock().unwrap();
+            self.left = self.script[opens.len().min(self.script.len() - 1)];
+            opens.push(Instant::now());
+            Ok(StreamFormat {
+                sample_rate: 8000,
+                channels: 1,
+            })
+        }
+
+        fn pull(&mut self, buf: &mut Vec<f32>) -> Result<Pull, SourceError> {
+            if self.left == 0 {
+                self.failures.lock().unwrap().push(Instant::now());
+                return Err(SourceError::Lost {
+                    device: self.describe(),
+                    reason: "gone again".into(),
+                });
+            }
+            let n = self.left.min(800);
+            buf.extend(std::iter::repeat_n(0.1, n));
+            self.left -= n;
+            Ok(Pull::Audio)
+        }
+    }
+
+    /// Runs `script` through the capture thread until `opens` opens (or 10 s) and
+    /// returns the waits between each failure and the next open.
+    fn waits_between_failure_and_reopen(
+        script: Vec<usize>,
+        retry: RetryPolicy,
+        opens: usize,
+        within: Duration,
+    ) -> Vec<Duration> {
+        let (open_times, failure_times) = Default::default();
+        let source = Flapping {
+            script,
+            left: 0,
+            opens: Arc::clone(&open_times),
+            failures: Arc::clone(&failure_times),
+        };
+        let options = CaptureOptions {
+            target_rate: 8000,
+            stall_seconds: 10.0,
+            retry,
+        };
+        // Room for every event of a run that reopens every millisecond.
+        let (tx, _rx) = tokio::sync::mpsc::channel(100_000);
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = spawn_capture(Box::new(source), options, tx, stop.clone()).unwrap();
+        let started = Instant::now();
+        while open_times.lock().unwrap().len() < opens && started.elapsed() < within {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stop.store(true, Ordering::Relaxed);
+        thread.join().unwrap();
+        let (open_times, failure_times) =
+            (open_times.lock().unwrap(), failure_times.lock().unwrap());
+        failure_times
+            .iter()
+            .zip(open_times.iter().skip(1))
+            .map(|(failed, opened)| *opened - *failed)
+            .collect()
+    }
+
+    #[test]
+    fn a_source_that_fails_as_soon_as_it_opens_is_reopened_with_doubling_waits() {
+        let retry = RetryPolicy {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(160),
+        };
+        // For 1 s: opens at 0, 10, 30, 70, 150, 310, 470, 630, 790 and 950 ms at the
+        // earliest; one every 10 ms would be about 100.
+        let waits = waits_between_failure_and_reopen(vec![0], retry, 1000, Duration::from_secs(1));
+        assert!(
+            (3..=10).contains(&waits.len()),
+            "{} reopens in 1 s: {waits:?}",
+            waits.len()
+        );
+        for (i, wait) in waits.iter().enumerate() {
+            let due = retry.delay(i as u32 + 1);
+            assert!(*wait >= due, "wait {i}: {wait:?}, due {due:?}; {waits:?}");
+        }
+    }
+
+    #[test]
+    fn a_source_that_delivered_for_the_longest_wait_starts_the_backoff_again() {
+        let retry = RetryPolicy {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(100),
+        };
+        // Four opens that fail at once (waits 10, 20, 40 and 80 ms), one that delivers
+        // 0.2 s of audio (longer than the longest wait) before it fails (10 ms again),
+        // then failing at once again (20 ms).
+        let waits = waits_between_failure_and_reopen(
+            vec![0, 0, 0, 0, 1600, 0],
+            retry,
+            7,
+            Duration::from_secs(10),
+        );
+        assert!(waits.len() >= 6, "{waits:?}");
+        assert!(waits[3] >= Duration::from_millis(80), "{waits:?}");
+        assert!(waits[4] < waits[3], "{waits:?}");
+        assert!(waits[5] >= Duration::from_millis(20), "{waits:?}");
     }
 
     #[test]
