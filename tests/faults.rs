@@ -98,6 +98,17 @@ fn payloads(sub: &Subscriber, topic: &str) -> Vec<String> {
     sub.on(topic).into_iter().map(|m| m.payload).collect()
 }
 
+/// Every event of an episode once, in order, and `crying` OFF after them.
+async fn assert_episode_delivered(sub: &Subscriber, base: &str, want: &[String]) {
+    assert_events_delivered_once_in_order(sub, base, want).await;
+    assert_eq!(
+        payloads(sub, &format!("{base}/crying"))
+            .last()
+            .map(String::as_str),
+        Some("OFF")
+    );
+}
+
 /// Every printed window and episode end arrives on `<base>/event` once, in order.
 async fn assert_events_delivered_once_in_order(sub: &Subscriber, base: &str, want: &[String]) {
     let topic = format!("{base}/event");
@@ -231,13 +242,7 @@ async fn events_made_while_the_broker_is_down_for_30_s_at_start_arrive_once_in_o
         "connected {:.1} s after the broker came up",
         up.elapsed().as_secs_f64()
     );
-    assert_events_delivered_once_in_order(&sub, &base, &want).await;
-    assert_eq!(
-        payloads(&sub, &format!("{base}/crying"))
-            .last()
-            .map(String::as_str),
-        Some("OFF")
-    );
+    assert_episode_delivered(&sub, &base, &want).await;
     wait_until("the spool removed", Duration::from_secs(5), || {
         !spool.exists()
     })
@@ -541,13 +546,7 @@ async fn events_waiting_for_a_broker_survive_a_reload_to_another_one(node: &str,
     assert_ne!(moved, with_spool);
     std::fs::write(&conf, moved).unwrap();
     daemon.signal("HUP");
-    assert_events_delivered_once_in_order(&sub, &base, &want).await;
-    assert_eq!(
-        payloads(&sub, &format!("{base}/crying"))
-            .last()
-            .map(String::as_str),
-        Some("OFF")
-    );
+    assert_episode_delivered(&sub, &base, &want).await;
     wait_until("no spool once delivered", Duration::from_secs(5), || {
         !spool_file.exists()
     })
@@ -607,13 +606,7 @@ async fn sigterm_during_inference_ends_the_episode_on_mqtt_and_publishes_offline
         "stopped before the end of the audio: {heard} s"
     );
     assert!(daemon.log().contains("shutting down"), "{}", daemon.log());
-    assert_events_delivered_once_in_order(&sub, &base, &daemon.event_ids()).await;
-    assert_eq!(
-        payloads(&sub, &format!("{base}/crying"))
-            .last()
-            .map(String::as_str),
-        Some("OFF")
-    );
+    assert_episode_delivered(&sub, &base, &daemon.event_ids()).await;
     assert_eq!(
         payloads(&sub, &format!("{base}/status")),
         ["online", "offline"]

@@ -947,12 +947,15 @@ async fn mqtt_remove_makes_the_device_disappear() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_babycryd"))
-        .arg("--config")
-        .arg(&conf)
-        .arg("mqtt-remove")
-        .output()
-        .unwrap();
+    let remove = || {
+        Command::new(env!("CARGO_BIN_EXE_babycryd"))
+            .arg("--config")
+            .arg(&conf)
+            .arg("mqtt-remove")
+            .output()
+            .unwrap()
+    };
+    let out = remove();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -983,12 +986,7 @@ async fn mqtt_remove_makes_the_device_disappear() {
     // reads the CONNECT and the closed connection at once. A removal client with the
     // daemon's last will would leave a retained `offline` on the status it just cleared.
     broker.signal("STOP");
-    let out = Command::new(env!("CARGO_BIN_EXE_babycryd"))
-        .arg("--config")
-        .arg(&conf)
-        .arg("mqtt-remove")
-        .output()
-        .unwrap();
+    let out = remove();
     broker.signal("CONT");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
@@ -1172,18 +1170,49 @@ async fn a_daemon_killed_with_sigkill_leaves_offline() {
         .await;
 }
 
+/// A broker, a subscriber to `filter`, and `babycryd run --input -` for node `node` (its
+/// config in a temporary directory), once the daemon has said `online`.
+struct DaemonOnline {
+    broker: Broker,
+    sub: Subscriber,
+    dir: tempfile::TempDir,
+    conf: std::path::PathBuf,
+    daemon: StdinDaemon,
+}
+
+async fn daemon_online(node: &str, filter: &str) -> DaemonOnline {
+    let broker = Broker::start();
+    let sub = Subscriber::start(broker.port, &[filter]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = daemon_config(dir.path(), broker.port, node);
+    let daemon = StdinDaemon::start(&conf);
+    sub.wait_for(
+        &format!("babycry/{node}/status"),
+        "online",
+        Duration::from_secs(20),
+    )
+    .await;
+    DaemonOnline {
+        broker,
+        sub,
+        dir,
+        conf,
+        daemon,
+    }
+}
+
 /// The real daemon, the broker killed mid-episode (right after the first window) and
 /// restarted: every window and the episode end arrive exactly once, in order, and
 /// `crying` ends OFF on the new broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_delivers_every_event_across_a_broker_restart_mid_episode() {
-    let mut broker = Broker::start();
-    let sub = Subscriber::start(broker.port, &["babycry/bounce/#"]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let conf = daemon_config(dir.path(), broker.port, "bounce");
-    let mut daemon = StdinDaemon::start(&conf);
-    sub.wait_for("babycry/bounce/status", "online", Duration::from_secs(20))
-        .await;
+    let DaemonOnline {
+        mut broker,
+        sub,
+        dir: _dir,
+        conf: _,
+        mut daemon,
+    } = daemon_online("bounce", "babycry/bounce/#").await;
     daemon.feed(&tone_then_cry(21));
     // Killed as soon as the first window is printed, which is when it is handed to the
     // MQTT link: without waiting for its delivery or PUBACK.
@@ -1248,13 +1277,13 @@ async fn the_daemon_delivers_every_event_across_a_broker_restart_mid_episode() {
 /// with SIGKILL, and the next start delivers every one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_awaiting_their_puback_survive_a_sigkill_of_the_daemon() {
-    let broker = Broker::start();
-    let sub = Subscriber::start(broker.port, &["babycry/wal/#"]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let conf = daemon_config(dir.path(), broker.port, "wal");
-    let mut daemon = StdinDaemon::start(&conf);
-    sub.wait_for("babycry/wal/status", "online", Duration::from_secs(20))
-        .await;
+    let DaemonOnline {
+        broker,
+        sub,
+        dir,
+        conf,
+        mut daemon,
+    } = daemon_online("wal", "babycry/wal/#").await;
     broker.signal("STOP");
     daemon.feed(&tone_then_cry(31));
     daemon.feed(&cry_then_quiet(32));
@@ -1373,13 +1402,13 @@ async fn sighup_moves_the_daemon_to_new_mqtt_settings_without_dropping_audio() {
 /// that comes later too) and the reason so far, not OFF until the next episode.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_during_a_cry_keeps_crying_on_at_the_new_settings() {
-    let broker = Broker::start();
-    let sub = Subscriber::start(broker.port, &["babycry/#"]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let conf = daemon_config(dir.path(), broker.port, "cryold");
-    let mut daemon = StdinDaemon::start(&conf);
-    sub.wait_for("babycry/cryold/status", "online", Duration::from_secs(20))
-        .await;
+    let DaemonOnline {
+        broker,
+        sub,
+        dir,
+        conf: _,
+        mut daemon,
+    } = daemon_online("cryold", "babycry/#").await;
     // Ends mid-cry: the episode stays open while no more audio comes.
     daemon.feed(&tone_then_cry(43));
     sub.wait_for("babycry/cryold/crying", "ON", Duration::from_secs(30))
