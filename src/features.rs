@@ -122,14 +122,17 @@ impl FeatureRecipe {
         let fmax = self.fmax.unwrap_or(nyquist);
         let win = self.win_length.unwrap_or(self.n_fft);
         let check = |ok: bool, what: String| if ok { Ok(()) } else { Err(RecipeError(what)) };
+        // Even: librosa centres with n_fft / 2 on each side, so an odd n_fft gives it one
+        // frame fewer than this front end would count (and read past the padding).
         check(
-            (16..=1 << 16).contains(&self.n_fft),
-            format!("n_fft = {} is outside 16..=65536", self.n_fft),
+            (16..=1 << 16).contains(&self.n_fft) && self.n_fft.is_multiple_of(2),
+            format!("n_fft = {} must be even and within 16..=65536", self.n_fft),
         )?;
+        // At least 2: scipy's one-sample window is [1], the periodic formula's is [0].
         check(
-            win >= 1 && win <= self.n_fft,
+            win >= 2 && win <= self.n_fft,
             format!(
-                "win_length = {win} must be between 1 and n_fft = {}",
+                "win_length = {win} must be between 2 and n_fft = {}",
                 self.n_fft
             ),
         )?;
@@ -651,5 +654,18 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("win_length"));
+        let mut r = recipe();
+        r.n_fft = 255;
+        r.win_length = None;
+        assert!(FrontEnd::new(&r, 8000, 8000)
+            .unwrap_err()
+            .to_string()
+            .contains("n_fft = 255 must be even"));
+        let mut r = recipe();
+        r.win_length = Some(1);
+        assert!(FrontEnd::new(&r, 8000, 8000)
+            .unwrap_err()
+            .to_string()
+            .contains("win_length = 1 must be between 2"));
     }
 }

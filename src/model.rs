@@ -62,6 +62,10 @@ fn unit_temperature() -> f64 {
     1.0
 }
 
+/// The most feature values one window may give (16 MB of f32): far above any model that
+/// fits the edge budget, far below what a mistyped recipe would allocate.
+const MAX_FEATURE_VALUES: usize = 1 << 22;
+
 /// A model sidecar (`models/<name>.toml`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -188,6 +192,20 @@ impl Sidecar {
         self.features
             .validate(self.audio.sample_rate)
             .map_err(|e| e.0)?;
+        // A window shorter than one hop steps nowhere (a zero-sample window never ends a
+        // file), and the front end holds a whole window's features: both bounded here.
+        let [n_mels, frames] = self.feature_shape();
+        if self.window_samples() < self.features.hop_length {
+            return Err(format!(
+                "audio.window_seconds = {} is shorter than one hop ({} samples)",
+                self.audio.window_seconds, self.features.hop_length
+            ));
+        }
+        if n_mels * frames > MAX_FEATURE_VALUES {
+            return Err(format!(
+                "one window gives {n_mels} x {frames} feature values, more than {MAX_FEATURE_VALUES}"
+            ));
+        }
         let shape = &self.input.shape;
         if shape.len() != 4 || shape[0] != 1 {
             return Err(format!(
@@ -472,8 +490,19 @@ impl Model {
 pub fn to_probabilities(raw: &[f32], kind: OutputKind, temperature: f64) -> Vec<f32> {
     match kind {
         OutputKind::Logits => {
-            let scaled: Vec<f64> = raw.iter().map(|&x| f64::from(x) / temperature).collect();
+            // A misbehaving model's NaN or infinite logit must not make every probability
+            // NaN (printed as null): NaN counts as -inf, +inf as the largest finite value.
+            let scaled: Vec<f64> = raw
+                .iter()
+                .map(|&x| match f64::from(x) / temperature {
+                    v if v.is_nan() => f64::NEG_INFINITY,
+                    v => v.min(f64::MAX),
+                })
+                .collect();
             let max = scaled.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            if max == f64::NEG_INFINITY {
+                return vec![1.0 / raw.len() as f32; raw.len()];
+            }
             let exps: Vec<f64> = scaled.iter().map(|&x| (x - max).exp()).collect();
             let sum: f64 = exps.iter().sum();
             exps.iter().map(|&e| (e / sum) as f32).collect()
@@ -563,6 +592,37 @@ mod tests {
         assert!((p1[0] - 1.0 / (1.0 + (-2f32).exp())).abs() < 1e-6);
         assert!((p2[0] - 1.0 / (1.0 + (-1f32).exp())).abs() < 1e-6);
         assert!((p1.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn non_finite_logits_give_finite_probabilities() {
+        let p = |raw: &[f32]| to_probabilities(raw, OutputKind::Logits, 1.0);
+        assert_eq!(p(&[f32::INFINITY, 0.0]), [1.0, 0.0]);
+        assert_eq!(p(&[f32::NAN, 0.0]), [0.0, 1.0]);
+        assert_eq!(p(&[f32::NAN, f32::NEG_INFINITY]), [0.5, 0.5]);
+    }
+
+    /// A sidecar whose window is shorter than one hop (here below one sample: `classify`
+    /// stepped by 0 samples for ever) or whose features would not fit in memory is
+    /// refused with the reason.
+    #[test]
+    fn windows_shorter_than_a_hop_and_oversized_features_are_refused() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/cry-detector.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let shipped = Sidecar::parse(&text, &path).unwrap();
+        let mut tiny = shipped.clone();
+        tiny.audio.window_seconds = 1e-5;
+        tiny.input.resize = Some(tiny.feature_shape());
+        let e = tiny.check().unwrap_err();
+        assert!(e.contains("shorter than one hop"), "{e}");
+        let mut huge = shipped.clone();
+        huge.features.hop_length = 1;
+        huge.features.n_mels = 512;
+        huge.audio.window_seconds = 60.0;
+        huge.input.resize = Some([1, 1]);
+        huge.input.shape = vec![1, 1, 1, 1];
+        let e = huge.check().unwrap_err();
+        assert!(e.contains("feature values, more than"), "{e}");
     }
 
     #[test]
