@@ -192,7 +192,7 @@ impl AudioStream {
             track_id,
             sample_rate,
             channels: params.channels.map(|c| c.count()).unwrap_or(0),
-            announced_frames: params.n_frames,
+            announced_frames: announced_length(&params),
             decoded_frames: 0,
             buffer: None,
             finished: false,
@@ -281,6 +281,19 @@ impl AudioStream {
         }
         Ok(false)
     }
+}
+
+/// The length the container announces, unless it is the streaming sentinel: a WAV
+/// written to a pipe (sox, ffmpeg, `arecord` to stdout) says 0xFFFFFFFF bytes of data,
+/// which symphonia accepts and turns into about 2^32 / bytes-per-frame frames, so every
+/// such recording would read as truncated.
+fn announced_length(params: &symphonia::core::codecs::CodecParameters) -> Option<u64> {
+    let frames = params.n_frames?;
+    let bytes_per_frame = u64::from(params.bits_per_coded_sample.unwrap_or(0)).div_ceil(8)
+        * params.channels.map_or(0, |c| c.count() as u64);
+    let sentinel = bytes_per_frame > 0
+        && frames.saturating_mul(bytes_per_frame) + bytes_per_frame > u64::from(u32::MAX);
+    (!sentinel).then_some(frames)
 }
 
 fn unsupported(path: &Path, reason: String) -> DecodeError {
@@ -385,6 +398,14 @@ mod tests {
         std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
         let e = decode_file(&cut).unwrap_err().to_string();
         assert!(e.contains("truncated") && e.contains("cut.wav"), "{e}");
+
+        // Written to a pipe: RIFF and data sizes are the 0xFFFFFFFF sentinel.
+        let mut streamed = bytes.clone();
+        streamed[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        streamed[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
+        let piped = dir.path().join("piped.wav");
+        std::fs::write(&piped, &streamed).unwrap();
+        assert_eq!(decode_file(&piped).unwrap().samples.len(), 8000);
     }
 
     #[test]
