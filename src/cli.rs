@@ -100,7 +100,7 @@ pub struct ClassifyArgs {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub top_k: u16,
     /// Seconds between windows of files longer than the model window (default: one window).
-    #[arg(long)]
+    #[arg(long, value_parser = hop_seconds)]
     pub hop: Option<f64>,
     /// Print JSON lines even on a terminal.
     #[arg(long, conflicts_with = "pretty")]
@@ -178,6 +178,17 @@ pub(crate) fn model_paths(
     Ok((settings, reason_path, detector_path))
 }
 
+/// `--hop`: seconds within (0, 60]; anything else is a usage error (exit 2) before any
+/// model loads.
+fn hop_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(h) if h > 0.0 && h <= 60.0 => Ok(h),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds within (0, 60]"
+        )),
+    }
+}
+
 fn classify(cli: &Cli, args: &ClassifyArgs) -> anyhow::Result<ExitCode> {
     let (settings, reason_path, detector_path) = model_paths(cli, &args.models)?;
     let reason = load_model(&reason_path)?;
@@ -193,12 +204,6 @@ fn classify(cli: &Cli, args: &ClassifyArgs) -> anyhow::Result<ExitCode> {
         options.detector_hop_seconds = s.config.detector.hop_seconds;
         options.confirm_k = s.config.detector.confirm_k;
         options.confirm_n = s.config.detector.confirm_n;
-    }
-    if let Some(h) = args.hop {
-        anyhow::ensure!(
-            h > 0.0 && h <= 60.0,
-            "--hop {h}: must be within (0, 60] seconds"
-        );
     }
     let mut classifier = Classifier::new(reason, detector, options);
 

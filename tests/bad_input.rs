@@ -124,6 +124,7 @@ fn cases() -> Vec<Case> {
         case("`--rate 0` for stdin PCM", "run --input - --rate 0"),
         case("Unknown `--format`", "run --input - --format u8"),
         case("Unknown flag", "classify --loud $DIR/silence.wav"),
+        case("`--hop 0`", "classify --hop 0 $DIR/silence.wav"),
         case(
             "Config file that does not exist",
             "check-config --config $DIR/missing.toml",
