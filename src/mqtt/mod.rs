@@ -35,6 +35,10 @@ pub use link::{incoming, remove_device, Ignored, IncomingAction, LinkStatus};
 /// `password_file` is set (e.g. `Environment=`/`EnvironmentFile=` in a systemd drop-in).
 pub const PASSWORD_ENV: &str = "BABYCRYD_MQTT_PASSWORD";
 
+/// Where Home Assistant publishes its birth message (`online`). Its own setting, apart
+/// from the discovery prefix, whose change leaves it here.
+pub const HA_STATUS_TOPIC: &str = "homeassistant/status";
+
 /// Name of the spool file inside the state directory.
 pub const SPOOL_FILE: &str = "mqtt-spool.jsonl";
 
@@ -369,7 +373,7 @@ pub struct Topics {
     pub episode: String,
     /// Health figures as JSON, retained.
     pub diagnostics: String,
-    /// Home Assistant's birth/last-will topic.
+    /// Home Assistant's birth/last-will topic ([`HA_STATUS_TOPIC`]).
     pub ha_status: String,
 }
 
@@ -387,7 +391,7 @@ impl Topics {
             event: t("event"),
             episode: t("episode"),
             diagnostics: t("diagnostics"),
-            ha_status: format!("{discovery_prefix}/status"),
+            ha_status: HA_STATUS_TOPIC.into(),
         }
     }
 
@@ -572,6 +576,9 @@ mod tests {
         assert_eq!(c.client_id(), "babycryd-nursery");
         let c = parse("node_id = \"n\"\nbase_topic = \"home/baby\"");
         assert_eq!(c.topics().event, "home/baby/event");
+        // A custom discovery prefix moves the configs, not Home Assistant's birth topic.
+        let c = parse("discovery_prefix = \"ha\"");
+        assert_eq!(c.topics().ha_status, "homeassistant/status");
         assert!(valid_id(&MqttConfig::default().node_id()));
     }
 
