@@ -3,7 +3,7 @@
 # that the monitor produced events: a confirmed cry episode with its reason windows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=$(timeout 600 cargo run --release -- run --demo)
+out=$(timeout 600 bash scripts/demo.sh)
 echo "$out" | cut -c1-160
 for kind in episode_start window episode_end summary; do
   echo "$out" | grep -q "\"type\":\"$kind\"" || { echo "quick start produced no $kind event" >&2; exit 1; }

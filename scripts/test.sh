@@ -5,23 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_pkgs=()
-command -v pkg-config >/dev/null || need_pkgs+=(pkg-config)
-pkg-config --exists alsa 2>/dev/null || need_pkgs+=(libasound2-dev)
-command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_pkgs+=(mosquitto)
-command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
-command -v cc >/dev/null || need_pkgs+=(build-essential)
-# Encoders the format tests use to make FLAC, OGG/Vorbis and MP3 files from synthetic WAVs.
-command -v flac >/dev/null || need_pkgs+=(flac)
-command -v oggenc >/dev/null || need_pkgs+=(vorbis-tools)
-command -v lame >/dev/null || need_pkgs+=(lame)
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-  echo "installing: ${need_pkgs[*]}"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}"
-fi
-command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
+source scripts/deps.sh test
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings

@@ -46,6 +46,11 @@ fn systemd_analyze() -> Option<&'static str> {
 #[test]
 fn the_unit_has_the_lifecycle_and_sandbox_settings() {
     let text = unit_text();
+    let restart_prevent = format!(
+        "RestartPreventExitStatus={} {}",
+        babycry::cli::exit::CONFIG,
+        babycry::cli::exit::MODEL
+    );
     for line in [
         "Type=notify",
         "NotifyAccess=main",
@@ -54,6 +59,12 @@ fn the_unit_has_the_lifecycle_and_sandbox_settings() {
         // No start timeout: a missing microphone keeps the service waiting, not failed.
         "TimeoutStartSec=infinity",
         "Restart=on-failure",
+        // Never stuck in "failed" by a run of watchdog restarts; never restarted for a
+        // bad config or model, which a restart cannot mend.
+        "StartLimitIntervalSec=0",
+        restart_prevent.as_str(),
+        // Read by systemd as root: the dynamic user cannot read a root-only file.
+        "EnvironmentFile=-/etc/babycryd/mqtt.env",
         "DynamicUser=yes",
         "SupplementaryGroups=audio",
         "StateDirectory=babycryd",
