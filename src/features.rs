@@ -642,30 +642,19 @@ mod tests {
 
     #[test]
     fn bad_recipes_are_refused_with_the_reason() {
-        let mut r = recipe();
-        r.fmax = Some(5000.0);
-        assert!(FrontEnd::new(&r, 8000, 8000)
-            .unwrap_err()
-            .to_string()
-            .contains("fmax"));
-        let mut r = recipe();
-        r.win_length = Some(512);
-        assert!(FrontEnd::new(&r, 8000, 8000)
-            .unwrap_err()
-            .to_string()
-            .contains("win_length"));
-        let mut r = recipe();
-        r.n_fft = 255;
-        r.win_length = None;
-        assert!(FrontEnd::new(&r, 8000, 8000)
-            .unwrap_err()
-            .to_string()
-            .contains("n_fft = 255 must be even"));
-        let mut r = recipe();
-        r.win_length = Some(1);
-        assert!(FrontEnd::new(&r, 8000, 8000)
-            .unwrap_err()
-            .to_string()
-            .contains("win_length = 1 must be between 2"));
+        let refusal = |edit: fn(&mut FeatureRecipe)| {
+            let mut r = recipe();
+            edit(&mut r);
+            FrontEnd::new(&r, 8000, 8000).unwrap_err().to_string()
+        };
+        assert!(refusal(|r| r.fmax = Some(5000.0)).contains("fmax"));
+        assert!(refusal(|r| r.win_length = Some(512)).contains("win_length"));
+        let odd = refusal(|r| {
+            r.n_fft = 255;
+            r.win_length = None;
+        });
+        assert!(odd.contains("n_fft = 255 must be even"), "{odd}");
+        let one = refusal(|r| r.win_length = Some(1));
+        assert!(one.contains("win_length = 1 must be between 2"), "{one}");
     }
 }
