@@ -328,7 +328,8 @@ pub(crate) struct Current {
 }
 
 impl Current {
-    /// Keeps a state update; an event is not a state and is left out.
+    /// Keeps a state update (the one place that does, for the link and the idle task);
+    /// an event is not a state and is left out.
     fn note(&mut self, update: Update) {
         match update {
             Update::Event(_) => {}
@@ -546,17 +547,15 @@ impl Link {
                     self.pump();
                 }
             }
-            Update::Crying(on) => {
-                self.current.crying = on;
-                self.publish_crying();
-            }
-            Update::Reason { reason, confidence } => {
-                self.current.reason = Some((reason, confidence));
-                self.publish_reason();
-            }
-            Update::Diagnostics(d) => {
-                self.current.diagnostics = Some(d);
-                self.publish_diagnostics();
+            state => {
+                // The Event arm is above: what is left is Diagnostics.
+                let publish: fn(&mut Self) = match state {
+                    Update::Crying(_) => Self::publish_crying,
+                    Update::Reason { .. } => Self::publish_reason,
+                    _ => Self::publish_diagnostics,
+                };
+                self.current.note(state);
+                publish(self);
             }
         }
         self.report();
