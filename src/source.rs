@@ -550,15 +550,21 @@ impl Capture {
     /// stop is asked (Ok(false) / Ok(true)), or it fails (Err: reopened when retryable).
     fn stream(&mut self, format: StreamFormat) -> Result<bool, SourceError> {
         self.delivered = 0;
+        let device = self.source.describe();
+        // A conversion that fails mid-stream: reopened, as the device would be.
+        let lost = |e: ResampleError| SourceError::Lost {
+            device: device.clone(),
+            reason: e.to_string(),
+        };
         let mut converter =
             CaptureConverter::new(format, self.options.target_rate).map_err(|source| {
                 SourceError::Format {
-                    device: self.source.describe(),
+                    device: device.clone(),
                     source,
                 }
             })?;
         tracing::info!(
-            source = %self.source.describe(),
+            source = %device,
             rate = format.sample_rate,
             channels = format.channels,
             "audio source open"
@@ -588,10 +594,7 @@ impl Capture {
                     // The end of the recording, still inside the resampler, is the last
                     // block; without it up to a chunk and rubato's delay (0.1-0.2 s)
                     // would never reach the analysis.
-                    let tail = converter.finish().map_err(|e| SourceError::Lost {
-                        device: self.source.describe(),
-                        reason: e.to_string(),
-                    })?;
+                    let tail = converter.finish().map_err(lost)?;
                     if !tail.is_empty() && !self.send(SourceEvent::Audio(tail)) {
                         return Ok(false);
                     }
@@ -611,10 +614,7 @@ impl Capture {
                 Pull::Audio => {
                     last_audio = Instant::now();
                     self.delivered += (buf.len() / usize::from(format.channels.max(1))) as u64;
-                    let out = converter.convert(&buf).map_err(|e| SourceError::Lost {
-                        device: self.source.describe(),
-                        reason: e.to_string(),
-                    })?;
+                    let out = converter.convert(&buf).map_err(lost)?;
                     let silent = converter.silent_seconds();
                     let state = if silent >= self.options.stall_seconds {
                         AudioState::Stalled(format!("only digital silence for {silent:.0} s"))
