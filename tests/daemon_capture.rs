@@ -1,8 +1,10 @@
 //! Live capture through cpal on this machine's ALSA: the `null` PCM (zero samples, any
 //! format) is a real device that proves the capture path and stall detection; a device
-//! that does not exist proves the daemon keeps retrying instead of exiting.
+//! that does not exist proves the daemon keeps retrying instead of exiting, and that Home
+//! Assistant (a real Mosquitto in between) then shows the crying sensor unavailable.
 #![cfg(feature = "alsa")]
 
+mod broker_common;
 mod daemon_common;
 
 use std::process::{Command, Stdio};
@@ -112,4 +114,78 @@ fn devices_lists_input_devices_with_their_formats() {
     assert!(text.contains("id: alsa:null"), "{text}");
     assert!(text.contains("default format: "), "{text}");
     assert!(text.contains(" Hz, "), "{text}");
+}
+
+/// Home Assistant's view of a live daemon through a real Mosquitto: with the microphone
+/// missing, what the daemon hears (crying, reason, confidence, the episode event) is
+/// unavailable, not "Clear", while the diagnostics stay available to say why; with a
+/// device delivering audio, every entity is available.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_assistant_shows_what_the_daemon_hears_unavailable_while_the_microphone_is_lost() {
+    use broker_common::{daemon_config_with, ha_available, wait_until, Broker, Subscriber};
+    const DIAGNOSTICS: [&str; 6] = [
+        "audio_state",
+        "events_dropped",
+        "events_queued",
+        "gate_openings_per_hour",
+        "last_inference_ms",
+        "noise_floor_dbfs",
+    ];
+    for (device, state) in [("no-such-microphone", "lost"), ("alsa:null", "running")] {
+        let broker = Broker::start();
+        let sub = Subscriber::start(broker.port, &["babycry/#", "homeassistant/#"]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let audio = format!("[audio]\ndevice = \"{device}\"\nstall_seconds = 60.0\n");
+        let conf = daemon_config_with(dir.path(), broker.port, "live", &audio);
+        let mut child = Command::new(bin())
+            .arg("--config")
+            .arg(&conf)
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let diagnostics = "babycry/live/diagnostics";
+        let said = format!("\"audio_state\":\"{state}\"");
+        wait_until(
+            &format!("audio_state {state} on MQTT"),
+            Duration::from_secs(15),
+            || {
+                sub.on(diagnostics)
+                    .last()
+                    .is_some_and(|m| m.payload.contains(&said))
+            },
+        )
+        .await;
+        let configs: Vec<(String, serde_json::Value)> = sub
+            .all()
+            .into_iter()
+            .filter(|m| m.topic.starts_with("homeassistant/"))
+            .map(|m| {
+                let c: serde_json::Value = serde_json::from_str(&m.payload).unwrap();
+                let id = c["unique_id"].as_str().unwrap().trim_start_matches("live_");
+                (id.to_owned(), c)
+            })
+            .collect();
+        assert_eq!(configs.len(), 10, "{device}");
+        let latest = |t: &str| sub.on(t).last().map(|m| m.payload.clone());
+        let mut available: Vec<&str> = configs
+            .iter()
+            .filter(|(_, c)| ha_available(c, &latest))
+            .map(|(id, _)| id.as_str())
+            .collect();
+        available.sort_unstable();
+        let mut expected = DIAGNOSTICS.to_vec();
+        if state == "running" {
+            expected.extend(["confidence", "crying", "episode", "reason"]);
+            expected.sort_unstable();
+        }
+        assert_eq!(available, expected, "{device}");
+        assert!(Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+        assert_eq!(child.wait().unwrap().code(), Some(0), "{device}");
+    }
 }

@@ -101,18 +101,32 @@ fn check_discovery(topic: &str, payload: &str, base: &str, labels: &[&str]) -> (
     let c: Value = serde_json::from_str(payload).unwrap();
     let unique = c["unique_id"].as_str().unwrap();
     assert!(id_ok(unique) && unique == parts[2], "{topic}: {unique}");
-    for key in [
-        "name",
-        "state_topic",
-        "availability_topic",
-        "device",
-        "origin",
-    ] {
+    for key in ["name", "state_topic", "availability", "device", "origin"] {
         assert!(!c[key].is_null(), "{topic} lacks {key}");
     }
-    assert_eq!(c["availability_topic"], format!("{base}/status"));
-    assert_eq!(c["payload_available"], "online");
-    assert_eq!(c["payload_not_available"], "offline");
+    // Available while the daemon is online and, for what it hears, while the audio runs.
+    assert_eq!(c["availability_mode"], "all", "{topic}");
+    let availability = c["availability"].as_array().unwrap();
+    assert_eq!(availability[0]["topic"], format!("{base}/status"));
+    for a in availability {
+        assert_eq!(
+            (
+                a["payload_available"].as_str(),
+                a["payload_not_available"].as_str()
+            ),
+            (Some("online"), Some("offline")),
+            "{topic}"
+        );
+    }
+    let audio_topics: Vec<&str> = availability[1..]
+        .iter()
+        .map(|a| a["topic"].as_str().unwrap())
+        .collect();
+    let hears = ["crying", "reason", "confidence", "episode"]
+        .contains(&unique.trim_start_matches("testnode_"));
+    let diagnostics_topic = format!("{base}/diagnostics");
+    let expected: &[&str] = if hears { &[&diagnostics_topic] } else { &[] };
+    assert_eq!(audio_topics, expected, "{topic}");
     let state = c["state_topic"].as_str().unwrap();
     assert!(state.starts_with(&format!("{base}/")), "{topic}: {state}");
     assert!(!state.contains(['+', '#']));
@@ -230,7 +244,7 @@ async fn discovery_states_and_events_arrive_with_the_right_retain_flags() {
         .values()
         .filter(|m| m.topic.starts_with("homeassistant/"))
         .collect();
-    let ids: HashSet<String> = configs
+    let checked: BTreeMap<String, Value> = configs
         .iter()
         .map(|m| {
             check_discovery(
@@ -239,10 +253,18 @@ async fn discovery_states_and_events_arrive_with_the_right_retain_flags() {
                 base,
                 &["hungry", "tired", "belly_pain"],
             )
-            .0
         })
         .collect();
+    let ids: HashSet<String> = checked.keys().cloned().collect();
     assert_eq!(ids.len(), 10, "{ids:?}");
+    // With the daemon online and the audio running, Home Assistant shows every entity.
+    let latest = |t: &str| retained.get(t).map(|m| m.payload.clone());
+    let unavailable: Vec<&String> = checked
+        .iter()
+        .filter(|(_, c)| !ha_available(c, &latest))
+        .map(|(id, _)| id)
+        .collect();
+    assert!(unavailable.is_empty(), "{unavailable:?}");
     for id in [
         "crying",
         "reason",
@@ -258,6 +280,41 @@ async fn discovery_states_and_events_arrive_with_the_right_retain_flags() {
             "{id} missing from {ids:?}"
         );
     }
+
+    // The microphone is lost: what the daemon hears becomes unavailable, while the
+    // diagnostics (the audio device sensor among them) stay to say why.
+    handle.send(Update::Diagnostics(Diagnostics {
+        audio_state: "lost".into(),
+        ..diagnostics()
+    }));
+    let diagnostics_topic = format!("{base}/diagnostics");
+    wait_until(
+        "the lost microphone's diagnostics",
+        Duration::from_secs(5),
+        || {
+            late.on(&diagnostics_topic)
+                .last()
+                .is_some_and(|m| m.payload.contains("\"lost\""))
+        },
+    )
+    .await;
+    let latest = |t: &str| late.on(t).last().map(|m| m.payload.clone());
+    let available: Vec<&str> = checked
+        .iter()
+        .filter(|(_, c)| ha_available(c, &latest))
+        .map(|(id, _)| id.trim_start_matches("testnode_"))
+        .collect();
+    assert_eq!(
+        available,
+        [
+            "audio_state",
+            "events_dropped",
+            "events_queued",
+            "gate_openings_per_hour",
+            "last_inference_ms",
+            "noise_floor_dbfs"
+        ]
+    );
 
     // Clean shutdown: offline, published by the client itself (not the will).
     handle.shutdown(Duration::from_secs(5)).await;

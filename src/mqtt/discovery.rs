@@ -2,17 +2,36 @@
 //! its entities appear (crying, reason, confidence, the per-episode event and the
 //! diagnostics), and the empty payloads that make it disappear again. Pure functions of
 //! the topics and the device description, so tests check them without a broker.
+//!
+//! Every entity is available while `<base>/status` says `online`. The entities that say
+//! what the room sounds like (crying, reason, confidence, episode) also need the
+//! microphone: they are unavailable unless the retained diagnostics say the audio is
+//! `running`. Without that, a monitor whose microphone was unplugged, is missing at boot
+//! or delivers only silence would show "Clear" to the parents, while it hears nothing;
+//! the diagnostic sensors stay available to say why.
 
 use serde_json::{json, Value};
 
 use super::{DeviceInfo, Topics};
 use crate::events::UNCERTAIN;
+use crate::source::AudioState;
 
 /// One entity: component, object id suffix and its specific keys.
 struct Entity {
     component: &'static str,
     key: &'static str,
     config: Value,
+    /// Its state comes from listening: unavailable while the audio is not running.
+    hears: bool,
+}
+
+/// Renders `online` from the retained diagnostics only while the audio is running;
+/// connecting, lost, stalled and ended render `offline`.
+fn audio_availability_template() -> String {
+    format!(
+        "{{{{ 'online' if value_json.audio_state == '{}' else 'offline' }}}}",
+        AudioState::Running.name()
+    )
 }
 
 /// The diagnostic sensors: key in the diagnostics JSON, name, unit, device class.
@@ -50,6 +69,7 @@ fn entities(t: &Topics, device: &DeviceInfo) -> Vec<Entity> {
                 "payload_on": "ON",
                 "payload_off": "OFF",
             }),
+            hears: true,
         },
         Entity {
             component: "sensor",
@@ -61,6 +81,7 @@ fn entities(t: &Topics, device: &DeviceInfo) -> Vec<Entity> {
                 "state_topic": t.reason,
                 "icon": "mdi:emoticon-cry-outline",
             }),
+            hears: true,
         },
         Entity {
             component: "sensor",
@@ -72,6 +93,7 @@ fn entities(t: &Topics, device: &DeviceInfo) -> Vec<Entity> {
                 "state_class": "measurement",
                 "suggested_display_precision": 0,
             }),
+            hears: true,
         },
         Entity {
             component: "event",
@@ -81,6 +103,7 @@ fn entities(t: &Topics, device: &DeviceInfo) -> Vec<Entity> {
                 "state_topic": t.episode,
                 "event_types": options(device),
             }),
+            hears: true,
         },
     ];
     for (key, name, unit, class) in DIAGNOSTICS {
@@ -104,6 +127,7 @@ fn entities(t: &Topics, device: &DeviceInfo) -> Vec<Entity> {
             component: "sensor",
             key,
             config,
+            hears: false,
         });
     }
     list
@@ -145,9 +169,21 @@ pub fn discovery_messages(
             let mut c = e.config;
             let id = format!("{}_{}", t.node_id, e.key);
             c["unique_id"] = id.into();
-            c["availability_topic"] = t.status.clone().into();
-            c["payload_available"] = "online".into();
-            c["payload_not_available"] = "offline".into();
+            let mut availability = vec![json!({
+                "topic": t.status,
+                "payload_available": "online",
+                "payload_not_available": "offline",
+            })];
+            if e.hears {
+                availability.push(json!({
+                    "topic": t.diagnostics,
+                    "value_template": audio_availability_template(),
+                    "payload_available": "online",
+                    "payload_not_available": "offline",
+                }));
+            }
+            c["availability"] = availability.into();
+            c["availability_mode"] = "all".into();
             c["qos"] = 1.into();
             c["device"] = device_block.clone();
             c["origin"] = origin.clone();

@@ -476,3 +476,33 @@ pub fn ids_of(messages: &[Seen]) -> Vec<String> {
         })
         .collect()
 }
+
+/// Whether Home Assistant shows the entity of discovery config `config` as available,
+/// given the latest payload on each topic (`latest`): with `availability_mode` `all`,
+/// every entry of its `availability` list must have a payload that, rendered through the
+/// entry's `value_template` (Jinja, as Home Assistant renders it, with `value` and
+/// `value_json`), equals the entry's `payload_available`.
+pub fn ha_available(config: &Value, latest: &dyn Fn(&str) -> Option<String>) -> bool {
+    assert_eq!(config["availability_mode"], "all", "{config}");
+    let entries = config["availability"]
+        .as_array()
+        .expect("an availability list");
+    entries.iter().all(|a| {
+        let Some(payload) = latest(a["topic"].as_str().unwrap()) else {
+            return false;
+        };
+        let shown = match a["value_template"].as_str() {
+            None => payload,
+            Some(template) => {
+                let value_json: Value = serde_json::from_str(&payload).unwrap_or(Value::Null);
+                minijinja::Environment::new()
+                    .render_str(
+                        template,
+                        minijinja::context! { value => payload, value_json => value_json },
+                    )
+                    .unwrap_or_else(|e| panic!("{template}: {e}"))
+            }
+        };
+        Some(shown.as_str()) == a["payload_available"].as_str()
+    })
+}
