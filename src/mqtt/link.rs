@@ -211,7 +211,7 @@ pub enum IncomingAction {
 /// Why an incoming message changes nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ignored {
-    /// Not `<discovery_prefix>/status`, the one topic the daemon subscribes to.
+    /// Not `homeassistant/status`, the one topic the daemon subscribes to.
     OtherTopic,
     /// The retained `online` the broker hands out at every subscribe: discovery was just
     /// sent on connect.
@@ -224,7 +224,7 @@ pub enum Ignored {
 }
 
 /// The daemon's whole reaction to incoming MQTT messages. It subscribes to one topic,
-/// Home Assistant's status (`<discovery_prefix>/status`), and accepts no commands: only a
+/// Home Assistant's status ([`super::HA_STATUS_TOPIC`]), and accepts no commands: only a
 /// non-retained `online` there does anything (rediscovery); every other topic or payload
 /// is ignored. Pure, so it is fuzzed (`tests/fuzz.rs`).
 pub fn incoming(topics: &Topics, topic: &str, payload: &[u8], retained: bool) -> IncomingAction {
