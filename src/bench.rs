@@ -63,7 +63,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(3..=100_000))]
     pub iterations: u32,
     /// Peak FLOP/s of one core, for the fraction of peak (default: the reference machine).
-    #[arg(long, default_value_t = REFERENCE_PEAK_FLOPS)]
+    #[arg(long, default_value_t = REFERENCE_PEAK_FLOPS, value_parser = peak_flops)]
     pub peak_flops: f64,
     /// Also time this many starts of `babycryd run` to READY=1 (0: skip).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1000))]
@@ -71,6 +71,16 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--peak-flops`: a positive, finite FLOP/s figure (1e6 to 1e15, a microcontroller to
+/// far beyond any one core); zero or a negative one would print an infinite or negative
+/// fraction of peak as if it were a measurement.
+fn peak_flops(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if (1e6..=1e15).contains(&f) => Ok(f),
+        _ => Err(format!("{text:?} is not a FLOP/s figure within 1e6..=1e15")),
+    }
 }
 
 /// Median and 95th percentile of one stage, milliseconds per 7 s window.

@@ -344,8 +344,9 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
         if cause.is::<crate::error::ModelError>() {
             return exit::MODEL;
         }
-        // The input of `run` failed for good (a recording it cannot convert or decode).
-        if cause.is::<crate::source::SourceError>() {
+        // The input of `run` failed for good (a recording it cannot convert or decode),
+        // or a recording given to `bench` cannot be read.
+        if cause.is::<crate::source::SourceError>() || cause.is::<crate::error::DecodeError>() {
             return exit::INPUT_FAILED;
         }
     }

@@ -126,6 +126,11 @@ fn cases() -> Vec<Case> {
         case("Unknown flag", "classify --loud $DIR/silence.wav"),
         case("`--hop 0`", "classify --hop 0 $DIR/silence.wav"),
         case(
+            "Timing a recording that does not exist",
+            "bench --iterations 3 --input $DIR/missing.wav",
+        ),
+        case("`--peak-flops 0`", "bench --peak-flops 0"),
+        case(
             "Config file that does not exist",
             "check-config --config $DIR/missing.toml",
         ),
