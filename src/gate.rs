@@ -207,6 +207,12 @@ impl EnergyGate {
         self.open
     }
 
+    /// Open, and the last frame was above the closing level: the sound itself, not the
+    /// hangover that follows it.
+    pub fn hears_sound(&self) -> bool {
+        self.open && self.quiet_samples == 0
+    }
+
     pub fn noise_floor_dbfs(&self) -> f64 {
         self.floor.dbfs()
     }

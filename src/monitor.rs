@@ -278,9 +278,17 @@ impl CryMonitor {
         while self.openings.front().is_some_and(|&o| o + hour < end) {
             self.openings.pop_front();
         }
-        if self.detector.is_none() && self.gate.is_open() {
-            if let Some(ep) = &mut self.episode {
-                ep.last_cry_end = end;
+        // Without a detector the sound is the crying: the episode lasts while frames are
+        // loud (not through the gate's hangover), and crying that a cooldown suppressed
+        // at its opening starts its episode once the cooldown is over, as a detector's
+        // windows would go on confirming it.
+        if self.detector.is_none() && self.gate.hears_sound() {
+            match &mut self.episode {
+                Some(ep) => ep.last_cry_end = end,
+                None if self.framed >= self.cooldown_until => {
+                    self.start_episode(self.cooldown_until.max(start), end, Vec::new(), emit)
+                }
+                None => {}
             }
         }
         self.run_detector(emit)?;

@@ -192,3 +192,51 @@ fn without_a_detector_every_gate_opening_is_crying() {
     assert_eq!((s.episodes, s.detector_inferences), (1, 0));
     assert!(s.reason_inferences >= 1);
 }
+
+/// Without a detector the open gate is the crying, so an episode spans the sound, not the
+/// gate's hangover, and crying the cooldown suppressed that goes on past the cooldown
+/// starts its episode then, as the detector's windows would go on confirming it.
+#[test]
+fn without_a_detector_episodes_follow_the_sound_and_outlast_the_cooldown() {
+    let mut m = monitor(
+        |c| {
+            c.episode.quiet_seconds = 2.0;
+            c.episode.cooldown_seconds = 10.0;
+            c.gate.hangover_seconds = 1.5;
+        },
+        false,
+    );
+    let mut audio = synth::room_tone(RATE, 45.0, 0.002, 3);
+    // 2-5 s: the first episode; 12-30 s: crying that begins inside its cooldown.
+    for (onset, seconds) in [(2.0, 3.0), (12.0, 18.0)] {
+        synth::mix_into(
+            &mut audio,
+            &synth::cry(RATE, seconds, 0.5),
+            (onset * RATE as f32) as usize,
+        );
+    }
+    let events = kinds(&feed(&mut m, &audio, 800));
+    let episodes: Vec<(f64, f64)> = events
+        .iter()
+        .filter_map(|(_, k)| match k {
+            EventKind::EpisodeEnd { start_s, end_s, .. } => Some((*start_s, *end_s)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(episodes.len(), 2, "{events:?}");
+    let (first_start, first_end) = episodes[0];
+    // The synthetic cry is 1.2 s bursts 1.5 s apart, so the sound of the first ends at
+    // 4.7 s and of the second at 29.7 s; the pre-roll is 0.5 s.
+    assert!(
+        (1.4..=2.1).contains(&first_start) && (4.5..=5.05).contains(&first_end),
+        "the first episode spans the sound (2-5 s), not the 1.5 s hangover: {episodes:?}"
+    );
+    // Its cooldown ends 10 s after the episode closed, 2 s of quiet after its end.
+    let (second_start, second_end) = episodes[1];
+    let cooldown_end = first_end + 2.0 + 10.0;
+    assert!(
+        (second_start - cooldown_end).abs() < 0.1 && (29.5..=30.05).contains(&second_end),
+        "the crying that outlasts the cooldown is an episode from its end: {episodes:?}"
+    );
+    assert_eq!(m.summary().suppressed_by_cooldown, 1);
+}
