@@ -4,7 +4,8 @@
 //! It owns telling a good recording from a bad one: a missing, empty, truncated or
 //! corrupt file, or one that is not audio at all, becomes a [`DecodeError`] that names
 //! the file and the cause. A file with an announced length that decodes short is
-//! reported as truncated rather than silently classified on half its audio.
+//! reported as truncated rather than silently classified on half its audio (MP3 announces
+//! none: a cut MP3 is classified on what it holds).
 //! [`AudioStream`] decodes packet by packet, for replays that must not hold a whole night
 //! in memory; [`decode_file`] collects it for the single recordings `classify` reads.
 
@@ -286,8 +287,14 @@ impl AudioStream {
 /// The length the container announces, unless it is the streaming sentinel: a WAV
 /// written to a pipe (sox, ffmpeg, `arecord` to stdout) says 0xFFFFFFFF bytes of data,
 /// which symphonia accepts and turns into about 2^32 / bytes-per-frame frames, so every
-/// such recording would read as truncated.
+/// such recording would read as truncated. MPEG audio (MP3) announces no length at all:
+/// without a Xing/Info header symphonia estimates one from the first frames, which for a
+/// VBR recording that starts quiet is several times too long, so it is not checked.
 fn announced_length(params: &symphonia::core::codecs::CodecParameters) -> Option<u64> {
+    use symphonia::core::codecs::{CODEC_TYPE_MP1, CODEC_TYPE_MP2, CODEC_TYPE_MP3};
+    if [CODEC_TYPE_MP1, CODEC_TYPE_MP2, CODEC_TYPE_MP3].contains(&params.codec) {
+        return None;
+    }
     let frames = params.n_frames?;
     let bytes_per_frame = u64::from(params.bits_per_coded_sample.unwrap_or(0)).div_ceil(8)
         * params.channels.map_or(0, |c| c.count() as u64);

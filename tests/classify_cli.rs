@@ -380,3 +380,32 @@ fn real_cries_and_non_cries_from_the_shared_data() {
         "{false_rate:.2} of speech recordings were called crying"
     );
 }
+
+/// An MP3 has no length of its own: without a Xing/Info header (`lame -t`, many phone
+/// apps and streams) the decoder estimates one from the first frames, so a VBR recording
+/// that starts quiet (small frames) is "announced" several times longer than it is. It is
+/// classified whole, not refused as truncated.
+#[test]
+fn a_vbr_mp3_without_a_length_header_that_starts_quiet_is_not_called_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let rate = 44_100;
+    // 10 s of digital silence, then 10 s of loud noise.
+    let mut x = vec![0.0f32; 10 * rate as usize];
+    x.extend(synth::room_tone(rate, 10.0, 0.5, 9));
+    let wav = dir.path().join("quiet-then-loud.wav");
+    write_wav_i16(&wav, &x, rate).unwrap();
+    let mp3 = dir.path().join("quiet-then-loud.mp3");
+    let (w, m) = (wav.display().to_string(), mp3.display().to_string());
+    if encode("lame", &["--quiet", "-V", "0", "-t", &w, &m]).is_none() {
+        return;
+    }
+    let out = babycryd(&["classify", "--no-detector", "--json", &m]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer = &json_lines(&out)[0];
+    let seconds = answer["duration_s"].as_f64().unwrap();
+    assert!((seconds - 20.0).abs() < 0.1, "{answer}");
+}
