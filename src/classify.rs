@@ -6,6 +6,7 @@
 //! model, apply thresholds, and build the JSON answer in the shape the replaced Python
 //! service gave (`label`, `probability`, `top_k`, `all_probs`) plus `decision` and
 //! `cry_probability`. Failures are per file: one bad recording never stops the others.
+//! A file is classified as it is decoded (`FileWindows`), so its length costs no memory.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,10 +14,10 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::decision::{confirmation_score, reason_decision};
-use crate::decode::decode_file;
+use crate::decode::AudioStream;
 use crate::error::{DecodeError, ModelError, ResampleError};
 use crate::model::{Model, Prediction};
-use crate::resample::resample_all;
+use crate::resample::StreamResampler;
 
 /// The reason reported when the detector says the recording is not crying.
 pub const NO_CRY: &str = "no_cry";
@@ -121,11 +122,20 @@ impl Classifier {
         }
     }
 
-    /// Decodes and classifies one file.
+    /// Decodes and classifies one file, packet by packet: the audio is resampled to the
+    /// models' rates as it is decoded and each window is classified once its audio is
+    /// there, so a night-long recording takes the memory of a window, not of the night.
     pub fn classify_file(&mut self, path: &Path) -> Result<FileVerdict, ClassifyError> {
-        let audio = decode_file(path)?;
+        let mut stream = AudioStream::open(path)?;
         let file = path.display().to_string();
-        self.classify_samples(&file, &audio.samples, audio.sample_rate)
+        let mut windows = FileWindows::new(self, &file, stream.sample_rate())?;
+        let mut block = Vec::new();
+        while stream.next_into(&mut block)? {
+            windows.push(self, &block)?;
+            block.clear();
+        }
+        windows.push(self, &block)?;
+        windows.finish(self)
     }
 
     /// Classifies mono samples at `rate`; `file` names them in the answer and errors.
@@ -135,98 +145,9 @@ impl Classifier {
         samples: &[f32],
         rate: u32,
     ) -> Result<FileVerdict, ClassifyError> {
-        let resample_err = |source| ClassifyError::Resample {
-            file: file.to_owned(),
-            source,
-        };
-        let model_err = |source| ClassifyError::Model {
-            file: file.to_owned(),
-            source,
-        };
-        let duration_s = samples.len() as f64 / f64::from(rate);
-
-        let reason_rate = self.reason.sidecar().audio.sample_rate;
-        let audio = resample_all(samples, rate, reason_rate).map_err(resample_err)?;
-        let detector_audio = match &self.detector {
-            Some(d) if d.sidecar().audio.sample_rate != reason_rate => Some(
-                resample_all(samples, rate, d.sidecar().audio.sample_rate).map_err(resample_err)?,
-            ),
-            _ => None,
-        };
-
-        let window = self.reason.window_samples();
-        let hop = self
-            .options
-            .hop_seconds
-            .map(|h| ((h * f64::from(reason_rate)).round() as usize).max(1))
-            .unwrap_or(window);
-        // One window for a short file; otherwise every full window at `hop`, plus the
-        // tail when it holds at least half a window.
-        let mut starts = vec![0usize];
-        while starts.last().copied().unwrap_or(0) + window < audio.len() {
-            let next = starts.last().copied().unwrap_or(0) + hop;
-            // A hop longer than the window can step past the end.
-            if audio.len().saturating_sub(next) < window / 2 {
-                break;
-            }
-            starts.push(next);
-        }
-
-        let mut windows = Vec::with_capacity(starts.len());
-        let mut preds = Vec::with_capacity(starts.len());
-        for &start in &starts {
-            let end = (start + window).min(audio.len());
-            let pred = self.reason.predict(&audio[start..end]).map_err(model_err)?;
-            let cry = match &self.detector {
-                Some(_) => {
-                    let det_audio = detector_audio.as_deref().unwrap_or(&audio);
-                    let scale = self.detector.as_ref().map_or(1.0, |d| {
-                        f64::from(d.sidecar().audio.sample_rate) / f64::from(reason_rate)
-                    });
-                    let (ds, de) = (
-                        (start as f64 * scale) as usize,
-                        ((end as f64 * scale) as usize).min(det_audio.len()),
-                    );
-                    Some(
-                        self.cry_probability(&det_audio[ds..de])
-                            .map_err(model_err)?,
-                    )
-                }
-                None => None,
-            };
-            let verdict = self.verdict(&pred, cry);
-            preds.push((pred, cry));
-            windows.push(WindowVerdict {
-                start_s: start as f64 / f64::from(reason_rate),
-                end_s: end as f64 / f64::from(reason_rate),
-                verdict,
-            });
-        }
-
-        let verdict = if windows.len() == 1 {
-            windows.pop().expect("one window").verdict
-        } else {
-            // Summary: mean probabilities over the windows, and the file counts as crying
-            // when any window does.
-            let n = preds.len() as f32;
-            let labels = self.reason.labels().len();
-            let mean: Vec<f32> = (0..labels)
-                .map(|i| preds.iter().map(|(p, _)| p.probabilities[i]).sum::<f32>() / n)
-                .collect();
-            let cry = preds.iter().filter_map(|(_, c)| *c).reduce(f32::max);
-            self.verdict(
-                &Prediction {
-                    probabilities: mean,
-                },
-                cry,
-            )
-        };
-        Ok(FileVerdict {
-            file: file.to_owned(),
-            duration_s,
-            verdict,
-            windows,
-        })
+        let mut windows = FileWindows::new(self, file, rate)?;
+        windows.push(self, samples)?;
+        windows.finish(self)
     }
 
     /// The detector's confirmation score over a stretch of audio at the detector's rate.
@@ -287,6 +208,242 @@ impl Classifier {
             decision,
             cry_probability,
         }
+    }
+}
+
+/// Audio at one model's rate, from the absolute sample `offset` on: what the windows
+/// still to come need, the rest dropped.
+#[derive(Debug, Default)]
+struct Held {
+    samples: Vec<f32>,
+    offset: usize,
+}
+
+impl Held {
+    /// Samples received so far, dropped ones included.
+    fn total(&self) -> usize {
+        self.offset + self.samples.len()
+    }
+
+    fn slice(&self, from: usize, to: usize) -> &[f32] {
+        &self.samples[from - self.offset..to - self.offset]
+    }
+
+    fn drop_before(&mut self, at: usize) {
+        let n = at.saturating_sub(self.offset).min(self.samples.len());
+        self.samples.drain(..n);
+        self.offset += n;
+    }
+}
+
+/// One recording on its way through the models: blocks at the file's rate in, resampled
+/// to the reason model's rate (and the detector's, where it differs), every reason
+/// window classified as soon as its audio is held. Windows: one (padded) for a short
+/// recording; otherwise every full window at the hop, plus the tail when it holds at
+/// least half a window.
+struct FileWindows {
+    file: String,
+    rate: u32,
+    source_samples: u64,
+    reason_rate: u32,
+    window: usize,
+    hop: usize,
+    /// Detector rate / reason rate.
+    detector_scale: f64,
+    to_reason: StreamResampler,
+    reason_audio: Held,
+    /// Only when the detector's rate differs from the reason model's.
+    to_detector: Option<(StreamResampler, Held)>,
+    /// The next full window's start (reason-rate samples).
+    next_start: usize,
+    windows: Vec<WindowVerdict>,
+    preds: Vec<(Prediction, Option<f32>)>,
+}
+
+impl FileWindows {
+    fn new(c: &Classifier, file: &str, rate: u32) -> Result<Self, ClassifyError> {
+        let resample_err = |source| ClassifyError::Resample {
+            file: file.to_owned(),
+            source,
+        };
+        let reason_rate = c.reason.sidecar().audio.sample_rate;
+        let window = c.reason.window_samples();
+        let hop = c
+            .options
+            .hop_seconds
+            .map(|h| ((h * f64::from(reason_rate)).round() as usize).max(1))
+            .unwrap_or(window);
+        let detector_rate = c
+            .detector
+            .as_ref()
+            .map_or(reason_rate, |d| d.sidecar().audio.sample_rate);
+        let to_detector = if detector_rate == reason_rate {
+            None
+        } else {
+            Some((
+                StreamResampler::new(rate, detector_rate).map_err(resample_err)?,
+                Held::default(),
+            ))
+        };
+        Ok(Self {
+            file: file.to_owned(),
+            rate,
+            source_samples: 0,
+            reason_rate,
+            window,
+            hop,
+            detector_scale: f64::from(detector_rate) / f64::from(reason_rate),
+            to_reason: StreamResampler::new(rate, reason_rate).map_err(resample_err)?,
+            reason_audio: Held::default(),
+            to_detector,
+            next_start: 0,
+            windows: Vec::new(),
+            preds: Vec::new(),
+        })
+    }
+
+    fn resample_err(&self, source: ResampleError) -> ClassifyError {
+        ClassifyError::Resample {
+            file: self.file.clone(),
+            source,
+        }
+    }
+
+    /// The detector's audio: its own when its rate differs, the reason model's otherwise.
+    fn detector_audio(&self) -> &Held {
+        self.to_detector
+            .as_ref()
+            .map_or(&self.reason_audio, |(_, held)| held)
+    }
+
+    /// The detector-rate sample that reason-rate sample `at` falls on.
+    fn detector_sample(&self, at: usize) -> usize {
+        (at as f64 * self.detector_scale) as usize
+    }
+
+    /// Takes the next block of mono samples at the file's rate and classifies every full
+    /// window it completes.
+    fn push(&mut self, c: &mut Classifier, block: &[f32]) -> Result<(), ClassifyError> {
+        self.source_samples += block.len() as u64;
+        let pushed = self.to_reason.push(block, &mut self.reason_audio.samples);
+        pushed.map_err(|e| self.resample_err(e))?;
+        if let Some((resampler, held)) = &mut self.to_detector {
+            let pushed = resampler.push(block, &mut held.samples);
+            pushed.map_err(|e| self.resample_err(e))?;
+        }
+        self.classify_full_windows(c)
+    }
+
+    fn classify_full_windows(&mut self, c: &mut Classifier) -> Result<(), ClassifyError> {
+        loop {
+            let end = self.next_start + self.window;
+            let held = self.reason_audio.total() >= end
+                && self.detector_audio().total() >= self.detector_sample(end);
+            if !held {
+                return Ok(());
+            }
+            self.classify_window(c, self.next_start, end)?;
+            self.next_start += self.hop;
+            let (reason_from, detector_from) =
+                (self.next_start, self.detector_sample(self.next_start));
+            self.reason_audio.drop_before(reason_from);
+            if let Some((_, held)) = &mut self.to_detector {
+                held.drop_before(detector_from);
+            }
+        }
+    }
+
+    fn classify_window(
+        &mut self,
+        c: &mut Classifier,
+        start: usize,
+        end: usize,
+    ) -> Result<(), ClassifyError> {
+        let model_err = |source| ClassifyError::Model {
+            file: self.file.clone(),
+            source,
+        };
+        let pred = c
+            .reason
+            .predict(self.reason_audio.slice(start, end))
+            .map_err(model_err)?;
+        let cry = match c.detector {
+            Some(_) => {
+                let audio = self.detector_audio();
+                let from = self.detector_sample(start);
+                let to = self.detector_sample(end).min(audio.total());
+                Some(
+                    c.cry_probability(audio.slice(from, to))
+                        .map_err(model_err)?,
+                )
+            }
+            None => None,
+        };
+        let rate = f64::from(self.reason_rate);
+        self.windows.push(WindowVerdict {
+            start_s: start as f64 / rate,
+            end_s: end as f64 / rate,
+            verdict: c.verdict(&pred, cry),
+        });
+        self.preds.push((pred, cry));
+        Ok(())
+    }
+
+    /// Ends the recording: the audio the resamplers still hold, the tail window (or the
+    /// one padded window of a short recording), and the verdict.
+    fn finish(mut self, c: &mut Classifier) -> Result<FileVerdict, ClassifyError> {
+        let flushed = self.to_reason.finish(&mut self.reason_audio.samples);
+        flushed.map_err(|e| self.resample_err(e))?;
+        if let Some((resampler, held)) = &mut self.to_detector {
+            let flushed = resampler.finish(&mut held.samples);
+            flushed.map_err(|e| self.resample_err(e))?;
+        }
+        self.classify_full_windows(c)?;
+        let len = self.reason_audio.total();
+        let tail = if self.windows.is_empty() {
+            // A recording shorter than a window: one window, padded by the model.
+            Some(0)
+        } else {
+            // The last full window stopped short of the end: the next one, when at
+            // least half a window of audio is left for it.
+            let last = self.next_start - self.hop;
+            (last + self.window < len && len.saturating_sub(self.next_start) >= self.window / 2)
+                .then_some(self.next_start)
+        };
+        if let Some(start) = tail {
+            self.classify_window(c, start, len)?;
+        }
+
+        let verdict = if self.windows.len() == 1 {
+            self.windows.pop().expect("one window").verdict
+        } else {
+            // Summary: mean probabilities over the windows, and the file counts as crying
+            // when any window does.
+            let n = self.preds.len() as f32;
+            let labels = c.reason.labels().len();
+            let mean: Vec<f32> = (0..labels)
+                .map(|i| {
+                    self.preds
+                        .iter()
+                        .map(|(p, _)| p.probabilities[i])
+                        .sum::<f32>()
+                        / n
+                })
+                .collect();
+            let cry = self.preds.iter().filter_map(|(_, c)| *c).reduce(f32::max);
+            c.verdict(
+                &Prediction {
+                    probabilities: mean,
+                },
+                cry,
+            )
+        };
+        Ok(FileVerdict {
+            file: self.file,
+            duration_s: self.source_samples as f64 / f64::from(self.rate),
+            verdict,
+            windows: self.windows,
+        })
     }
 }
 

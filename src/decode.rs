@@ -6,8 +6,8 @@
 //! the file and the cause. A file with an announced length that decodes short is
 //! reported as truncated rather than silently classified on half its audio (MP3 announces
 //! none: a cut MP3 is classified on what it holds).
-//! [`AudioStream`] decodes packet by packet, for replays that must not hold a whole night
-//! in memory; [`decode_file`] collects it for the single recordings `classify` reads.
+//! [`AudioStream`] decodes packet by packet, for replays and `classify`, which must not
+//! hold a whole night in memory; [`decode_file`] collects it (bench, tests).
 
 use std::fs::File;
 use std::io::ErrorKind;
