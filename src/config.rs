@@ -179,8 +179,21 @@ impl Config {
             }
         }
         if !matches!(self.logging.level.trim(), "") {
-            tracing_subscriber::EnvFilter::try_new(&self.logging.level)
-                .map_err(|e| invalid(format!("logging.level = {:?}: {e}", self.logging.level)))?;
+            let level = &self.logging.level;
+            tracing_subscriber::EnvFilter::try_new(level)
+                .map_err(|e| invalid(format!("logging.level = {level:?}: {e}")))?;
+            // The filter syntax reads a bare word as a target name: a misspelt level
+            // ("inof") would be accepted and show only that target's (no) records, so the
+            // daemon would log nothing at all, lost microphone and refused password too.
+            if let Some(word) = level.split(',').map(str::trim).find(|d| {
+                !d.is_empty()
+                    && !d.contains(['=', '['])
+                    && d.parse::<tracing::level_filters::LevelFilter>().is_err()
+            }) {
+                return Err(invalid(format!(
+                    "logging.level = {level:?}: {word:?} is not a level (error, warn, info, debug, trace, off) or a target=level directive"
+                )));
+            }
         }
         self.audio
             .validate()
@@ -310,6 +323,29 @@ mod tests {
             Config::default(),
             "config/babycryd.toml must state the defaults"
         );
+    }
+
+    #[test]
+    fn a_misspelt_log_level_is_refused_and_directives_are_kept() {
+        let with_level = |level: &str| {
+            let mut c = Config::default();
+            c.logging.level = level.into();
+            c.validate(None)
+        };
+        let e = with_level("inof").unwrap_err().to_string();
+        assert!(e.contains("\"inof\" is not a level"), "{e}");
+        let e = with_level("warn,babycyr").unwrap_err().to_string();
+        assert!(e.contains("\"babycyr\" is not a level"), "{e}");
+        for ok in [
+            "info",
+            "WARN",
+            "off",
+            "warn,babycry=debug",
+            "babycry::mqtt=trace",
+            " debug ",
+        ] {
+            assert!(with_level(ok).is_ok(), "{ok}");
+        }
     }
 
     #[test]

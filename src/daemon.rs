@@ -290,6 +290,9 @@ pub async fn run(
                             if new.config.audio != settings.config.audio {
                                 tracing::warn!("[audio] changes take effect after a restart");
                             }
+                            if new.config.logging != settings.config.logging {
+                                tracing::warn!("[logging] changes take effect after a restart");
+                            }
                             monitor.apply(MonitorSettings::from_config(&new.config));
                             let _ = out_tx.send(OutputMessage::Mqtt(MqttConfig::for_daemon(&new.config))).await;
                             settings = new;
