@@ -116,6 +116,8 @@ pub struct ClassifyArgs {
 #[derive(Debug, Args)]
 pub struct ModelArgs {
     /// Cry-reason model (.onnx with its .toml sidecar), instead of the configured one.
+    /// Without --config the config file is then not read: the thresholds are the
+    /// sidecar's, and no detector runs unless --detector names one.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Cry-detector model, instead of the configured one.
@@ -245,7 +247,7 @@ fn classify(cli: &Cli, args: &ClassifyArgs) -> anyhow::Result<ExitCode> {
             }
             Err(e) => {
                 failed += 1;
-                eprintln!("babycryd: {e}");
+                report_error(&e.to_string());
                 if !table {
                     let file = input.map(|p| p.display().to_string()).unwrap_or_default();
                     writeln!(
@@ -335,6 +337,14 @@ pub fn error_message(err: &anyhow::Error) -> String {
     out
 }
 
+/// Prints `babycryd: <text>` on stderr. A closed stderr (`babycryd ... 2>&1 | head`, a
+/// log reader that went away) is not an error of ours: `eprintln!` would panic there and
+/// turn the exit code into 101.
+pub fn report_error(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "babycryd: {text}");
+}
+
 /// The exit code for an error that ended the program.
 pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
@@ -418,7 +428,7 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let source = match audio_source(args, &settings) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("babycryd: {}", error_message(&e));
+            report_error(&error_message(&e));
             return Ok(ExitCode::from(exit::INPUT_FAILED));
         }
     };
@@ -535,10 +545,14 @@ pub fn init_logging(json: bool, level: Option<&str>) {
         tracing_subscriber::EnvFilter::try_new(format!("{level},symphonia=off"))
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,symphonia=off"))
     });
+    // A log line that cannot be written (stderr closed) is dropped: tracing would
+    // otherwise report it with `eprintln!`, which panics on a closed stderr and would
+    // end the monitor in the middle of an episode.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(false);
+        .with_ansi(false)
+        .log_internal_errors(false);
     let _ = if json {
         builder.json().try_init()
     } else {

@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     match babycry::cli::execute(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("babycryd: {}", babycry::cli::error_message(&err));
+            babycry::cli::report_error(&babycry::cli::error_message(&err));
             ExitCode::from(babycry::cli::exit_code_for(&err))
         }
     }

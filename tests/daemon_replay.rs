@@ -445,3 +445,27 @@ fn a_44k1_or_48_khz_recording_is_analysed_to_its_last_sample() {
         );
     }
 }
+
+/// A closed stderr (`babycryd run 2>&1 | head`, a log reader that went away) costs the
+/// log lines, not the monitor: the whole demo night is still analysed and the run exits
+/// 0 (a panic in tracing's fallback `eprintln!` made it 101, mid-night).
+#[test]
+fn a_closed_stderr_does_not_stop_the_monitor() {
+    let mut child = Command::new(bin())
+        .args(["run", "--demo"])
+        .env_remove("BABYCRYD_CONFIG")
+        .env_remove("CONFIGURATION_DIRECTORY")
+        .env("BABYCRYD_MODELS", repo().join("models"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let events = parse_events(&String::from_utf8_lossy(&out.stdout));
+    let summary = events.last().expect("records on stdout");
+    assert_eq!(summary["type"], "summary", "{summary}");
+    assert!(f64_of(summary, "audio_seconds") > 60.0, "{summary}");
+    assert!(f64_of(summary, "episodes") >= 1.0, "{summary}");
+}
