@@ -12,6 +12,8 @@ if [ "${1:-}" = test ]; then
   command -v flac >/dev/null || need_pkgs+=(flac)
   command -v oggenc >/dev/null || need_pkgs+=(vorbis-tools)
   command -v lame >/dev/null || need_pkgs+=(lame)
+  # The training tests' venv (training/setup.sh): Debian and Ubuntu ship venv apart.
+  python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3 python3-venv)
 fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "installing: ${need_pkgs[*]}"

@@ -67,7 +67,8 @@ pub const MIN_CLOSE_ABOVE_FLOOR_DB: f64 = 3.0;
 
 impl GateConfig {
     pub fn validate(&self) -> Result<(), String> {
-        check("margin_db", self.margin_db, 0.0, 60.0)?;
+        // Under 3 dB no hysteresis_db (>= 0) could keep the closing level above the room.
+        check("margin_db", self.margin_db, MIN_CLOSE_ABOVE_FLOOR_DB, 60.0)?;
         check("min_level_dbfs", self.min_level_dbfs, SILENCE_DBFS, 0.0)?;
         check("hysteresis_db", self.hysteresis_db, 0.0, 30.0)?;
         if self.margin_db - self.hysteresis_db < MIN_CLOSE_ABOVE_FLOOR_DB {
@@ -278,28 +279,20 @@ mod tests {
     #[test]
     fn out_of_range_settings_are_refused_by_name() {
         assert!(GateConfig::default().validate().is_ok());
-        let e = GateConfig {
-            hangover_seconds: 11.0,
-            ..GateConfig::default()
-        }
-        .validate()
-        .unwrap_err();
+        let refused = |edit: fn(&mut GateConfig)| {
+            let mut c = GateConfig::default();
+            edit(&mut c);
+            c.validate().unwrap_err()
+        };
+        let e = refused(|c| c.hangover_seconds = 11.0);
         assert!(e.starts_with("hangover_seconds = 11"), "{e}");
-        let e = GateConfig {
-            min_level_dbfs: 3.0,
-            ..GateConfig::default()
-        }
-        .validate()
-        .unwrap_err();
+        let e = refused(|c| c.min_level_dbfs = 3.0);
         assert!(e.starts_with("min_level_dbfs"), "{e}");
-        let e = GateConfig {
-            margin_db: 2.0,
-            hysteresis_db: 3.0,
-            ..GateConfig::default()
-        }
-        .validate()
-        .unwrap_err();
+        let e = refused(|c| (c.margin_db, c.hysteresis_db) = (5.0, 3.0));
         assert!(e.starts_with("hysteresis_db = 3 must be"), "{e}");
+        // Below 3 dB no hysteresis could do: the margin itself is named.
+        let e = refused(|c| (c.margin_db, c.hysteresis_db) = (2.0, 0.0));
+        assert!(e.starts_with("margin_db = 2 is outside 3..=60"), "{e}");
         assert!(GateConfig {
             margin_db: 6.0,
             hysteresis_db: 3.0,

@@ -219,12 +219,12 @@ impl MqttConfig {
             return Err("device_name must not be empty".into());
         }
         if !self.password.0.is_empty() && !self.password_file.is_empty() {
-            return Err("set password or password_file, not both".into());
+            return Err("password and password_file: set one, not both".into());
         }
         if (!self.password.0.is_empty() || !self.password_file.is_empty())
             && self.username.is_empty()
         {
-            return Err("a password needs a username".into());
+            return Err("password needs username to be set".into());
         }
         if self.tls && self.ca_file.is_empty() {
             return Err("ca_file must name the broker's CA certificate when tls = true".into());
