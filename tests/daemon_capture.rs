@@ -90,9 +90,18 @@ fn the_configured_sample_rate_is_asked_of_the_device() {
 
 #[test]
 fn a_missing_device_is_reported_once_and_retried_without_exiting() {
-    let run = run_live_for("[audio]\ndevice = \"no-such-microphone\"\n", 4);
+    let run = run_live_for(
+        "[audio]\ndevice = \"no-such-microphone\"\n[logging]\nlevel = \"info,babycry::source=debug\"\n",
+        4,
+    );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(states(&run), ["connecting", "lost"], "{}", run.stderr);
+    // Reopened after 1..2 s and again 2..4 s later: each attempt at debug, numbered.
+    assert!(
+        run.stderr.matches(" attempt=").count() >= 2,
+        "{}",
+        run.stderr
+    );
     let lost = run.of_type("audio_state")[1];
     assert!(lost["detail"]
         .as_str()

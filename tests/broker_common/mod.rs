@@ -146,7 +146,11 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub async fn start(port: u16, filters: &[&str]) -> Self {
-        let id = format!("test-sub-{}", free_port());
+        // Unique within the process: two subscribers with one client id would take over
+        // each other's session.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("test-sub-{}-{n}", std::process::id());
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         opts.set_clean_session(true)
             .set_max_packet_size(1 << 20, 1 << 20);
