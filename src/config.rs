@@ -140,16 +140,34 @@ pub fn model_search_dirs() -> Vec<PathBuf> {
     dirs
 }
 
+/// Where and why TOML text does not parse, without quoting the text: toml's own message
+/// shows the offending line, and serde's quotes the bad value, so a password written
+/// without quotes (`password = 84736251`) or with one missing would reach the journal
+/// (at start and at every SIGHUP) and `check-config`. On a line that names a password
+/// (or a misspelling of one) only the place is given.
+fn parse_error_reason(text: &str, e: &toml::de::Error) -> String {
+    // A span is byte offsets; one that is not on a character boundary gives no place.
+    let Some(before) = e.span().and_then(|span| text.get(..span.start)) else {
+        return format!("TOML parse error: {}", e.message());
+    };
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_no = before.matches('\n').count() + 1;
+    let column = before[line_start..].chars().count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let message = if line.to_ascii_lowercase().contains("pass") {
+        "not a valid password setting: a quoted string, e.g. password = \"...\" (the value is not shown)".to_owned()
+    } else {
+        e.message().split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    format!("TOML parse error at line {line_no}, column {column}: {message}")
+}
+
 impl Config {
     /// Parses TOML text; `path` only names it in errors.
     pub fn parse_str(text: &str, path: &Path) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            reason: e
-                .to_string()
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" "),
+            reason: parse_error_reason(text, &e),
         })
     }
 
@@ -322,6 +340,33 @@ mod tests {
             parsed,
             Config::default(),
             "config/babycryd.toml must state the defaults"
+        );
+    }
+
+    #[test]
+    fn a_password_that_does_not_parse_is_never_quoted_in_the_error() {
+        for text in [
+            "[mqtt]\nusername = \"baby\"\npassword = 84736251\n",
+            "[mqtt]\npassword = \"84736251\n",
+            "[mqtt]\npassword = 84736251x\n",
+            "[mqtt]\npasword = \"84736251\"\n",
+        ] {
+            let e = Config::parse_str(text, Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(!e.contains("84736251"), "{text:?}: {e}");
+            assert!(
+                e.contains("line 2") || e.contains("line 3"),
+                "{text:?}: {e}"
+            );
+        }
+        // Elsewhere the reason is toml's, placed by line and column.
+        let e = Config::parse_str("[gate]\nmargin_db = \"ten\"\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 2, column 13") && e.contains("expected f64"),
+            "{e}"
         );
     }
 

@@ -143,6 +143,10 @@ fn cases() -> Vec<Case> {
             "check-config --config $DIR/typo.toml",
         ),
         case(
+            "MQTT password without quotes (`password = 84736251`): never shown",
+            "check-config --config $DIR/unquoted-password.toml",
+        ),
+        case(
             "Config value out of range (`[gate] margin_db = 99`)",
             "check-config --config $DIR/range.toml",
         ),
@@ -278,6 +282,10 @@ fn prepare(dir: &Path, broker_port: u16, closed_port: u16) {
     write("broken.toml", b"[gate\nmargin_db = 1\n");
     write("typo.toml", b"[modles]\ndir = \"models\"\n");
     write("range.toml", b"[gate]\nmargin_db = 99\n");
+    write(
+        "unquoted-password.toml",
+        b"[mqtt]\nusername = \"baby\"\npassword = 84736251\n",
+    );
     config("label.toml", "[thresholds]\nhungy = 0.5\n");
     write(
         "no-models.toml",
