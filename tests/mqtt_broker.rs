@@ -1746,3 +1746,40 @@ async fn a_link_turned_on_by_a_reload_starts_from_the_states_kept_while_off() {
     assert_eq!(handle.status().queued, 0);
     handle.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Events made while the broker was away: the diagnostics announced at the ConnAck count
+/// them, and once they are delivered the retained diagnostics say 0 again by themselves,
+/// without waiting for the daemon's next diagnostics tick (none comes while the
+/// microphone is lost).
+#[tokio::test]
+async fn the_events_queued_diagnostic_returns_to_zero_once_the_backlog_is_delivered() {
+    let port = free_port();
+    let (handle, _task) = MqttHandle::spawn(&config(port, "backlog"), device());
+    handle.send(Update::Diagnostics(diagnostics()));
+    let sent: Vec<Event> = (0..5).map(|i| window_event(1, i)).collect();
+    for e in &sent {
+        handle.send(Update::Event(e.clone()));
+    }
+    wait_until("a failed attempt", Duration::from_secs(5), || {
+        handle.status().failures >= 1
+    })
+    .await;
+    let broker = Broker::start_on(port);
+    let live = Subscriber::start(broker.port, &["babycry/backlog/#"]).await;
+    wait_until("the backlog delivered", Duration::from_secs(10), || {
+        live.on("babycry/backlog/event").len() == sent.len()
+    })
+    .await;
+    let queued = |m: &Seen| -> u64 {
+        serde_json::from_str::<Value>(&m.payload).unwrap()["events_queued"]
+            .as_u64()
+            .unwrap()
+    };
+    wait_until("events_queued back to 0", Duration::from_secs(5), || {
+        live.on("babycry/backlog/diagnostics")
+            .last()
+            .is_some_and(|m| queued(m) == 0)
+    })
+    .await;
+    handle.shutdown(Duration::from_secs(5)).await;
+}

@@ -362,6 +362,8 @@ struct Link {
     inflight: HashMap<u16, Tag>,
     /// Queued messages submitted and not yet acknowledged.
     queued_in_flight: usize,
+    /// The `events_queued` the last diagnostics published said.
+    reported_queued: usize,
     /// Next outbox sequence number to submit.
     next_seq: u64,
     rediscover_at: Option<Instant>,
@@ -413,6 +415,7 @@ pub(crate) async fn run(
         submitted: VecDeque::new(),
         inflight: HashMap::new(),
         queued_in_flight: 0,
+        reported_queued: 0,
         next_seq: 0,
         rediscover_at: None,
         closing: None,
@@ -588,7 +591,9 @@ impl Link {
             v["events_queued"] = self.outbox.len().into();
             v["events_dropped"] = self.outbox.dropped.into();
             let topic = self.topics.diagnostics.clone();
-            self.publish(&topic, true, v.to_string(), Tag::Reading);
+            if self.publish(&topic, true, v.to_string(), Tag::Reading) {
+                self.reported_queued = self.outbox.len();
+            }
         }
     }
 
@@ -672,6 +677,12 @@ impl Link {
                     Some(Tag::Queued(seq)) => {
                         self.outbox.remove(seq);
                         self.queued_in_flight = self.queued_in_flight.saturating_sub(1);
+                        // A backlog announced at the ConnAck is delivered: say so now, not
+                        // at the next diagnostics tick (none comes while the microphone
+                        // is lost).
+                        if self.outbox.len() == 0 && self.reported_queued > 0 {
+                            self.publish_diagnostics();
+                        }
                     }
                     Some(Tag::Offline) => {
                         if let Some(c) = self.closing.as_mut() {

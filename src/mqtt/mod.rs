@@ -188,9 +188,11 @@ impl MqttConfig {
                 self.keepalive_seconds
             ));
         }
-        if !(1..=100_000).contains(&self.queue_size) {
+        // An episode end is two messages (its record on `event` and the event entity's
+        // on `episode`), queued together: with one place the second would drop the first.
+        if !(2..=100_000).contains(&self.queue_size) {
             return Err(format!(
-                "queue_size = {} must be within 1..=100000",
+                "queue_size = {} must be within 2..=100000",
                 self.queue_size
             ));
         }
@@ -527,6 +529,7 @@ mod tests {
         let bad = [
             ("keepalive_seconds = 2", "keepalive_seconds"),
             ("queue_size = 0", "queue_size"),
+            ("queue_size = 1", "queue_size"),
             ("node_id = \"baby room\"", "node_id"),
             ("base_topic = \"a/#\"", "base_topic"),
             ("discovery_prefix = \"\"", "discovery_prefix"),

@@ -2,9 +2,10 @@
 //! order, until the broker acknowledges them. Bounded (the oldest is dropped and counted
 //! on overflow) and optionally mirrored to a small spool file in the state directory, so
 //! undelivered events survive a daemon restart. The spool is rewritten atomically (temp
-//! file synced, renamed, then the directory synced, so the rename survives a power cut)
-//! at most once a second and only while something is undelivered, which keeps SD-card
-//! writes to the time the broker is away. A write that fails (full disk, read-only
+//! file synced, renamed, then the directory synced, so the rename survives a power cut).
+//! It is written ahead: the link saves it as each event arrives, before publishing it
+//! (events are rare, one per 7 s window while crying), and mirrors deliveries at most
+//! once a second; the file is removed once nothing is undelivered. A write that fails (full disk, read-only
 //! directory) stays owed and is tried again at the next save, so the events reach the
 //! disk once it takes writes again; the failure is logged once per streak. It is loaded
 //! line by line: a damaged line costs only itself, and a spool that cannot be read at
@@ -15,6 +16,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+/// The topics (under the base topic) of the messages the outbox carries.
+pub(crate) const OUTBOX_TOPICS: [&str; 2] = ["event", "episode"];
+
+/// The longest payload a spool line may bring back: far above any event (about 1 KB),
+/// well under the client's 256 KiB packet limit. A longer one could never be sent: it
+/// would end the connection at every attempt, and hold up every event behind it.
+const MAX_SPOOLED_PAYLOAD: usize = 64 * 1024;
 
 /// One message waiting for its PUBACK.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,7 +158,20 @@ impl Outbox {
             if line.trim_ascii().is_empty() {
                 continue;
             }
-            match serde_json::from_slice::<Queued>(line) {
+            // A line that parses but names another topic (one with `#` or `+` is refused
+            // by the client) or is too long to send would stop the queue at it for good.
+            let message = serde_json::from_slice::<Queued>(line)
+                .map_err(|e| e.to_string())
+                .and_then(|q| {
+                    if !OUTBOX_TOPICS.contains(&q.topic.as_str()) {
+                        Err(format!("topic {:?} is not one the daemon sends", q.topic))
+                    } else if q.payload.len() > MAX_SPOOLED_PAYLOAD {
+                        Err(format!("a payload of {} bytes", q.payload.len()))
+                    } else {
+                        Ok(q)
+                    }
+                });
+            match message {
                 Ok(q) => self.push(q.topic, q.payload),
                 Err(e) => {
                     bad += 1;
@@ -391,6 +413,27 @@ mod tests {
             .map(|m| (m.topic.as_str(), m.payload.as_str()))
             .collect();
         assert_eq!(loaded, [("event", "first"), ("episode", "second")]);
+    }
+
+    /// A line that parses but could never be sent (a topic the client refuses, a payload
+    /// over the packet limit) costs only itself too: kept, it would hold up every event
+    /// after it for good.
+    #[test]
+    fn a_spool_line_that_could_never_be_sent_costs_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.jsonl");
+        let huge = "x".repeat(300 * 1024);
+        let text = format!(
+            "{{\"topic\":\"ev#nt\",\"payload\":\"a\"}}\n{{\"topic\":\"event\",\"payload\":\"{huge}\"}}\n{{\"topic\":\"event\",\"payload\":\"good\"}}\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        let q = Outbox::new(10, Some(path.clone()));
+        let loaded: Vec<(&str, &str)> = q
+            .items
+            .iter()
+            .map(|m| (m.topic.as_str(), m.payload.as_str()))
+            .collect();
+        assert_eq!(loaded, [("event", "good")]);
     }
 
     /// A spool that cannot be read at all is moved aside instead of being replaced by
