@@ -1,15 +1,16 @@
 //! The outbox: messages that must reach the broker (events and the episode event), in
-//! order, until the broker acknowledges them. Bounded (the oldest is dropped and counted
-//! on overflow) and optionally mirrored to a small spool file in the state directory, so
-//! undelivered events survive a daemon restart. The spool is rewritten atomically (temp
-//! file synced, renamed, then the directory synced, so the rename survives a power cut).
-//! It is written ahead: the link saves it as each event arrives, before publishing it
-//! (events are rare, one per 7 s window while crying), and mirrors deliveries at most
-//! once a second; the file is removed once nothing is undelivered. A write that fails (full disk, read-only
-//! directory) stays owed and is tried again at the next save, so the events reach the
-//! disk once it takes writes again; the failure is logged once per streak. It is loaded
-//! line by line: a damaged line costs only itself, and a spool that cannot be read at
-//! all is moved aside (`mqtt-spool.jsonl.unreadable`), never overwritten.
+//! order, until the broker acknowledges them. Bounded (the oldest is dropped and
+//! counted on overflow) and optionally mirrored to a small spool file in the state
+//! directory, so undelivered events survive a daemon restart. The spool is rewritten
+//! atomically (temp file synced, renamed, then the directory synced, so the rename
+//! survives a power cut). It is written ahead: the link saves it as each event arrives,
+//! before publishing it (events are rare, one per 7 s window while crying), and mirrors
+//! deliveries at most once a second; the file is removed once nothing is undelivered. A
+//! write that fails (full disk, read-only directory) stays owed and is tried again at
+//! the next save, so the events reach the disk once it takes writes again; the failure
+//! is logged once per streak. It is loaded line by line: a damaged line costs only
+//! itself, and a spool that cannot be read at all is moved aside
+//! (`mqtt-spool.jsonl.unreadable`), never overwritten.
 
 use std::collections::VecDeque;
 use std::io::Write;
