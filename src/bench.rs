@@ -665,10 +665,12 @@ pub fn run(cli: &Cli, args: &BenchArgs) -> anyhow::Result<ExitCode> {
     if args.starts > 0 {
         report.starts = Some(start_to_ready(&reason_path, args.starts)?);
     }
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
     } else {
-        print!("{}", format_report(&report));
+        write!(out, "{}", format_report(&report))?;
     }
     Ok(ExitCode::SUCCESS)
 }

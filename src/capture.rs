@@ -281,8 +281,48 @@ pub struct InputDevice {
     pub default: bool,
     /// The format the daemon would open it with.
     pub default_format: Option<String>,
-    /// Supported configurations: "channels ch, min-max Hz, format".
+    /// Supported configurations: "channels ch, min-max Hz, format", the channel counts
+    /// that share a rate range and format on one line ("1-64 ch, ...").
     pub configs: Vec<String>,
+}
+
+/// One line per (format, rate range), in the order first offered, with its channel
+/// counts as ranges: ALSA's `null` device alone offers 64 channel counts in 13 formats,
+/// 832 lines one by one.
+fn group_configs(configs: impl IntoIterator<Item = (String, u32, u32, u16)>) -> Vec<String> {
+    let mut groups: Vec<((String, u32, u32), Vec<u16>)> = Vec::new();
+    for (format, min, max, channels) in configs {
+        let key = (format, min, max);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, list)) => list.push(channels),
+            None => groups.push((key, vec![channels])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((format, min, max), mut channels)| {
+            channels.sort_unstable();
+            channels.dedup();
+            let mut runs: Vec<(u16, u16)> = Vec::new();
+            for c in channels {
+                match runs.last_mut() {
+                    Some((_, end)) if *end + 1 == c => *end = c,
+                    _ => runs.push((c, c)),
+                }
+            }
+            let channels: Vec<String> = runs
+                .iter()
+                .map(|&(a, b)| {
+                    if a == b {
+                        a.to_string()
+                    } else {
+                        format!("{a}-{b}")
+                    }
+                })
+                .collect();
+            format!("{} ch, {min}-{max} Hz, {format}", channels.join(", "))
+        })
+        .collect()
 }
 
 /// The input devices cpal sees.
@@ -303,16 +343,14 @@ pub fn list_input_devices() -> Result<Vec<InputDevice>, cpal::Error> {
         let configs = d
             .supported_input_configs()
             .map(|cs| {
-                cs.map(|c| {
-                    format!(
-                        "{} ch, {}-{} Hz, {}",
-                        c.channels(),
+                group_configs(cs.map(|c| {
+                    (
+                        c.sample_format().to_string(),
                         c.min_sample_rate(),
                         c.max_sample_rate(),
-                        c.sample_format()
+                        c.channels(),
                     )
-                })
-                .collect()
+                }))
             })
             .unwrap_or_default();
         out.push(InputDevice {
@@ -332,6 +370,29 @@ pub fn list_input_devices() -> Result<Vec<InputDevice>, cpal::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn supported_configs_are_one_line_per_format_and_rate_range() {
+        let offered = [
+            (1, "i16"),
+            (2, "i16"),
+            (3, "i16"),
+            (6, "i16"),
+            (2, "f32"),
+            (1, "f32"),
+        ]
+        .into_iter()
+        .map(|(ch, f)| (f.to_string(), 8000, 48000, ch))
+        .chain([("i16".to_string(), 44100, 44100, 2)]);
+        assert_eq!(
+            group_configs(offered),
+            [
+                "1-3, 6 ch, 8000-48000 Hz, i16",
+                "1-2 ch, 8000-48000 Hz, f32",
+                "2 ch, 44100-44100 Hz, i16"
+            ]
+        );
+    }
 
     #[test]
     fn a_ring_that_is_nearly_full_takes_whole_frames_only() {

@@ -278,13 +278,14 @@ fn check_config(cli: &Cli) -> anyhow::Result<ExitCode> {
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "<built-in defaults>".into());
     let effective = toml::to_string_pretty(&settings.config).context("printing the settings")?;
-    println!("# effective settings from {source}");
-    println!("# reason model: {}", settings.reason_model.display());
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "# effective settings from {source}")?;
+    writeln!(out, "# reason model: {}", settings.reason_model.display())?;
     match &settings.detector_model {
-        Some(p) => println!("# detector model: {}", p.display()),
-        None => println!("# detector model: none"),
+        Some(p) => writeln!(out, "# detector model: {}", p.display())?,
+        None => writeln!(out, "# detector model: none")?,
     }
-    print!("{effective}");
+    write!(out, "{effective}")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -311,12 +312,13 @@ fn mqtt_remove(cli: &Cli) -> anyhow::Result<ExitCode> {
         &mqtt,
         std::time::Duration::from_secs(10),
     ))?;
-    println!(
+    writeln!(
+        std::io::stdout(),
         "removed {removed} Home Assistant entities of node {} from {}:{}",
         mqtt.node_id(),
         mqtt.host,
         mqtt.port
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -335,6 +337,15 @@ pub fn error_message(err: &anyhow::Error) -> String {
         out.push_str(&text);
     }
     out
+}
+
+/// Whether `err` is stdout closed by its reader (`babycryd devices | head -3`): that
+/// reader has what it wanted, so the command ends quietly with 0, as `ls | head` does.
+pub fn is_closed_stdout(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Prints `babycryd: <text>` on stderr. A closed stderr (`babycryd ... 2>&1 | head`, a
@@ -500,19 +511,21 @@ fn forward_signals(tx: tokio::sync::mpsc::Sender<Control>, config: Option<PathBu
 #[cfg(feature = "alsa")]
 fn devices() -> anyhow::Result<ExitCode> {
     let devices = crate::capture::list_input_devices().context("listing input devices")?;
+    let mut out = std::io::stdout().lock();
     if devices.is_empty() {
-        println!("no input devices found");
+        writeln!(out, "no input devices found")?;
     }
     for d in devices {
-        println!(
+        writeln!(
+            out,
             "{}{}\n  id: {}\n  default format: {}",
             d.name,
             if d.default { " (default)" } else { "" },
             d.id,
             d.default_format.as_deref().unwrap_or("-")
-        );
+        )?;
         for c in d.configs {
-            println!("  supports: {c}");
+            writeln!(out, "  supports: {c}")?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -11,6 +11,7 @@ fn main() -> ExitCode {
     babycry::cli::init_logging(cli.log_json || json, level.as_deref());
     match babycry::cli::execute(cli) {
         Ok(code) => code,
+        Err(err) if babycry::cli::is_closed_stdout(&err) => ExitCode::SUCCESS,
         Err(err) => {
             babycry::cli::report_error(&babycry::cli::error_message(&err));
             ExitCode::from(babycry::cli::exit_code_for(&err))

@@ -123,6 +123,25 @@ fn devices_lists_input_devices_with_their_formats() {
     assert!(text.contains("id: alsa:null"), "{text}");
     assert!(text.contains("default format: "), "{text}");
     assert!(text.contains(" Hz, "), "{text}");
+    // The null PCM takes 1 to 64 channels in 13 formats: one line per format (832 when
+    // every channel count had its own).
+    assert!(text.contains("supports: 1-64 ch, "), "{text}");
+    assert!(text.lines().count() < 100, "{} lines", text.lines().count());
+
+    // A reader that went away (`babycryd devices | head -2`) is no error: the pipe is
+    // closed before the list is written (a panic, exit 101, before).
+    let out = run_with_closed(&["devices"], Closed::Stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Home Assistant's view of a live daemon through a real Mosquitto: with the microphone

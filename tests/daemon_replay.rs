@@ -451,17 +451,7 @@ fn a_44k1_or_48_khz_recording_is_analysed_to_its_last_sample() {
 /// 0 (a panic in tracing's fallback `eprintln!` made it 101, mid-night).
 #[test]
 fn a_closed_stderr_does_not_stop_the_monitor() {
-    let mut child = Command::new(bin())
-        .args(["run", "--demo"])
-        .env_remove("BABYCRYD_CONFIG")
-        .env_remove("CONFIGURATION_DIRECTORY")
-        .env("BABYCRYD_MODELS", repo().join("models"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stderr.take());
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_closed(&["run", "--demo"], Closed::Stderr);
     assert_eq!(out.status.code(), Some(0));
     let events = parse_events(&String::from_utf8_lossy(&out.stdout));
     let summary = events.last().expect("records on stdout");

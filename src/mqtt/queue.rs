@@ -397,6 +397,15 @@ mod tests {
         assert!(!q.dirty && !q.failing, "the streak of failures is over");
     }
 
+    /// "topic payload" of each message an outbox loads from the spool at `path`.
+    fn loaded_from(path: &Path) -> Vec<String> {
+        Outbox::new(10, Some(path.to_owned()))
+            .items
+            .into_iter()
+            .map(|m| format!("{} {}", m.topic, m.payload))
+            .collect()
+    }
+
     /// A spool line that is not valid UTF-8 (a bad sector, a stray byte) costs that line
     /// only: the events on either side of it are loaded, in order.
     #[test]
@@ -407,13 +416,7 @@ mod tests {
         text.extend_from_slice(b"{\"topic\":\"event\",\"payload\":\"bad \xff\"}\n");
         text.extend_from_slice(b"{\"topic\":\"episode\",\"payload\":\"second\"}\n");
         std::fs::write(&path, text).unwrap();
-        let q = Outbox::new(10, Some(path.clone()));
-        let loaded: Vec<(&str, &str)> = q
-            .items
-            .iter()
-            .map(|m| (m.topic.as_str(), m.payload.as_str()))
-            .collect();
-        assert_eq!(loaded, [("event", "first"), ("episode", "second")]);
+        assert_eq!(loaded_from(&path), ["event first", "episode second"]);
     }
 
     /// A line that parses but could never be sent (a topic the client refuses, a payload
@@ -428,13 +431,7 @@ mod tests {
             "{{\"topic\":\"ev#nt\",\"payload\":\"a\"}}\n{{\"topic\":\"event\",\"payload\":\"{huge}\"}}\n{{\"topic\":\"event\",\"payload\":\"good\"}}\n"
         );
         std::fs::write(&path, text).unwrap();
-        let q = Outbox::new(10, Some(path.clone()));
-        let loaded: Vec<(&str, &str)> = q
-            .items
-            .iter()
-            .map(|m| (m.topic.as_str(), m.payload.as_str()))
-            .collect();
-        assert_eq!(loaded, [("event", "good")]);
+        assert_eq!(loaded_from(&path), ["event good"]);
     }
 
     /// A spool that cannot be read at all is moved aside instead of being replaced by

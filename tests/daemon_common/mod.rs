@@ -14,6 +14,32 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Which output pipe [`run_with_closed`] closes.
+pub enum Closed {
+    Stdout,
+    Stderr,
+}
+
+/// Runs `babycryd <args>` (the repository's models, no config file) with one of its
+/// output pipes closed before it writes, as a reader that went away leaves it; returns
+/// the exit status and what went to the other pipe.
+pub fn run_with_closed(args: &[&str], closed: Closed) -> std::process::Output {
+    let mut child = Command::new(bin())
+        .args(args)
+        .env_remove("BABYCRYD_CONFIG")
+        .env_remove("CONFIGURATION_DIRECTORY")
+        .env("BABYCRYD_MODELS", repo().join("models"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    match closed {
+        Closed::Stdout => drop(child.stdout.take()),
+        Closed::Stderr => drop(child.stderr.take()),
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// Writes `samples` (mono, 8 kHz) as a 16-bit WAV in `dir`.
 pub fn write_wav(dir: &Path, name: &str, samples: &[f32]) -> PathBuf {
     let path = dir.join(name);
