@@ -64,7 +64,14 @@ fn the_old_projects_format_runs_from_a_sidecar_alone() {
         &std::fs::read_to_string(fixtures.join("old-format.expected.json")).unwrap(),
     )
     .unwrap();
-    let cases = expected["cases"].as_array().unwrap();
+    assert_matches_onnxruntime(&mut model, &fixtures, &expected["cases"]);
+}
+
+/// Checks `model` (tract, the Rust front end) against the `cases` of an `*.expected.json`
+/// (librosa's front end, onnxruntime): each case's signal gives the same probabilities
+/// within 1e-4 and the same top label.
+fn assert_matches_onnxruntime(model: &mut Model, fixtures: &Path, cases: &serde_json::Value) {
+    let cases = cases.as_array().unwrap();
     assert!(!cases.is_empty());
     for case in cases {
         let signal = common::read_f32(&fixtures.join(case["signal"].as_str().unwrap()));
@@ -75,6 +82,7 @@ fn the_old_projects_format_runs_from_a_sidecar_alone() {
             .iter()
             .map(|v| v.as_f64().unwrap() as f32)
             .collect();
+        assert_eq!(got.probabilities.len(), want.len());
         let diff = got
             .probabilities
             .iter()
@@ -88,6 +96,33 @@ fn the_old_projects_format_runs_from_a_sidecar_alone() {
         );
         let (top, _) = got.top();
         assert_eq!(model.labels()[top], case["top_label"].as_str().unwrap());
+    }
+}
+
+/// The shipped models run by tract on the Rust front end give what onnxruntime gives on
+/// librosa's (tests/fixtures/models/shipped.expected.json). A retrained model needs the
+/// file made again: `training/.venv/bin/python training/make_test_models.py`.
+#[test]
+fn the_shipped_models_give_what_onnxruntime_gives() {
+    let fixtures = common::repo().join("tests/fixtures/models");
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join("shipped.expected.json")).unwrap(),
+    )
+    .unwrap();
+    let models = expected["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    for m in models {
+        let path = common::repo()
+            .join("models")
+            .join(m["model"].as_str().unwrap());
+        let mut model = Model::load(&path).unwrap();
+        assert_eq!(
+            model.sidecar().version,
+            m["version"].as_str().unwrap(),
+            "{}: the fixture is for another version; make it again (see above)",
+            path.display()
+        );
+        assert_matches_onnxruntime(&mut model, &fixtures, &m["cases"]);
     }
 }
 

@@ -10,6 +10,10 @@ old-format.expected.json: for two front-end fixture signals zero-padded to the 7
 the model input statistics, the logits and the probabilities computed by onnxruntime from
 babycry_features' input (end-to-end parity: audio -> features -> resize -> ONNX -> softmax).
 
+shipped.expected.json: the same end-to-end parity for the shipped models/cry-detector.onnx
+and models/cry-reason.onnx (every run; after retraining, run this again and commit it with
+the models: tests/models.rs fails until then).
+
 --placeholders writes random-init (seed 0) models/cry-detector.* and models/cry-reason.* with
 the final recipes and architectures, so the daemon can run end to end before training.
 """
@@ -85,6 +89,42 @@ def old_format(out: Path) -> None:
           + ", ".join(f"{c['signal']} -> {c['top_label']}" for c in cases))
 
 
+# Fixture signals (tests/fixtures/frontend/<case>/signal.f32) the shipped models' parity is
+# checked on: a cry-like sound, noise, silence, a clipped one and a chirp.
+SHIPPED_CASES = ["reason_cry", "detector_cry", "detector_noise", "old_silence",
+                 "detector_clipped", "old_chirp"]
+
+
+def shipped(models_dir: Path, out: Path) -> None:
+    """onnxruntime's probabilities for the shipped models on the fixture signals."""
+    models = []
+    for name in ["cry-detector", "cry-reason"]:
+        sc = bf.load_sidecar(models_dir / f"{name}.toml")
+        cases = []
+        for case in SHIPPED_CASES:
+            y = np.fromfile(ROOT / "tests/fixtures/frontend" / case / "signal.f32", dtype="<f4")
+            x = bf.sidecar_input(y.astype(np.float64), sc)
+            logits = onnx_logits(models_dir / f"{name}.onnx", x)[0]
+            probs = bf.softmax_probs(logits, sc)
+            cases.append({
+                "signal": f"../frontend/{case}/signal.f32",
+                "probabilities": [float(v) for v in probs],
+                "top_label": sc["labels"][int(np.argmax(probs))],
+            })
+        models.append({"model": f"{name}.onnx", "version": sc["version"], "cases": cases})
+    doc = {
+        "how": "signal (little-endian f32, 8 kHz) fitted to the sidecar's window, features per "
+               "the sidecar (babycry_features.py, float64), onnxruntime, softmax(logits / "
+               "temperature); made by training/make_test_models.py",
+        "suggested_tolerance": {"probabilities_abs": 1e-4},
+        "models": models,
+    }
+    (out / "shipped.expected.json").write_text(json.dumps(doc, indent=2) + "\n")
+    print("shipped: " + "; ".join(
+        f"{m['model']} {m['version']}: " + ", ".join(c["top_label"] for c in m["cases"])
+        for m in models))
+
+
 def placeholders(out: Path, version: str) -> None:
     note = ("PLACEHOLDER: random-init weights (torch seed 0), NOT trained. Final recipe and\n"
             "architecture; replaced by training/train.sh. Made by training/make_test_models.py.")
@@ -121,6 +161,7 @@ def main() -> int:
     old_format(args.out)
     if args.placeholders:
         placeholders(args.models_dir, args.version)
+    shipped(args.models_dir, args.out)
     return 0
 
 
