@@ -304,7 +304,15 @@ pub async fn run(
                 continue;
             }
         };
-        let Some(event) = event else { break };
+        let Some(event) = event else {
+            // The capture thread always ends with `End`, even when it panics: a channel
+            // closed without it is a thread that died, not an input that ended.
+            source_failure = Some(SourceError::CaptureFailed {
+                device: "capture".into(),
+                reason: "the capture thread ended without a word".into(),
+            });
+            break;
+        };
         let alive = match event {
             SourceEvent::Audio(samples) => {
                 if let Err(e) = monitor.push(&samples, &mut |u| updates.push(u)) {

@@ -111,6 +111,10 @@ pub enum SourceError {
     },
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// The capture thread died (a panic in a driver or in our code). The process ends
+    /// non-zero, so systemd restarts it: a monitor that exited 0 would stay stopped.
+    #[error("{device}: the capture thread failed: {reason}")]
+    CaptureFailed { device: String, reason: String },
 }
 
 impl SourceError {
@@ -118,7 +122,10 @@ impl SourceError {
     /// cannot (and reopening one that failed part-way would replay its audio twice), nor
     /// can a format that cannot be converted (it would be retried forever).
     pub fn retryable(&self) -> bool {
-        !matches!(self, Self::Decode(_) | Self::Format { .. })
+        !matches!(
+            self,
+            Self::Decode(_) | Self::Format { .. } | Self::CaptureFailed { .. }
+        )
     }
 }
 
@@ -324,6 +331,15 @@ impl CaptureConverter {
         let whole = interleaved.len() / channels * channels;
         downmix(&interleaved[..whole], self.channels, &mut self.mono);
         self.partial.extend_from_slice(&interleaved[whole..]);
+        // Every source's audio passes here: one NaN or infinity from a float device (an
+        // f64 beyond f32's range is one) would turn the gate's and the resampler's noise
+        // floors into NaN for the rest of the run, the gate open all night. (Loud but
+        // finite samples are the device's to give: they stay.)
+        for s in &mut self.mono {
+            if !s.is_finite() {
+                *s = 0.0;
+            }
+        }
         match self.mono.iter().rposition(|&s| s != 0.0) {
             Some(i) => self.zero_run = (self.mono.len() - 1 - i) as u64,
             None => self.zero_run += self.mono.len() as u64,
@@ -409,7 +425,26 @@ pub fn spawn_capture(
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("babycryd-capture".into())
-        .spawn(move || Capture::new(source, options, tx, stop).run())
+        .spawn(move || {
+            let (last_words, device) = (tx.clone(), source.describe());
+            let capture = Capture::new(source, options, tx, stop);
+            let Err(panic) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| capture.run()))
+            else {
+                return;
+            };
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panicked".into());
+            let error = SourceError::CaptureFailed { device, reason };
+            tracing::error!("{error}");
+            let _ = last_words.blocking_send(SourceEvent::End {
+                xruns: 0,
+                error: Some(error),
+            });
+        })
 }
 
 struct Capture {
@@ -972,6 +1007,30 @@ mod tests {
         let err = ok(100).unwrap_err();
         assert!(err.contains("sample_rate = 100"), "{err}");
         assert!(ok(384_000).is_err());
+    }
+
+    #[test]
+    fn non_finite_samples_are_zeroed_before_the_analysis() {
+        let format = StreamFormat {
+            sample_rate: 8000,
+            channels: 2,
+        };
+        let mut converter = CaptureConverter::new(format, 8000).unwrap();
+        let block = [
+            f32::INFINITY,
+            0.5,
+            f32::NAN,
+            0.5,
+            3.0,
+            3.0,
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+            -0.25,
+            -0.25,
+        ];
+        let out = converter.convert(&block).unwrap();
+        // (inf + 0.5) / 2, (NaN + 0.5) / 2, 3, (-inf + inf) / 2, -0.25.
+        assert_eq!(&out[..], [0.0, 0.0, 3.0, 0.0, -0.25]);
     }
 
     #[test]

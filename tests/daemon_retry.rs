@@ -174,3 +174,62 @@ async fn a_lost_source_is_retried_reported_and_resumed() {
     assert_eq!(lines.last().unwrap()["type"], "summary");
     assert_eq!(lines.last().unwrap()["xruns"], 6);
 }
+
+/// A source whose driver panics on its sixth pull, after half a second of audio.
+struct PanickingSource {
+    pulls: u32,
+}
+
+impl AudioSource for PanickingSource {
+    fn describe(&self) -> String {
+        "panicking".into()
+    }
+
+    fn open(&mut self) -> Result<StreamFormat, SourceError> {
+        Ok(StreamFormat {
+            sample_rate: RATE,
+            channels: 1,
+        })
+    }
+
+    fn pull(&mut self, buf: &mut Vec<f32>) -> Result<Pull, SourceError> {
+        self.pulls += 1;
+        assert!(self.pulls < 6, "a driver bug");
+        buf.extend(synth::room_tone(RATE, 0.1, 0.01, u64::from(self.pulls)));
+        Ok(Pull::Audio)
+    }
+
+    fn xruns(&self) -> u64 {
+        0
+    }
+
+    fn close(&mut self) {}
+}
+
+/// A capture thread that dies (a panic in a driver) ends `run` with an error, so the
+/// process exits non-zero and systemd restarts it. Before, the closed channel read as the
+/// end of the input: exit 0, and a monitor that stayed stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_thread_that_dies_ends_the_run_with_an_error() {
+    let mut config = Config::default();
+    config.models.dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .display()
+        .to_string();
+    config.mqtt.enabled = false;
+    let settings = config.validate(None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let options = DaemonOptions {
+        events: EventSink::File(dir.path().join("events.jsonl")),
+        mqtt: false,
+        retry: None,
+    };
+    let (_control, rx) = tokio::sync::mpsc::channel::<Control>(1);
+    let source = Box::new(PanickingSource { pulls: 0 });
+    let e = run(settings, source, options, rx).await.unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("panicking: the capture thread failed: a driver bug"),
+        "{text}"
+    );
+}
