@@ -315,6 +315,17 @@ pub async fn run(
         };
         let alive = match event {
             SourceEvent::Audio(samples) => {
+                // READY=1 once the microphone delivers, not when it opens: a device that
+                // opens and never sends a frame keeps the unit "activating", as a
+                // missing one does, instead of a READY followed by watchdog restarts.
+                if !ready {
+                    ready = true;
+                    let status = status_line(&state, &monitor);
+                    sd_notify(&[
+                        sd_notify::NotifyState::Ready,
+                        sd_notify::NotifyState::Status(&status),
+                    ]);
+                }
                 if let Err(e) = monitor.push(&samples, &mut |u| updates.push(u)) {
                     failure = Some(e);
                     break;
@@ -348,15 +359,7 @@ pub async fn run(
                 )));
                 updates.push(Update::Diagnostics(diagnostics(&monitor, &state)));
                 let status = status_line(&state, &monitor);
-                if !ready && state == AudioState::Running {
-                    ready = true;
-                    sd_notify(&[
-                        sd_notify::NotifyState::Ready,
-                        sd_notify::NotifyState::Status(&status),
-                    ]);
-                } else {
-                    sd_notify(&[sd_notify::NotifyState::Status(&status)]);
-                }
+                sd_notify(&[sd_notify::NotifyState::Status(&status)]);
                 false
             }
             // Alive but without audio (retrying a lost device, or an idle source): the

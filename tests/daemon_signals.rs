@@ -268,6 +268,30 @@ fn sd_notify_sends_ready_status_and_watchdog() {
     assert!(all.find("READY=1") < all.find("WATCHDOG=1"), "{all}");
 }
 
+/// READY=1 waits for the first frames, not for the source to open: stdin open with
+/// nothing written is "audio running" in STATUS= but not ready; the first audio makes it
+/// ready (before, READY came at the open, and a device that never delivered was then
+/// restarted by the watchdog again and again).
+#[test]
+fn ready_waits_for_the_first_audio() {
+    let dir = tempfile::tempdir().unwrap();
+    let (notify, mut child) = spawn_notified(dir.path(), "", &["--input", "-", "--rate", "8000"]);
+    wait_for(30, "STATUS=audio running", || {
+        notify.all().contains("STATUS=audio running")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!notify.all().contains("READY=1"), "{}", notify.all());
+    let mut stdin = child.stdin.take().unwrap();
+    let audio: Vec<u8> = synth::room_tone(RATE, 0.5, 0.002, 6)
+        .iter()
+        .flat_map(|&s| ((s * 32767.0).round() as i16).to_le_bytes())
+        .collect();
+    stdin.write_all(&audio).unwrap();
+    wait_for(10, "READY=1", || notify.all().contains("READY=1"));
+    drop(stdin);
+    assert!(child.wait_with_output().unwrap().status.success());
+}
+
 /// STATUS= follows the episodes, not only the audio state: `systemctl status` says
 /// "crying" while the baby cries and "quiet" again after the episode.
 #[test]
