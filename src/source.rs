@@ -483,6 +483,10 @@ impl Capture {
         self.tx.blocking_send(event).is_ok()
     }
 
+    fn is_stalled(&self) -> bool {
+        matches!(self.state, Some(AudioState::Stalled(_)))
+    }
+
     fn set_state(&mut self, state: AudioState) -> bool {
         // One report per state: a loss that keeps failing for other reasons, or a
         // stall that lasts longer, is not news.
@@ -636,14 +640,16 @@ impl Capture {
                     return Ok(true);
                 }
                 Pull::Idle => {
-                    if last_audio.elapsed() >= stall_time {
+                    if last_audio.elapsed() < stall_time {
+                        if !self.send(SourceEvent::Heartbeat) {
+                            return Ok(false);
+                        }
+                    } else if !self.is_stalled() {
                         let detail =
                             format!("no audio for {:.0} s", last_audio.elapsed().as_secs_f64());
                         if !self.set_state(AudioState::Stalled(detail)) {
                             return Ok(false);
                         }
-                    } else if !self.send(SourceEvent::Heartbeat) {
-                        return Ok(false);
                     }
                 }
                 Pull::Audio => {
@@ -651,13 +657,18 @@ impl Capture {
                     self.delivered += (buf.len() / usize::from(format.channels.max(1))) as u64;
                     let out = converter.convert(&buf).map_err(lost)?;
                     let silent = converter.silent_seconds();
-                    let state = if silent >= self.options.stall_seconds {
-                        AudioState::Stalled(format!("only digital silence for {silent:.0} s"))
-                    } else {
-                        AudioState::Running
-                    };
-                    if !self.set_state(state) {
-                        return Ok(false);
+                    let stalled = silent >= self.options.stall_seconds;
+                    // The stall's message is made once, when it begins: not for every
+                    // block of a muted microphone.
+                    if !(stalled && self.is_stalled()) {
+                        let state = if stalled {
+                            AudioState::Stalled(format!("only digital silence for {silent:.0} s"))
+                        } else {
+                            AudioState::Running
+                        };
+                        if !self.set_state(state) {
+                            return Ok(false);
+                        }
                     }
                     if !out.is_empty() && !self.send(SourceEvent::Audio(out)) {
                         return Ok(false);
