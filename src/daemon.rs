@@ -282,17 +282,7 @@ pub async fn run(
                     }
                     Some(Control::Reload(new)) => match *new {
                         Ok(new) => {
-                            if new.reason_model != settings.reason_model
-                                || new.detector_model != settings.detector_model
-                            {
-                                tracing::warn!("model changes take effect after a restart");
-                            }
-                            if new.config.audio != settings.config.audio {
-                                tracing::warn!("[audio] changes take effect after a restart");
-                            }
-                            if new.config.logging != settings.config.logging {
-                                tracing::warn!("[logging] changes take effect after a restart");
-                            }
+                            let new = reloaded(&settings, new);
                             monitor.apply(MonitorSettings::from_config(&new.config));
                             let _ = out_tx.send(OutputMessage::Mqtt(MqttConfig::for_daemon(&new.config))).await;
                             settings = new;
@@ -428,6 +418,28 @@ pub async fn run(
     }
     finished?;
     Ok(summary)
+}
+
+/// The settings a reload gives: `new`, except for what only a restart applies (the
+/// models, `[audio]`, `[logging]`), which stays as running, with a warning when it
+/// differs. Kept, not replaced, so the next reload compares with what runs, and warns
+/// again while the change still waits for a restart.
+fn reloaded(running: &Settings, mut new: Settings) -> Settings {
+    if new.reason_model != running.reason_model || new.detector_model != running.detector_model {
+        tracing::warn!("model changes take effect after a restart");
+    }
+    if new.config.audio != running.config.audio {
+        tracing::warn!("[audio] changes take effect after a restart");
+    }
+    if new.config.logging != running.config.logging {
+        tracing::warn!("[logging] changes take effect after a restart");
+    }
+    new.reason_model.clone_from(&running.reason_model);
+    new.detector_model.clone_from(&running.detector_model);
+    new.config.models.clone_from(&running.config.models);
+    new.config.audio.clone_from(&running.config.audio);
+    new.config.logging.clone_from(&running.config.logging);
+    new
 }
 
 fn diagnostics(monitor: &CryMonitor, state: &AudioState) -> Diagnostics {

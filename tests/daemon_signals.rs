@@ -268,6 +268,46 @@ fn sd_notify_sends_ready_status_and_watchdog() {
     assert!(all.find("READY=1") < all.find("WATCHDOG=1"), "{all}");
 }
 
+/// A reload with an `[audio]` or `[logging]` change, which only a restart applies, warns
+/// each time until the restart: the running settings keep what runs, so a second SIGHUP
+/// with the same file warns again (before, it compared with the unapplied file and said
+/// nothing).
+#[test]
+fn restart_only_changes_are_warned_about_at_every_reload_until_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "");
+    let mut child = Command::new(bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--no-mqtt", "--input", "-", "--rate", "8000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = collect_stderr(&mut child);
+    let count = |what: &str| stderr.lock().unwrap().matches(what).count();
+    wait_for(30, "the start", || count("audio source open") == 1);
+    write_config(
+        dir.path(),
+        "[audio]\nstall_seconds = 20.0\n[logging]\nlevel = \"debug\"\n[episode]\nquiet_seconds = 5.0\n",
+    );
+    for reload in 1..=2 {
+        signal(&child, "HUP");
+        wait_for(10, "the reload", || {
+            count("configuration reloaded") == reload
+        });
+        assert_eq!(count("[audio] changes take effect after a restart"), reload);
+        assert_eq!(
+            count("[logging] changes take effect after a restart"),
+            reload
+        );
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr.lock().unwrap());
+}
+
 /// READY=1 waits for the first frames, not for the source to open: stdin open with
 /// nothing written is "audio running" in STATUS= but not ready; the first audio makes it
 /// ready (before, READY came at the open, and a device that never delivered was then
