@@ -340,6 +340,12 @@ pub async fn run(
             }
             SourceEvent::State(new) => {
                 state = new;
+                if matches!(state, AudioState::Lost(_) | AudioState::Stalled(_)) {
+                    if let Err(e) = monitor.interrupt(&mut |u| updates.push(u)) {
+                        failure = Some(e);
+                        break;
+                    }
+                }
                 updates.push(Update::Event(Event::new(
                     EventKind::AudioState {
                         state: state.name().into(),

@@ -522,6 +522,13 @@ impl CryMonitor {
         Ok(())
     }
 
+    /// The audio stopped coming (the microphone was lost, or stalled): a running episode
+    /// ends now, at its last crying. Its quiet time is counted in audio, so without this
+    /// it would stay open, `crying` ON, until audio came back, and then run on into it.
+    pub fn interrupt(&mut self, emit: &mut dyn FnMut(Update)) -> Result<(), ModelError> {
+        self.end_episode(emit)
+    }
+
     /// The end of the stream (or a shutdown): finishes a running episode.
     pub fn finish(&mut self, emit: &mut dyn FnMut(Update)) -> Result<RunSummary, ModelError> {
         self.end_episode(emit)?;

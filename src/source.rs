@@ -1020,13 +1020,18 @@ mod tests {
         assert!(ok(384_000).is_err());
     }
 
-    #[test]
-    fn non_finite_samples_are_zeroed_before_the_analysis() {
+    /// A converter of 8 kHz audio with `channels` channels to 8 kHz mono.
+    fn converter_8k(channels: u16) -> CaptureConverter {
         let format = StreamFormat {
             sample_rate: 8000,
-            channels: 2,
+            channels,
         };
-        let mut converter = CaptureConverter::new(format, 8000).unwrap();
+        CaptureConverter::new(format, 8000).unwrap()
+    }
+
+    #[test]
+    fn non_finite_samples_are_zeroed_before_the_analysis() {
+        let mut converter = converter_8k(2);
         let block = [
             f32::INFINITY,
             0.5,
@@ -1054,11 +1059,7 @@ mod tests {
     #[test]
     fn a_block_that_ends_inside_a_frame_keeps_the_partial_frame_for_the_next() {
         // 4096 samples of 6 channels: 682 frames and 4 samples of the next, each time.
-        let format = StreamFormat {
-            sample_rate: 8000,
-            channels: 6,
-        };
-        let mut converter = CaptureConverter::new(format, 8000).unwrap();
+        let mut converter = converter_8k(6);
         let mut out = Vec::new();
         for _ in 0..3 {
             out.extend_from_slice(&converter.convert(&[0.25; 4096]).unwrap());
@@ -1067,7 +1068,7 @@ mod tests {
         assert!(out.iter().all(|&s| s == 0.25), "{out:?}");
 
         // Frame k holds k/1000 + c/10 on channel c (mean k/1000 + 0.25), cut anywhere.
-        let mut converter = CaptureConverter::new(format, 8000).unwrap();
+        let mut converter = converter_8k(6);
         let frames = 3000;
         let interleaved: Vec<f32> = (0..frames * 6)
             .map(|i| (i / 6) as f32 / 1000.0 + (i % 6) as f32 / 10.0)

@@ -42,6 +42,21 @@ fn read_events(path: &Path) -> Vec<serde_json::Value> {
 }
 
 /// Collects a child's stderr lines in the background.
+/// `babycryd --config <config> run --no-mqtt --input - --rate 8000` with `env`, its
+/// stdin, stdout and stderr piped.
+fn spawn_stdin(config: &Path, env: &[(&str, &str)]) -> Child {
+    Command::new(bin())
+        .arg("--config")
+        .arg(config)
+        .args(["run", "--no-mqtt", "--input", "-", "--rate", "8000"])
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn collect_stderr(child: &mut Child) -> Arc<Mutex<String>> {
     let buf = Arc::new(Mutex::new(String::new()));
     let out = buf.clone();
@@ -107,16 +122,7 @@ fn sighup_applies_a_valid_config_and_keeps_the_old_one_on_an_invalid_one() {
     let strict =
         "[detector]\nthreshold = 0.999\n[episode]\nquiet_seconds = 2.0\ncooldown_seconds = 0.0\n";
     let config = write_config(dir.path(), strict);
-    let mut child = Command::new(bin())
-        .arg("--config")
-        .arg(&config)
-        .args(["run", "--no-mqtt", "--input", "-", "--rate", "8000"])
-        .env("RUST_LOG", "babycry=debug")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_stdin(&config, &[("RUST_LOG", "babycry=debug")]);
     let stderr = collect_stderr(&mut child);
     let mut stdin = child.stdin.take().unwrap();
     let mut segment = synth::room_tone(RATE, 4.0, 0.002, 2);
@@ -276,15 +282,7 @@ fn sd_notify_sends_ready_status_and_watchdog() {
 fn restart_only_changes_are_warned_about_at_every_reload_until_the_restart() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "");
-    let mut child = Command::new(bin())
-        .arg("--config")
-        .arg(&config)
-        .args(["run", "--no-mqtt", "--input", "-", "--rate", "8000"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_stdin(&config, &[]);
     let stderr = collect_stderr(&mut child);
     let count = |what: &str| stderr.lock().unwrap().matches(what).count();
     wait_for(30, "the start", || count("audio source open") == 1);
