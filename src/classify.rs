@@ -257,7 +257,9 @@ struct FileWindows {
     /// The next full window's start (reason-rate samples).
     next_start: usize,
     windows: Vec<WindowVerdict>,
-    preds: Vec<(Prediction, Option<f32>)>,
+    /// Each window's reason prediction and cry probability (with a detector).
+    preds: Vec<Prediction>,
+    cries: Vec<Option<f32>>,
 }
 
 impl FileWindows {
@@ -299,6 +301,7 @@ impl FileWindows {
             next_start: 0,
             windows: Vec::new(),
             preds: Vec::new(),
+            cries: Vec::new(),
         })
     }
 
@@ -385,7 +388,8 @@ impl FileWindows {
             end_s: end as f64 / rate,
             verdict: c.verdict(&pred, cry),
         });
-        self.preds.push((pred, cry));
+        self.preds.push(pred);
+        self.cries.push(cry);
         Ok(())
     }
 
@@ -419,24 +423,9 @@ impl FileWindows {
         } else {
             // Summary: mean probabilities over the windows, and the file counts as crying
             // when any window does.
-            let n = self.preds.len() as f32;
-            let labels = c.reason.labels().len();
-            let mean: Vec<f32> = (0..labels)
-                .map(|i| {
-                    self.preds
-                        .iter()
-                        .map(|(p, _)| p.probabilities[i])
-                        .sum::<f32>()
-                        / n
-                })
-                .collect();
-            let cry = self.preds.iter().filter_map(|(_, c)| *c).reduce(f32::max);
-            c.verdict(
-                &Prediction {
-                    probabilities: mean,
-                },
-                cry,
-            )
+            let mean = Prediction::mean(&self.preds, c.reason.labels().len());
+            let cry = self.cries.iter().copied().flatten().reduce(f32::max);
+            c.verdict(&mean, cry)
         };
         Ok(FileVerdict {
             file: self.file,

@@ -246,6 +246,17 @@ pub struct Prediction {
 }
 
 impl Prediction {
+    /// The mean of `predictions` over `classes` labels, class by class: the verdict of an
+    /// episode or of a long file from its windows (all zero for none).
+    pub fn mean(predictions: &[Prediction], classes: usize) -> Prediction {
+        let n = predictions.len().max(1) as f32;
+        Prediction {
+            probabilities: (0..classes)
+                .map(|i| predictions.iter().map(|p| p.probabilities[i]).sum::<f32>() / n)
+                .collect(),
+        }
+    }
+
     /// Index and probability of the most likely label.
     pub fn top(&self) -> (usize, f32) {
         self.probabilities

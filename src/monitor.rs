@@ -483,19 +483,7 @@ impl CryMonitor {
         let Some(ep) = self.episode.take() else {
             return Ok(());
         };
-        let labels = self.reason.labels().len();
-        let n = ep.predictions.len().max(1) as f32;
-        let mean = Prediction {
-            probabilities: (0..labels)
-                .map(|i| {
-                    ep.predictions
-                        .iter()
-                        .map(|p| p.probabilities[i])
-                        .sum::<f32>()
-                        / n
-                })
-                .collect(),
-        };
+        let mean = Prediction::mean(&ep.predictions, self.reason.labels().len());
         let (dominant_reason, confidence) =
             reason_decision(&mean, self.reason.sidecar(), &self.settings.thresholds);
         let end = ep.last_cry_end.min(self.framed.max(ep.start_sample));
