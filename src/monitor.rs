@@ -18,8 +18,9 @@ use crate::events::{Event, EventKind, ModelVersion, RunSummary, Update, WindowRe
 use crate::gate::{EnergyGate, GateConfig, GateTransition, FRAME_SAMPLES};
 use crate::model::{Model, Prediction};
 
-/// Audio kept behind the newest sample, seconds: a reason window plus the longest
-/// confirmation delay and pre-roll.
+/// Audio kept behind the newest sample at least, seconds: a reason window plus the
+/// confirmation delay and pre-roll of the default settings, with room to spare. Settings
+/// that look further back keep more ([`CryMonitor::history_samples`]).
 const HISTORY_SECONDS: f64 = 40.0;
 
 /// The settings the monitor uses, all replaceable at run time (SIGHUP).
@@ -204,6 +205,17 @@ impl CryMonitor {
         s
     }
 
+    /// Audio kept behind the newest sample: back to where an episode confirmed now can
+    /// start (the oldest of the last `confirm_n` detector windows, less the pre-roll),
+    /// and a reason window from there, which is classified once it is complete.
+    fn history_samples(&self) -> usize {
+        let d = &self.settings.detector;
+        let confirm = d.confirm_n as f64 * d.hop_seconds + self.settings.gate.pre_roll_seconds;
+        let windows =
+            self.reason.window_samples() + self.detector.as_ref().map_or(0, |m| m.window_samples());
+        (self.samples(confirm + 1.0) as usize + windows).max(self.samples(HISTORY_SECONDS) as usize)
+    }
+
     fn seconds(&self, samples: u64) -> f64 {
         samples as f64 / f64::from(self.rate)
     }
@@ -230,7 +242,7 @@ impl CryMonitor {
             self.framed += FRAME_SAMPLES as u64;
             self.frame(start, emit)?;
         }
-        let keep = self.samples(HISTORY_SECONDS) as usize;
+        let keep = self.history_samples();
         if self.history.len() > 2 * keep {
             let drop = self.history.len() - keep;
             self.history.drain(..drop);

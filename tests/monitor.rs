@@ -240,3 +240,55 @@ fn without_a_detector_episodes_follow_the_sound_and_outlast_the_cooldown() {
     );
     assert_eq!(m.summary().suppressed_by_cooldown, 1);
 }
+
+/// Settings that look far back (2 of the last 32 detector windows, 5 s apart: a cry
+/// confirmed by a second one 55 s after the first): the episode starts at the first cry,
+/// and its first reason window starts there too, because the monitor keeps the audio the
+/// settings need. Before, it kept 40 to 80 s, and the confirmation came just after the
+/// history had been cut to 40 s: the first windows started at its edge.
+#[test]
+fn an_episode_confirmed_long_after_its_first_cry_is_classified_from_its_start() {
+    let mut m = monitor(
+        |c| {
+            c.detector.hop_seconds = 5.0;
+            (c.detector.confirm_k, c.detector.confirm_n) = (2, 32);
+            c.gate.hangover_seconds = 10.0;
+        },
+        true,
+    );
+    // Quiet speech opens the gate at 60 s (detector windows from 59.5 s, every 5 s) and
+    // keeps it open between two short cries, at 69 s and 124 s.
+    let mut audio = synth::room_tone(RATE, 140.0, 0.002, 7);
+    synth::mix_into(
+        &mut audio,
+        &synth::speech_like(RATE, 75.0, 0.05, 8),
+        60 * RATE as usize,
+    );
+    for onset in [69.0, 124.0] {
+        synth::mix_into(
+            &mut audio,
+            &synth::cry(RATE, 2.5, 0.5),
+            (onset * RATE as f32) as usize,
+        );
+    }
+    let events = kinds(&feed(&mut m, &audio, 800));
+    let start = events
+        .iter()
+        .find_map(|(_, k)| match k {
+            EventKind::EpisodeStart { start_s, .. } => Some(*start_s),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no episode: {events:?}"));
+    let first_window = events
+        .iter()
+        .find_map(|(_, k)| match k {
+            EventKind::Window { result, .. } => Some(result.start_s),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        (68.0..71.0).contains(&start),
+        "the episode starts at the first cry: {events:?}"
+    );
+    assert_eq!(first_window, start, "{events:?}");
+}

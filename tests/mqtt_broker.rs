@@ -1701,8 +1701,9 @@ async fn a_connection_dropped_right_after_its_connack_is_retried_with_growing_de
     let at = connects.lock().unwrap().clone();
     let gaps: Vec<f64> = at.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
     eprintln!("gaps between connections: {gaps:.3?}");
-    // Each delay plus a moment to connect.
-    for (gap, (lo, hi)) in gaps.iter().zip([(1.0, 2.5), (2.0, 4.5), (4.0, 8.5)]) {
+    // Each delay plus a moment to connect (up to 2 s on a loaded machine): the lower
+    // bounds show the growth, the upper ones a delay that does not run away.
+    for (gap, (lo, hi)) in gaps.iter().zip([(1.0, 4.0), (2.0, 6.0), (4.0, 10.0)]) {
         assert!(
             (lo..hi).contains(gap),
             "{gap:.3} s not within {lo}..{hi}: {gaps:.3?}"
