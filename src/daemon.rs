@@ -13,7 +13,7 @@
 //! microphone vanished or whose audio path hung), STATUS= one line of state.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -145,12 +145,78 @@ fn status_line(state: &AudioState, monitor: &CryMonitor) -> String {
 enum OutputMessage {
     Update(Update),
     Mqtt(MqttConfig),
+    /// SIGHUP: open the events file again (logrotate moved it).
+    ReopenEvents,
+}
+
+/// The JSON lines' destination. A write that fails (disk full, a reader gone) is logged
+/// once and tried again with the next event, so the output comes back by itself; a
+/// file is opened again at its path on SIGHUP, as logrotate expects.
+struct EventsOut {
+    sink: EventSink,
+    writer: Option<Box<dyn Write + Send>>,
+    failing: bool,
+}
+
+impl EventsOut {
+    fn open(sink: &EventSink) -> Result<Self, DaemonError> {
+        let writer: Option<Box<dyn Write + Send>> = match sink {
+            EventSink::Stdout => Some(Box::new(std::io::stdout())),
+            EventSink::File(path) => Some(Box::new(Self::open_file(path)?)),
+            EventSink::None => None,
+        };
+        Ok(Self {
+            sink: sink.clone(),
+            writer,
+            failing: false,
+        })
+    }
+
+    fn open_file(path: &Path) -> Result<std::fs::File, DaemonError> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| DaemonError::Events {
+                path: path.to_owned(),
+                source,
+            })
+    }
+
+    fn write(&mut self, event: &Event) {
+        let Some(w) = self.writer.as_mut() else {
+            return;
+        };
+        let line = event.to_json();
+        match writeln!(w, "{line}").and_then(|()| w.flush()) {
+            Ok(()) if self.failing => {
+                self.failing = false;
+                tracing::info!("events are written again");
+            }
+            Ok(()) => {}
+            Err(e) if !self.failing => {
+                self.failing = true;
+                tracing::error!("cannot write an event (trying again with the next one): {e}");
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn reopen(&mut self) {
+        let EventSink::File(path) = &self.sink else {
+            return;
+        };
+        match Self::open_file(path) {
+            Ok(file) => self.writer = Some(Box::new(file)),
+            Err(e) => tracing::error!("{e}; still writing to the file opened before"),
+        }
+    }
 }
 
 /// Writes JSON lines and forwards to MQTT; ends when the channel closes.
 async fn output_task(
     mut rx: mpsc::Receiver<OutputMessage>,
-    mut writer: Option<Box<dyn Write + Send>>,
+    mut events: EventsOut,
     mqtt_allowed: bool,
     mqtt_config: MqttConfig,
     device: DeviceInfo,
@@ -164,13 +230,10 @@ async fn output_task(
     let mut mqtt = spawn(&current, Handover::default());
     while let Some(message) = rx.recv().await {
         match message {
+            OutputMessage::ReopenEvents => events.reopen(),
             OutputMessage::Update(update) => {
-                if let (Update::Event(event), Some(w)) = (&update, writer.as_mut()) {
-                    let line = event.to_json();
-                    if let Err(e) = writeln!(w, "{line}").and_then(|()| w.flush()) {
-                        tracing::error!("cannot write an event, events output off: {e}");
-                        writer = None;
-                    }
+                if let Update::Event(event) = &update {
+                    events.write(event);
                 }
                 if let Some((handle, _)) = &mqtt {
                     handle.send(update);
@@ -223,24 +286,11 @@ pub async fn run(
         sw_version: env!("CARGO_PKG_VERSION").to_string(),
     };
 
-    let writer: Option<Box<dyn Write + Send>> = match &options.events {
-        EventSink::Stdout => Some(Box::new(std::io::stdout())),
-        EventSink::File(path) => Some(Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| DaemonError::Events {
-                    path: path.clone(),
-                    source,
-                })?,
-        )),
-        EventSink::None => None,
-    };
+    let events = EventsOut::open(&options.events)?;
     let (out_tx, out_rx) = mpsc::channel(1024);
     let output = tokio::spawn(output_task(
         out_rx,
-        writer,
+        events,
         options.mqtt,
         MqttConfig::for_daemon(&settings.config),
         device,
@@ -280,16 +330,20 @@ pub async fn run(
                         sd_notify(&[sd_notify::NotifyState::Stopping]);
                         break;
                     }
-                    Some(Control::Reload(new)) => match *new {
-                        Ok(new) => {
-                            let new = reloaded(&settings, new);
-                            monitor.apply(MonitorSettings::from_config(&new.config));
-                            let _ = out_tx.send(OutputMessage::Mqtt(MqttConfig::for_daemon(&new.config))).await;
-                            settings = new;
-                            tracing::info!("configuration reloaded");
+                    Some(Control::Reload(new)) => {
+                        // Whatever the new config says: logrotate's SIGHUP.
+                        let _ = out_tx.send(OutputMessage::ReopenEvents).await;
+                        match *new {
+                            Ok(new) => {
+                                let new = reloaded(&settings, new);
+                                monitor.apply(MonitorSettings::from_config(&new.config));
+                                let _ = out_tx.send(OutputMessage::Mqtt(MqttConfig::for_daemon(&new.config))).await;
+                                settings = new;
+                                tracing::info!("configuration reloaded");
+                            }
+                            Err(e) => tracing::error!("configuration not reloaded, keeping the old one: {e}"),
                         }
-                        Err(e) => tracing::error!("configuration not reloaded, keeping the old one: {e}"),
-                    },
+                    }
                 }
                 continue;
             }

@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use babycry::decode::pcm_s16le;
 use babycry::synth;
 use daemon_common::*;
 
@@ -41,14 +42,23 @@ fn read_events(path: &Path) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
-/// Collects a child's stderr lines in the background.
-/// `babycryd --config <config> run --no-mqtt --input - --rate 8000` with `env`, its
+/// s16le PCM of room tone with a cry from 2 s, then 6 s of quiet; and its length, seconds.
+fn cry_segment() -> (Vec<u8>, f64) {
+    let mut segment = synth::room_tone(RATE, 4.0, 0.002, 2);
+    synth::mix_into(&mut segment, &synth::cry(RATE, 6.0, 0.5), 2 * RATE as usize);
+    segment.extend(synth::room_tone(RATE, 6.0, 0.002, 3));
+    let seconds = segment.len() as f64 / f64::from(RATE);
+    (pcm_s16le(&segment).collect(), seconds)
+}
+
+/// `babycryd --config <config> run --no-mqtt --input - --rate 8000 <args>` with `env`, its
 /// stdin, stdout and stderr piped.
-fn spawn_stdin(config: &Path, env: &[(&str, &str)]) -> Child {
+fn spawn_stdin(config: &Path, env: &[(&str, &str)], args: &[&str]) -> Child {
     Command::new(bin())
         .arg("--config")
         .arg(config)
         .args(["run", "--no-mqtt", "--input", "-", "--rate", "8000"])
+        .args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -57,6 +67,7 @@ fn spawn_stdin(config: &Path, env: &[(&str, &str)]) -> Child {
         .unwrap()
 }
 
+/// Collects a child's stderr lines in the background.
 fn collect_stderr(child: &mut Child) -> Arc<Mutex<String>> {
     let buf = Arc::new(Mutex::new(String::new()));
     let out = buf.clone();
@@ -122,17 +133,10 @@ fn sighup_applies_a_valid_config_and_keeps_the_old_one_on_an_invalid_one() {
     let strict =
         "[detector]\nthreshold = 0.999\n[episode]\nquiet_seconds = 2.0\ncooldown_seconds = 0.0\n";
     let config = write_config(dir.path(), strict);
-    let mut child = spawn_stdin(&config, &[("RUST_LOG", "babycry=debug")]);
+    let mut child = spawn_stdin(&config, &[("RUST_LOG", "babycry=debug")], &[]);
     let stderr = collect_stderr(&mut child);
     let mut stdin = child.stdin.take().unwrap();
-    let mut segment = synth::room_tone(RATE, 4.0, 0.002, 2);
-    synth::mix_into(&mut segment, &synth::cry(RATE, 6.0, 0.5), 2 * RATE as usize);
-    segment.extend(synth::room_tone(RATE, 6.0, 0.002, 3));
-    let seg_s = segment.len() as f64 / f64::from(RATE);
-    let bytes: Vec<u8> = segment
-        .iter()
-        .flat_map(|&s| ((s * 32767.0).round() as i16).to_le_bytes())
-        .collect();
+    let (bytes, seg_s) = cry_segment();
     let closed = |n: usize| {
         let stderr = stderr.clone();
         move || stderr.lock().unwrap().matches("gate closed").count() >= n
@@ -282,7 +286,7 @@ fn sd_notify_sends_ready_status_and_watchdog() {
 fn restart_only_changes_are_warned_about_at_every_reload_until_the_restart() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "");
-    let mut child = spawn_stdin(&config, &[]);
+    let mut child = spawn_stdin(&config, &[], &[]);
     let stderr = collect_stderr(&mut child);
     let count = |what: &str| stderr.lock().unwrap().matches(what).count();
     wait_for(30, "the start", || count("audio source open") == 1);
@@ -320,10 +324,7 @@ fn ready_waits_for_the_first_audio() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(!notify.all().contains("READY=1"), "{}", notify.all());
     let mut stdin = child.stdin.take().unwrap();
-    let audio: Vec<u8> = synth::room_tone(RATE, 0.5, 0.002, 6)
-        .iter()
-        .flat_map(|&s| ((s * 32767.0).round() as i16).to_le_bytes())
-        .collect();
+    let audio: Vec<u8> = pcm_s16le(&synth::room_tone(RATE, 0.5, 0.002, 6)).collect();
     stdin.write_all(&audio).unwrap();
     wait_for(10, "READY=1", || notify.all().contains("READY=1"));
     drop(stdin);
@@ -369,10 +370,7 @@ fn the_watchdog_pauses_while_a_stdin_source_stops_sending() {
     let stderr = collect_stderr(&mut child);
     let mut stdin = child.stdin.take().unwrap();
     // 100 ms of room tone every 100 ms, like a live recorder, for `secs` seconds.
-    let chunk: Vec<u8> = synth::room_tone(RATE, 0.1, 0.002, 5)
-        .iter()
-        .flat_map(|&s| ((s * 32767.0).round() as i16).to_le_bytes())
-        .collect();
+    let chunk: Vec<u8> = pcm_s16le(&synth::room_tone(RATE, 0.1, 0.002, 5)).collect();
     let mut stream = |secs: f64| {
         let until = Instant::now() + Duration::from_secs_f64(secs);
         while Instant::now() < until {
@@ -458,4 +456,54 @@ fn a_missing_microphone_is_never_ready_and_never_pings_the_watchdog() {
     // with its number) went on the whole time, at most 1 s apart.
     assert_eq!(log.matches("WARN").count(), 1, "{log}");
     assert!(log.matches(" attempt=").count() >= 3, "{log}");
+}
+
+/// logrotate moves the `--events` file and sends SIGHUP: the daemon writes on at the
+/// path, in a new file, and the moved one keeps what came before (before, every later
+/// event went on into the moved file).
+#[test]
+fn sighup_reopens_the_events_file_for_logrotate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (events, rotated) = (
+        dir.path().join("events.jsonl"),
+        dir.path().join("events.jsonl.1"),
+    );
+    // Each cry an episode, closed 2 s after it.
+    let quick =
+        "[detector]\nthreshold = 0.8\n[episode]\nquiet_seconds = 2.0\ncooldown_seconds = 0.0\n";
+    let config = write_config(dir.path(), quick);
+    let mut child = spawn_stdin(&config, &[], &["--events", events.to_str().unwrap()]);
+    let stderr = collect_stderr(&mut child);
+    let mut stdin = child.stdin.take().unwrap();
+    let (bytes, _) = cry_segment();
+    let ends = |path: &Path| {
+        read_events(path)
+            .iter()
+            .filter(|e| e["type"] == "episode_end")
+            .count()
+    };
+    stdin.write_all(&bytes).unwrap();
+    wait_for(30, "the first episode's end", || ends(&events) == 1);
+    std::fs::rename(&events, &rotated).unwrap();
+    signal(&child, "HUP");
+    wait_for(10, "the reload", || {
+        stderr.lock().unwrap().contains("configuration reloaded")
+    });
+    stdin.write_all(&bytes).unwrap();
+    drop(stdin);
+    assert!(child.wait_with_output().unwrap().status.success());
+    let kinds = |path: &Path| -> Vec<String> {
+        read_events(path)
+            .iter()
+            .filter(|e| e["type"] != "window")
+            .map(|e| e["type"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ends(&rotated), 1, "{:?}", kinds(&rotated));
+    assert_eq!(
+        kinds(&events),
+        ["episode_start", "episode_end", "audio_state", "summary"],
+        "{}",
+        stderr.lock().unwrap()
+    );
 }

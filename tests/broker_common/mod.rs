@@ -427,10 +427,7 @@ impl StdinDaemon {
 
 /// Mono samples as raw s16le PCM.
 pub fn s16le(samples: &[f32]) -> Vec<u8> {
-    samples
-        .iter()
-        .flat_map(|&s| ((s * 32767.0).round() as i16).to_le_bytes())
-        .collect()
+    babycry::decode::pcm_s16le(samples).collect()
 }
 
 /// VmRSS of process `pid`, in KiB.
