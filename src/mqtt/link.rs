@@ -242,10 +242,12 @@ pub fn incoming(topics: &Topics, topic: &str, payload: &[u8], retained: bool) ->
 /// What the driver tells the link task.
 enum Net {
     Event(Event),
-    /// The connection failed or was lost; the driver retries after `retry_in`.
+    /// The connection failed or was lost; the driver retries after `retry_in`, and not
+    /// before the link task has dropped `heard` (see [`drive`]).
     Down {
         error: String,
         retry_in: Duration,
+        heard: oneshot::Sender<()>,
     },
 }
 
@@ -283,12 +285,23 @@ async fn drive(mut eventloop: EventLoop, cfg: MqttConfig, tx: mpsc::UnboundedSen
                 failures = failures.saturating_add(1);
                 let retry_in = backoff(failures);
                 let error = describe(&e, &cfg);
-                if tx.send(Net::Down { error, retry_in }).is_err() {
+                let (heard, link_heard) = oneshot::channel();
+                let down = Net::Down {
+                    error,
+                    retry_in,
+                    heard,
+                };
+                if tx.send(down).is_err() {
                     return;
                 }
                 tokio::time::sleep(retry_in).await;
                 // Requests the link task submitted before it heard of the failure must
-                // not reach the next connection: it resends from its outbox.
+                // not reach the next connection: it resends from its outbox, and their
+                // Outgoing events would be matched to the next connection's tags. So
+                // the channel is cleared only once the link task has stopped submitting
+                // (a link task held up longer than the backoff, by a slow fsync of the
+                // spool say, would otherwise submit into the next connection).
+                let _ = link_heard.await;
                 eventloop.clean();
             }
         }
@@ -443,7 +456,11 @@ pub(crate) async fn run(
             },
             net = net_rx.recv() => match net {
                 Some(Net::Event(e)) => link.on_event(e),
-                Some(Net::Down { error, retry_in }) => link.on_down(error, retry_in),
+                Some(Net::Down { error, retry_in, heard }) => {
+                    link.on_down(error, retry_in);
+                    // Not connected any more: nothing is submitted until the next ConnAck.
+                    drop(heard);
+                }
                 None => break,
             },
             _ = sleep_until_opt(rediscover) => {
@@ -909,6 +926,82 @@ mod tests {
                 "{topic} {payload:?} {retained}"
             );
         }
+    }
+
+    /// A link task held up (a slow fsync of the spool, say) longer than the backoff hears
+    /// of a lost connection late, and until then it still submits publishes. The driver
+    /// must not reconnect before: those requests would go out on the next connection (a
+    /// resent event twice) and their Outgoing events would be matched to that
+    /// connection's tags. Before the handshake it reconnected after the backoff alone
+    /// (1..2 s) and the stale publish reached the new connection.
+    #[tokio::test]
+    async fn the_driver_reconnects_only_after_the_link_task_heard_of_the_failure() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::TcpListener;
+        use tokio::time::timeout;
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let cfg = MqttConfig {
+            host: "127.0.0.1".into(),
+            port: listener.local_addr().unwrap().port(),
+            node_id: "n".into(),
+            ..MqttConfig::default()
+        };
+        let (client, eventloop) = AsyncClient::new(options(&cfg, &cfg.topics()).unwrap(), 8);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let driver = tokio::spawn(drive(eventloop, cfg.clone(), tx));
+        let mut buf = vec![0u8; 4096];
+
+        // The first connection ends before its ConnAck.
+        let (mut first, _) = timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("first connection")
+            .unwrap();
+        assert!(first.read(&mut buf).await.unwrap() > 0, "no CONNECT");
+        drop(first);
+        let heard = loop {
+            match timeout(Duration::from_secs(10), rx.recv()).await {
+                Ok(Some(Net::Down { heard, .. })) => break heard,
+                Ok(Some(Net::Event(_))) => continue,
+                other => panic!("no Down from the driver: {:?}", other.is_ok()),
+            }
+        };
+
+        // The held-up link task, not yet aware of the failure, submits an event.
+        client
+            .try_publish("babycry/n/event", QoS::AtLeastOnce, false, "stale")
+            .unwrap();
+        // Longer than the first backoff (at most 2 s): still no new connection.
+        assert!(
+            timeout(Duration::from_millis(3500), listener.accept())
+                .await
+                .is_err(),
+            "the driver reconnected before the link task heard of the failure"
+        );
+
+        drop(heard);
+        let (mut second, _) = timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("the driver reconnects once the link task heard")
+            .unwrap();
+        assert!(second.read(&mut buf).await.unwrap() > 0, "no CONNECT");
+        // CONNACK, no session present: nothing of the old connection may follow.
+        second.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap();
+        let mut sent = Vec::new();
+        let _ = timeout(Duration::from_secs(1), async {
+            loop {
+                match second.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => sent.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(
+            !sent.windows(5).any(|w| w == b"stale"),
+            "the stale publish reached the new connection: {sent:?}"
+        );
+        driver.abort();
     }
 
     #[test]
