@@ -6,11 +6,14 @@
 //! messages only a non-retained `online` on `<discovery_prefix>/status` may act.
 //! The time per target is bounded by `BABYCRY_FUZZ_SECONDS` (default 8 s; CI sets it in
 //! `scripts/test.sh`); a crash found is printed with its input in hex and becomes a
-//! regression seed under `tests/fuzz-corpus/`.
+//! regression seed under `tests/fuzz-corpus/`. An input that takes over 30 s is a hang:
+//! the test process exits with its input printed, instead of CI waiting for it.
 
 mod common;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use babycry::synth::Noise;
@@ -87,11 +90,60 @@ fn seeds(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
+/// One input taking longer than this is a hang (the slowest takes well under a second).
+const HANG: Duration = Duration::from_secs(30);
+
+fn hex(input: &[u8]) -> String {
+    input.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The input being tried and since when, for [`watch_for_hangs`].
+type Current = Arc<Mutex<Option<(Instant, PathBuf, Vec<u8>)>>>;
+
+/// A thread that ends the whole test process, printing the input, when one input takes
+/// longer than [`HANG`]: a hung target cannot be interrupted, and without this CI would
+/// only show a test that never finished.
+fn watch_for_hangs(name: &'static str, current: Current) {
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let guard = current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((since, path, input)) = guard.as_ref() {
+            if since.elapsed() > HANG {
+                // Straight to the process's stderr: the harness captures eprintln! in
+                // test threads and their children, and would drop it at the exit.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "{name}: hang (over {HANG:?}) on {} or a mutation of it ({} bytes): {}",
+                    path.display(),
+                    input.len(),
+                    hex(input)
+                );
+                std::process::exit(101);
+            }
+        }
+    });
+}
+
 /// Runs `target` on every seed and then on mutations until the time budget is spent.
-fn fuzz(name: &str, seeds: &[(PathBuf, Vec<u8>)], mut target: impl FnMut(&Path, &[u8])) -> usize {
+fn fuzz(
+    name: &'static str,
+    seeds: &[(PathBuf, Vec<u8>)],
+    mut target: impl FnMut(&Path, &[u8]),
+) -> usize {
     assert!(!seeds.is_empty(), "{name}: no seeds");
+    let current: Current = Arc::default();
+    watch_for_hangs(name, current.clone());
+    let mut run = |path: &Path, input: &[u8]| {
+        *current.lock().unwrap() = Some((Instant::now(), path.to_owned(), input.to_vec()));
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| target(path, input)));
+        *current.lock().unwrap() = None;
+        outcome
+    };
     for (path, bytes) in seeds {
-        target(path, bytes);
+        if let Err(e) = run(path, bytes) {
+            std::panic::resume_unwind(e);
+        }
     }
     let mut rng = Noise::new(0x5eed ^ name.len() as u64);
     let start = Instant::now();
@@ -99,14 +151,12 @@ fn fuzz(name: &str, seeds: &[(PathBuf, Vec<u8>)], mut target: impl FnMut(&Path, 
     while start.elapsed() < budget() {
         let (path, seed) = &seeds[runs % seeds.len()];
         let input = mutate(seed, &mut rng);
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| target(path, &input)));
-        if outcome.is_err() {
-            let hex: String = input.iter().map(|b| format!("{b:02x}")).collect();
+        if run(path, &input).is_err() {
             panic!(
-                "{name}: crash on a mutation of {} ({} bytes): {hex}",
+                "{name}: crash on a mutation of {} ({} bytes): {}",
                 path.display(),
-                input.len()
+                input.len(),
+                hex(&input)
             );
         }
         runs += 1;
