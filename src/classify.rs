@@ -134,7 +134,6 @@ impl Classifier {
             windows.push(self, &block)?;
             block.clear();
         }
-        windows.push(self, &block)?;
         windows.finish(self)
     }
 

@@ -7,8 +7,9 @@
 //! lines and hands updates to MQTT without ever waiting on the network. [`run`] takes
 //! every input (settings, source, outputs, a control channel for reload and shutdown)
 //! so tests drive the real thing; the CLI turns SIGHUP/SIGTERM/SIGINT into [`Control`].
-//! sd_notify: READY=1 once the models are loaded and the source is running (a missing
-//! microphone keeps the service "activating" with a STATUS= saying so, never failed),
+//! sd_notify: READY=1 once the models are loaded and the first audio frames arrive (a
+//! missing or silent-from-the-start microphone keeps the service "activating" with a
+//! STATUS= saying so, never failed),
 //! WATCHDOG=1 only while audio frames arrive (so systemd restarts a daemon whose
 //! microphone vanished or whose audio path hung), STATUS= one line of state.
 
@@ -153,7 +154,8 @@ enum OutputMessage {
 /// once and tried again with the next event, so the output comes back by itself; a
 /// file is opened again at its path on SIGHUP, as logrotate expects.
 struct EventsOut {
-    sink: EventSink,
+    /// The file, opened again on SIGHUP; None for stdout and for no output.
+    path: Option<PathBuf>,
     writer: Option<Box<dyn Write + Send>>,
     failing: bool,
 }
@@ -165,8 +167,12 @@ impl EventsOut {
             EventSink::File(path) => Some(Box::new(Self::open_file(path)?)),
             EventSink::None => None,
         };
+        let path = match sink {
+            EventSink::File(path) => Some(path.clone()),
+            EventSink::Stdout | EventSink::None => None,
+        };
         Ok(Self {
-            sink: sink.clone(),
+            path,
             writer,
             failing: false,
         })
@@ -203,7 +209,7 @@ impl EventsOut {
     }
 
     fn reopen(&mut self) {
-        let EventSink::File(path) = &self.sink else {
+        let Some(path) = &self.path else {
             return;
         };
         match Self::open_file(path) {

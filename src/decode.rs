@@ -139,7 +139,7 @@ impl AudioStream {
     }
 
     /// Appends the next packet's mono samples to `out`: `Ok(true)` while there may be
-    /// more, `Ok(false)` once the recording has ended well.
+    /// more, `Ok(false)` (nothing appended) once the recording has ended well.
     pub fn next_into(&mut self, out: &mut Vec<f32>) -> Result<bool, DecodeError> {
         if self.finished {
             return Ok(false);

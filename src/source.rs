@@ -483,8 +483,12 @@ impl Capture {
         self.tx.blocking_send(event).is_ok()
     }
 
-    fn is_stalled(&self) -> bool {
+    /// Reports a stall once, when it begins: its message is made only then, not for
+    /// every block of a muted microphone or every idle pull. False when the analysis
+    /// stage is gone.
+    fn stall(&mut self, detail: impl FnOnce() -> String) -> bool {
         matches!(self.state, Some(AudioState::Stalled(_)))
+            || self.set_state(AudioState::Stalled(detail()))
     }
 
     fn set_state(&mut self, state: AudioState) -> bool {
@@ -644,12 +648,10 @@ impl Capture {
                         if !self.send(SourceEvent::Heartbeat) {
                             return Ok(false);
                         }
-                    } else if !self.is_stalled() {
-                        let detail =
-                            format!("no audio for {:.0} s", last_audio.elapsed().as_secs_f64());
-                        if !self.set_state(AudioState::Stalled(detail)) {
-                            return Ok(false);
-                        }
+                    } else if !self.stall(|| {
+                        format!("no audio for {:.0} s", last_audio.elapsed().as_secs_f64())
+                    }) {
+                        return Ok(false);
                     }
                 }
                 Pull::Audio => {
@@ -657,18 +659,13 @@ impl Capture {
                     self.delivered += (buf.len() / usize::from(format.channels.max(1))) as u64;
                     let out = converter.convert(&buf).map_err(lost)?;
                     let silent = converter.silent_seconds();
-                    let stalled = silent >= self.options.stall_seconds;
-                    // The stall's message is made once, when it begins: not for every
-                    // block of a muted microphone.
-                    if !(stalled && self.is_stalled()) {
-                        let state = if stalled {
-                            AudioState::Stalled(format!("only digital silence for {silent:.0} s"))
-                        } else {
-                            AudioState::Running
-                        };
-                        if !self.set_state(state) {
-                            return Ok(false);
-                        }
+                    let reported = if silent >= self.options.stall_seconds {
+                        self.stall(|| format!("only digital silence for {silent:.0} s"))
+                    } else {
+                        self.set_state(AudioState::Running)
+                    };
+                    if !reported {
+                        return Ok(false);
                     }
                     if !out.is_empty() && !self.send(SourceEvent::Audio(out)) {
                         return Ok(false);

@@ -150,15 +150,9 @@ fn devices_lists_input_devices_with_their_formats() {
 /// device delivering audio, every entity is available.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn home_assistant_shows_what_the_daemon_hears_unavailable_while_the_microphone_is_lost() {
-    use broker_common::{daemon_config_with, ha_available, wait_until, Broker, Subscriber};
-    const DIAGNOSTICS: [&str; 6] = [
-        "audio_state",
-        "events_dropped",
-        "events_queued",
-        "gate_openings_per_hour",
-        "last_inference_ms",
-        "noise_floor_dbfs",
-    ];
+    use broker_common::{
+        available_ids, daemon_config_with, wait_until, Broker, Subscriber, DIAGNOSTICS, HEARING,
+    };
     for (device, state) in [("no-such-microphone", "lost"), ("alsa:null", "running")] {
         let broker = Broker::start();
         let sub = Subscriber::start(broker.port, &["babycry/#", "homeassistant/#"]).await;
@@ -191,21 +185,15 @@ async fn home_assistant_shows_what_the_daemon_hears_unavailable_while_the_microp
             .filter(|m| m.topic.starts_with("homeassistant/"))
             .map(|m| {
                 let c: serde_json::Value = serde_json::from_str(&m.payload).unwrap();
-                let id = c["unique_id"].as_str().unwrap().trim_start_matches("live_");
-                (id.to_owned(), c)
+                (c["unique_id"].as_str().unwrap().to_owned(), c)
             })
             .collect();
         assert_eq!(configs.len(), 10, "{device}");
         let latest = |t: &str| sub.on(t).last().map(|m| m.payload.clone());
-        let mut available: Vec<&str> = configs
-            .iter()
-            .filter(|(_, c)| ha_available(c, &latest))
-            .map(|(id, _)| id.as_str())
-            .collect();
-        available.sort_unstable();
+        let available = available_ids(configs.iter().map(|(id, c)| (id, c)), "live_", &latest);
         let mut expected = DIAGNOSTICS.to_vec();
         if state == "running" {
-            expected.extend(["confidence", "crying", "episode", "reason"]);
+            expected.extend(HEARING);
             expected.sort_unstable();
         }
         assert_eq!(available, expected, "{device}");

@@ -4,6 +4,8 @@
 //! once, counts the xruns without treating them as a loss, reopens the source by itself
 //! and never exits before the source ends.
 
+mod daemon_common;
+
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,6 +16,7 @@ use babycry::config::Config;
 use babycry::daemon::{run, Control, DaemonOptions, EventSink};
 use babycry::source::{AudioSource, Pull, RetryPolicy, SourceError, StreamFormat};
 use babycry::synth;
+use daemon_common::read_events;
 
 /// What one `open` does, and then what the opened stream delivers.
 enum Step {
@@ -108,14 +111,6 @@ fn options(events: &Path) -> DaemonOptions {
             max: Duration::from_millis(50),
         }),
     }
-}
-
-fn read_events(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

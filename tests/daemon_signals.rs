@@ -36,12 +36,6 @@ fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-fn read_events(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .map(|t| parse_events(&t))
-        .unwrap_or_default()
-}
-
 /// s16le PCM of room tone with a cry from 2 s, then 6 s of quiet; and its length, seconds.
 fn cry_segment() -> (Vec<u8>, f64) {
     let mut segment = synth::room_tone(RATE, 4.0, 0.002, 2);
@@ -51,13 +45,13 @@ fn cry_segment() -> (Vec<u8>, f64) {
     (pcm_s16le(&segment).collect(), seconds)
 }
 
-/// `babycryd --config <config> run --no-mqtt --input - --rate 8000 <args>` with `env`, its
-/// stdin, stdout and stderr piped.
-fn spawn_stdin(config: &Path, env: &[(&str, &str)], args: &[&str]) -> Child {
+/// `babycryd --config <config> run --no-mqtt <args>` with `env`, its stdin, stdout and
+/// stderr piped.
+fn spawn(config: &Path, env: &[(&str, &str)], args: &[&str]) -> Child {
     Command::new(bin())
         .arg("--config")
         .arg(config)
-        .args(["run", "--no-mqtt", "--input", "-", "--rate", "8000"])
+        .args(["run", "--no-mqtt"])
         .args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
@@ -65,6 +59,15 @@ fn spawn_stdin(config: &Path, env: &[(&str, &str)], args: &[&str]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
+}
+
+/// [`spawn`] reading s16le PCM at 8 kHz from its stdin.
+fn spawn_stdin(config: &Path, env: &[(&str, &str)], args: &[&str]) -> Child {
+    spawn(
+        config,
+        env,
+        &[&["--input", "-", "--rate", "8000"], args].concat(),
+    )
 }
 
 /// Collects a child's stderr lines in the background.
@@ -245,18 +248,8 @@ fn spawn_notified(dir: &Path, extra: &str, args: &[&str]) -> (NotifyListener, Ch
     let socket_path = dir.join("notify.sock");
     let notify = NotifyListener::bind(&socket_path);
     let config = write_config(dir, extra);
-    let child = Command::new(bin())
-        .arg("--config")
-        .arg(&config)
-        .args(["run", "--no-mqtt"])
-        .args(args)
-        .env("NOTIFY_SOCKET", &socket_path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    (notify, child)
+    let socket = socket_path.to_str().unwrap();
+    (notify, spawn(&config, &[("NOTIFY_SOCKET", socket)], args))
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! gets mutated versions of a committed seed corpus and must answer with a value or a
 //! typed error: never a panic or a hang. The PCM reader must also deliver exactly the
 //! whole frames it was given, every sample finite and within [-1, 1]; of the MQTT
-//! messages only a non-retained `online` on `<discovery_prefix>/status` may act.
+//! messages only a non-retained `online` on `homeassistant/status` may act.
 //! The time per target is bounded by `BABYCRY_FUZZ_SECONDS` (default 8 s; CI sets it in
 //! `scripts/test.sh`); a crash found is printed with its input in hex and becomes a
 //! regression seed under `tests/fuzz-corpus/`. An input that takes over 30 s is a hang:

@@ -122,8 +122,7 @@ fn check_discovery(topic: &str, payload: &str, base: &str, labels: &[&str]) -> (
         .iter()
         .map(|a| a["topic"].as_str().unwrap())
         .collect();
-    let hears = ["crying", "reason", "confidence", "episode"]
-        .contains(&unique.trim_start_matches("testnode_"));
+    let hears = HEARING.contains(&unique.trim_start_matches("testnode_"));
     let diagnostics_topic = format!("{base}/diagnostics");
     let expected: &[&str] = if hears { &[&diagnostics_topic] } else { &[] };
     assert_eq!(audio_topics, expected, "{topic}");
@@ -263,27 +262,9 @@ async fn discovery_states_and_events_arrive_with_the_right_retain_flags() {
     assert_eq!(ids.len(), 10, "{ids:?}");
     // With the daemon online and the audio running, Home Assistant shows every entity.
     let latest = |t: &str| retained.get(t).map(|m| m.payload.clone());
-    let unavailable: Vec<&String> = checked
-        .iter()
-        .filter(|(_, c)| !ha_available(c, &latest))
-        .map(|(id, _)| id)
-        .collect();
-    assert!(unavailable.is_empty(), "{unavailable:?}");
-    for id in [
-        "crying",
-        "reason",
-        "confidence",
-        "episode",
-        "noise_floor_dbfs",
-        "audio_state",
-        "last_inference_ms",
-        "gate_openings_per_hour",
-    ] {
-        assert!(
-            ids.contains(&format!("testnode_{id}")),
-            "{id} missing from {ids:?}"
-        );
-    }
+    let mut every = [&HEARING[..], &DIAGNOSTICS].concat();
+    every.sort_unstable();
+    assert_eq!(available_ids(&checked, "testnode_", &latest), every);
 
     // The microphone is lost: what the daemon hears becomes unavailable, while the
     // diagnostics (the audio device sensor among them) stay to say why.
@@ -303,22 +284,7 @@ async fn discovery_states_and_events_arrive_with_the_right_retain_flags() {
     )
     .await;
     let latest = |t: &str| late.on(t).last().map(|m| m.payload.clone());
-    let available: Vec<&str> = checked
-        .iter()
-        .filter(|(_, c)| ha_available(c, &latest))
-        .map(|(id, _)| id.trim_start_matches("testnode_"))
-        .collect();
-    assert_eq!(
-        available,
-        [
-            "audio_state",
-            "events_dropped",
-            "events_queued",
-            "gate_openings_per_hour",
-            "last_inference_ms",
-            "noise_floor_dbfs"
-        ]
-    );
+    assert_eq!(available_ids(&checked, "testnode_", &latest), DIAGNOSTICS);
 
     // Clean shutdown: offline, published by the client itself (not the will).
     handle.shutdown(Duration::from_secs(5)).await;

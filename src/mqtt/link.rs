@@ -51,7 +51,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::discovery::{discovery_messages, episode_payload, removal_messages};
-use super::queue::Outbox;
+use super::queue::{Outbox, EPISODE_TOPIC, EVENT_TOPIC};
 use super::{DeviceInfo, Handover, MqttConfig, MqttError, Msg, Topics};
 use crate::events::{Diagnostics, EventKind, Update};
 
@@ -375,8 +375,8 @@ struct Link {
     inflight: HashMap<u16, Tag>,
     /// Queued messages submitted and not yet acknowledged.
     queued_in_flight: usize,
-    /// The `events_queued` the last diagnostics published said.
-    reported_queued: usize,
+    /// Whether the last diagnostics published said events were queued.
+    backlog_reported: bool,
     /// Next outbox sequence number to submit.
     next_seq: u64,
     rediscover_at: Option<Instant>,
@@ -428,7 +428,7 @@ pub(crate) async fn run(
         submitted: VecDeque::new(),
         inflight: HashMap::new(),
         queued_in_flight: 0,
-        reported_queued: 0,
+        backlog_reported: false,
         next_seq: 0,
         rediscover_at: None,
         closing: None,
@@ -553,10 +553,10 @@ impl Link {
         match update {
             Update::Event(event) => {
                 if on_event_topic(&event.kind) {
-                    self.outbox.push("event".into(), event.to_json());
+                    self.outbox.push(EVENT_TOPIC.into(), event.to_json());
                 }
                 if let Some(payload) = episode_payload(&event) {
-                    self.outbox.push("episode".into(), payload);
+                    self.outbox.push(EPISODE_TOPIC.into(), payload);
                 }
                 // Write ahead: events are rare (one per 7 s window while crying), so each
                 // is on disk before it is on the wire, and a SIGKILL between the publish
@@ -609,7 +609,7 @@ impl Link {
             v["events_dropped"] = self.outbox.dropped.into();
             let topic = self.topics.diagnostics.clone();
             if self.publish(&topic, true, v.to_string(), Tag::Reading) {
-                self.reported_queued = self.outbox.len();
+                self.backlog_reported = self.outbox.len() > 0;
             }
         }
     }
@@ -697,7 +697,7 @@ impl Link {
                         // A backlog announced at the ConnAck is delivered: say so now, not
                         // at the next diagnostics tick (none comes while the microphone
                         // is lost).
-                        if self.outbox.len() == 0 && self.reported_queued > 0 {
+                        if self.outbox.len() == 0 && self.backlog_reported {
                             self.publish_diagnostics();
                         }
                     }

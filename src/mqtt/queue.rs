@@ -18,8 +18,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// The topics (under the base topic) of the messages the outbox carries.
-pub(crate) const OUTBOX_TOPICS: [&str; 2] = ["event", "episode"];
+/// The topics (under the base topic) of the messages the outbox carries: one per
+/// classified window and episode end, and Home Assistant's episode event.
+pub(crate) const EVENT_TOPIC: &str = "event";
+pub(crate) const EPISODE_TOPIC: &str = "episode";
+const OUTBOX_TOPICS: [&str; 2] = [EVENT_TOPIC, EPISODE_TOPIC];
 
 /// The longest payload a spool line may bring back: far above any event (about 1 KB),
 /// well under the client's 256 KiB packet limit. A longer one could never be sent: it

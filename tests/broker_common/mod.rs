@@ -478,6 +478,35 @@ pub fn ids_of(messages: &[Seen]) -> Vec<String> {
         .collect()
 }
 
+/// The unique ids (node prefix removed) of what the daemon hears: unavailable in Home
+/// Assistant while the microphone is not running.
+pub const HEARING: [&str; 4] = ["confidence", "crying", "episode", "reason"];
+/// The diagnostic sensors' unique ids, available whenever the daemon is online.
+pub const DIAGNOSTICS: [&str; 6] = [
+    "audio_state",
+    "events_dropped",
+    "events_queued",
+    "gate_openings_per_hour",
+    "last_inference_ms",
+    "noise_floor_dbfs",
+];
+
+/// The ids, without `prefix` and sorted, of the discovery configs (unique id -> config)
+/// that Home Assistant shows as available given the `latest` payload of each topic.
+pub fn available_ids<'a>(
+    configs: impl IntoIterator<Item = (&'a String, &'a Value)>,
+    prefix: &str,
+    latest: &dyn Fn(&str) -> Option<String>,
+) -> Vec<&'a str> {
+    let mut ids: Vec<&str> = configs
+        .into_iter()
+        .filter(|(_, c)| ha_available(c, latest))
+        .map(|(id, _)| id.trim_start_matches(prefix))
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
 /// Whether Home Assistant shows the entity of discovery config `config` as available,
 /// given the latest payload on each topic (`latest`): with `availability_mode` `all`,
 /// every entry of its `availability` list must have a payload that, rendered through the

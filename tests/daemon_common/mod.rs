@@ -88,6 +88,13 @@ pub fn parse_events(stdout: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The JSON lines written so far to an `--events` file (none while it does not exist).
+pub fn read_events(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .map(|t| parse_events(&t))
+        .unwrap_or_default()
+}
+
 /// Runs `babycryd run --input WAV --fast --no-mqtt` to the end.
 pub fn run_fast(config: &Path, wav: &Path, extra: &[&str]) -> RunOutput {
     let out = Command::new(bin())
