@@ -525,8 +525,24 @@ impl CryMonitor {
     /// The audio stopped coming (the microphone was lost, or stalled): a running episode
     /// ends now, at its last crying. Its quiet time is counted in audio, so without this
     /// it would stay open, `crying` ON, until audio came back, and then run on into it.
+    /// No cooldown follows: crying heard when the audio comes back may be the same cry
+    /// going on, and must be reported at once, not a cooldown of new audio later.
     pub fn interrupt(&mut self, emit: &mut dyn FnMut(Update)) -> Result<(), ModelError> {
-        self.end_episode(emit)
+        // The audio after the gap does not continue the audio before it: no detector
+        // window, confirmation or pre-roll reaches back across it (an episode after the
+        // gap starting inside the one before).
+        self.last_gate_close = self.last_gate_close.max(self.framed);
+        if let Some(next) = &mut self.detector_next {
+            *next = (*next).max(self.framed);
+        }
+        self.recent.clear();
+        if self.episode.is_none() {
+            // A cooldown already running goes on: no cry was cut short.
+            return Ok(());
+        }
+        self.end_episode(emit)?;
+        self.cooldown_until = self.framed;
+        Ok(())
     }
 
     /// The end of the stream (or a shutdown): finishes a running episode.

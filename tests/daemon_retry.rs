@@ -288,3 +288,51 @@ async fn a_microphone_lost_in_the_middle_of_a_cry_ends_the_episode_then() {
     let end_s = end["end_s"].as_f64().unwrap();
     assert!((7.0..=8.05).contains(&end_s), "the cry ends at 8 s: {end}");
 }
+
+/// A cry that goes on after a short microphone drop-out is a new episode at once: the
+/// interrupted episode starts no cooldown (60 s by default, counted in audio), which
+/// before hid the crying after the microphone came back for a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cry_going_on_after_a_microphone_drop_out_is_reported_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(|c| c.detector.threshold = Some(0.8));
+    assert_eq!(settings.config.episode.cooldown_seconds, 60.0);
+    let mut before = synth::room_tone(RATE, 8.0, 0.002, 3);
+    synth::mix_into(&mut before, &synth::cry(RATE, 6.0, 0.5), 2 * RATE as usize);
+    let mut after = synth::room_tone(RATE, 12.0, 0.002, 4);
+    synth::mix_into(&mut after, &synth::cry(RATE, 8.0, 0.5), 0);
+    let source = FlakySource {
+        steps: VecDeque::from([
+            Step::Deliver(before, After::Unplug),
+            Step::Fail("no such device"),
+            Step::Deliver(after, After::End),
+        ]),
+        current: None,
+        opens: Arc::new(AtomicUsize::new(0)),
+        audio_pulls: 0,
+    };
+    let events = dir.path().join("events.jsonl");
+    let (_control, rx) = tokio::sync::mpsc::channel::<Control>(1);
+    run(settings, Box::new(source), options(&events), rx)
+        .await
+        .unwrap();
+    let lines = read_events(&events);
+    let starts: Vec<f64> = lines
+        .iter()
+        .filter(|e| e["type"] == "episode_start")
+        .map(|e| e["start_s"].as_f64().unwrap())
+        .collect();
+    // The crying resumes with the audio, just after the first episode's end in audio time
+    // (the first 8 s, less what the lost stream's resampler held): the episode after the
+    // drop-out starts within 3 s of it, and not inside the one before.
+    assert_eq!(starts.len(), 2, "episode starts {starts:?}");
+    let first_end = lines.iter().find(|e| e["type"] == "episode_end").unwrap()["end_s"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (first_end..=first_end + 3.0).contains(&starts[1]),
+        "the first episode ends at {first_end}, then episode starts {starts:?}"
+    );
+    let summary = lines.iter().find(|e| e["type"] == "summary").unwrap();
+    assert_eq!(summary["suppressed_by_cooldown"], 0, "{summary}");
+}
