@@ -193,8 +193,13 @@ impl EventsOut {
         let Some(w) = self.writer.as_mut() else {
             return;
         };
-        let line = event.to_json();
-        match writeln!(w, "{line}").and_then(|()| w.flush()) {
+        // One write of the whole line; after a failed one, which may have left part of
+        // its line (a disk that filled mid-write), a newline first, so the next record
+        // starts a line of its own instead of being glued to the torn one.
+        let mut line = String::from(if self.failing { "\n" } else { "" });
+        line.push_str(&event.to_json());
+        line.push('\n');
+        match w.write_all(line.as_bytes()).and_then(|()| w.flush()) {
             Ok(()) if self.failing => {
                 self.failing = false;
                 tracing::info!("events are written again");
@@ -514,5 +519,82 @@ fn diagnostics(monitor: &CryMonitor, state: &AudioState) -> Diagnostics {
         audio_state: state.name().into(),
         last_inference_ms: monitor.last_inference_ms(),
         gate_openings_per_hour: monitor.gate_openings_last_hour() as f64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// A destination that takes `accept` more bytes, then fails once, then takes all.
+    struct FillsUp {
+        written: Arc<Mutex<Vec<u8>>>,
+        accept: usize,
+        failed: bool,
+    }
+
+    impl Write for FillsUp {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.failed || buf.len() <= self.accept {
+                self.accept = self.accept.saturating_sub(buf.len());
+                self.written.lock().unwrap().extend_from_slice(buf);
+                return Ok(buf.len());
+            }
+            if self.accept > 0 {
+                let n = self.accept;
+                self.accept = 0;
+                self.written.lock().unwrap().extend_from_slice(&buf[..n]);
+                return Ok(n);
+            }
+            self.failed = true;
+            Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "no space left on device",
+            ))
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A write that fails part-way (the disk filled) leaves a torn line; the records
+    /// after it still each make a line of JSON. Before, the next record was appended to
+    /// the torn one and lost with it.
+    #[test]
+    fn a_record_after_a_torn_write_starts_a_line_of_its_own() {
+        let event = |episode| {
+            Event::new(
+                EventKind::EpisodeStart {
+                    episode,
+                    start_s: 1.0,
+                },
+                vec![],
+            )
+        };
+        let first = event(1).to_json().len() + 1;
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let mut out = EventsOut {
+            path: None,
+            writer: Some(Box::new(FillsUp {
+                written: written.clone(),
+                accept: first + 20,
+                failed: false,
+            })),
+            failing: false,
+        };
+        for n in 1..=4 {
+            out.write(&event(n));
+        }
+        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        let episodes: Vec<u64> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| v["episode"].as_u64().unwrap())
+            .collect();
+        assert_eq!(episodes, [1, 3, 4], "{text}");
+        assert!(!out.failing);
     }
 }
