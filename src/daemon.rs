@@ -346,7 +346,10 @@ pub async fn run(
                         let _ = out_tx.send(OutputMessage::ReopenEvents).await;
                         match *new {
                             Ok(new) => {
-                                let new = reloaded(&settings, new);
+                                let (new, waiting) = reloaded(&settings, new, monitor.reason_labels());
+                                for warning in waiting {
+                                    tracing::warn!("{warning}");
+                                }
                                 monitor.apply(MonitorSettings::from_config(&new.config));
                                 let _ = out_tx.send(OutputMessage::Mqtt(MqttConfig::for_daemon(&new.config))).await;
                                 settings = new;
@@ -492,25 +495,41 @@ pub async fn run(
 }
 
 /// The settings a reload gives: `new`, except for what only a restart applies (the
-/// models, `[audio]`, `[logging]`), which stays as running, with a warning when it
-/// differs. Kept, not replaced, so the next reload compares with what runs, and warns
-/// again while the change still waits for a restart.
-fn reloaded(running: &Settings, mut new: Settings) -> Settings {
+/// models, `[audio]`, `[logging]`), which stays as running; and a warning for each such
+/// difference. Kept, not replaced, so the next reload compares with what runs, and warns
+/// again while the change still waits for a restart. `reason_labels` are the running
+/// reason model's: the new thresholds were checked against the new model's labels.
+fn reloaded(
+    running: &Settings,
+    mut new: Settings,
+    reason_labels: &[String],
+) -> (Settings, Vec<String>) {
+    let mut waiting = Vec::new();
     if new.reason_model != running.reason_model || new.detector_model != running.detector_model {
-        tracing::warn!("model changes take effect after a restart");
+        waiting.push("model changes take effect after a restart".to_string());
+        for label in new
+            .config
+            .thresholds
+            .keys()
+            .filter(|l| !reason_labels.contains(l))
+        {
+            waiting.push(format!(
+                "thresholds.{label}: the running reason model has no such label; it applies after the restart that loads the new model"
+            ));
+        }
     }
     if new.config.audio != running.config.audio {
-        tracing::warn!("[audio] changes take effect after a restart");
+        waiting.push("[audio] changes take effect after a restart".into());
     }
     if new.config.logging != running.config.logging {
-        tracing::warn!("[logging] changes take effect after a restart");
+        waiting.push("[logging] changes take effect after a restart".into());
     }
     new.reason_model.clone_from(&running.reason_model);
     new.detector_model.clone_from(&running.detector_model);
     new.config.models.clone_from(&running.config.models);
     new.config.audio.clone_from(&running.config.audio);
     new.config.logging.clone_from(&running.config.logging);
-    new
+    (new, waiting)
 }
 
 fn diagnostics(monitor: &CryMonitor, state: &AudioState) -> Diagnostics {
@@ -527,6 +546,35 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+
+    /// A reload that changes the reason model and sets a threshold for one of the new
+    /// model's labels keeps the running model, so that threshold does nothing until the
+    /// restart: it is said, not left silent (the config check only knew the new model).
+    #[test]
+    fn a_threshold_for_a_label_only_the_new_model_has_waits_for_the_restart_with_a_warning() {
+        let running = Settings {
+            config: crate::config::Config::default(),
+            source: None,
+            detector_model: None,
+            reason_model: PathBuf::from("models/cry-reason.onnx"),
+        };
+        let labels = ["hungry".to_string(), "tired".to_string()];
+        let mut new = running.clone();
+        new.reason_model = PathBuf::from("models/other-reason.onnx");
+        new.config.thresholds.insert("colic".into(), 0.3);
+        new.config.thresholds.insert("hungry".into(), 0.4);
+        let (applied, waiting) = reloaded(&running, new, &labels);
+        assert_eq!(applied.reason_model, running.reason_model);
+        assert_eq!(applied.config.thresholds.get("hungry"), Some(&0.4));
+        assert_eq!(waiting.len(), 2, "{waiting:?}");
+        assert_eq!(waiting[0], "model changes take effect after a restart");
+        assert!(waiting[1].starts_with("thresholds.colic: "), "{waiting:?}");
+
+        // The same thresholds with the model unchanged were checked against it already.
+        let mut same = running.clone();
+        same.config.thresholds.insert("hungry".into(), 0.4);
+        assert!(reloaded(&running, same, &labels).1.is_empty());
+    }
 
     /// A destination that takes `accept` more bytes, then fails once, then takes all.
     struct FillsUp {
