@@ -4,11 +4,14 @@
 //! the topics and the device description, so tests check them without a broker.
 //!
 //! Every entity is available while `<base>/status` says `online`. The entities that say
-//! what the room sounds like (crying, reason, confidence, episode) also need the
-//! microphone: they are unavailable unless the retained diagnostics say the audio is
-//! `running`. Without that, a monitor whose microphone was unplugged, is missing at boot
-//! or delivers only silence would show "Clear" to the parents, while it hears nothing;
-//! the diagnostic sensors stay available to say why.
+//! what the room sounds like now (crying, reason, confidence) also need the microphone:
+//! they are unavailable unless the retained diagnostics say the audio is `running`.
+//! Without that, a monitor whose microphone was unplugged, is missing at boot or
+//! delivers only silence would show "Clear" to the parents, while it hears nothing; the
+//! diagnostic sensors stay available to say why. The episode event does not need the
+//! microphone: an episode that a drop-out cut short, or one delivered from the queue
+//! after the broker came back, arrives after the audio stopped, and Home Assistant
+//! drops an event that reaches an unavailable entity.
 
 use serde_json::{json, Value};
 
@@ -103,7 +106,7 @@ fn entities(t: &Topics, device: &DeviceInfo) -> Vec<Entity> {
                 "state_topic": t.episode,
                 "event_types": options(device),
             }),
-            hears: true,
+            hears: false,
         },
     ];
     for (key, name, unit, class) in DIAGNOSTICS {

@@ -478,12 +478,14 @@ pub fn ids_of(messages: &[Seen]) -> Vec<String> {
         .collect()
 }
 
-/// The unique ids (node prefix removed) of what the daemon hears: unavailable in Home
-/// Assistant while the microphone is not running.
-pub const HEARING: [&str; 4] = ["confidence", "crying", "episode", "reason"];
-/// The diagnostic sensors' unique ids, available whenever the daemon is online.
-pub const DIAGNOSTICS: [&str; 6] = [
+/// The unique ids (node prefix removed) of what the daemon hears now: unavailable in
+/// Home Assistant while the microphone is not running.
+pub const HEARING: [&str; 3] = ["confidence", "crying", "reason"];
+/// The unique ids of the diagnostic sensors and the episode event, available whenever
+/// the daemon is online.
+pub const WHILE_ONLINE: [&str; 7] = [
     "audio_state",
+    "episode",
     "events_dropped",
     "events_queued",
     "gate_openings_per_hour",
