@@ -269,7 +269,6 @@ impl CryMonitor {
                 if self.detector.is_some() {
                     if self.detector_next.is_none() {
                         self.detector_next = Some(from_sample);
-                        self.recent.clear();
                     }
                 } else if self.episode.is_none() {
                     self.start_episode(from_sample, end, Vec::new(), emit);
@@ -280,8 +279,10 @@ impl CryMonitor {
                     self.summary.gate_open_seconds += self.seconds(at_sample - from);
                 }
                 self.last_gate_close = at_sample;
+                // The last windows stay in `recent` (they leave it by age, see
+                // run_detector): a gate that closes at a breath of a cry and opens again
+                // must not start the k-of-n count over.
                 self.detector_next = None;
-                self.recent.clear();
                 tracing::debug!(at_s = self.seconds(at_sample), "gate closed");
             }
             GateTransition::None => {}
@@ -345,10 +346,15 @@ impl CryMonitor {
             self.last_inference_ms = t0.elapsed().as_secs_f64() * 1000.0;
             self.summary.detector_inferences += 1;
             tracing::trace!(start_s = self.seconds(start), p, "detector window");
-            self.recent.push_back((start, p));
-            while self.recent.len() > n {
+            // The last n windows of the last n hops: windows of an earlier gate opening
+            // count while they are that recent, as the k-of-n rule runs on a continuous
+            // stream (where a closed gate's windows would have said "no cry").
+            let span = hop * n as u64;
+            while self.recent.len() >= n || self.recent.front().is_some_and(|r| r.0 + span <= start)
+            {
                 self.recent.pop_front();
             }
+            self.recent.push_back((start, p));
             if let Some(ep) = &mut self.episode {
                 ep.detector.push((start, p));
                 if p >= threshold {
