@@ -127,8 +127,14 @@ impl NoiseFloor {
         self.fall = 1.0 - (-frame_seconds / config.floor_fall_seconds).exp();
     }
 
-    /// Follows one frame's level.
+    /// Follows one frame's level. Digital silence (exact zeros: a muted microphone, a
+    /// device starting up or resuming) says nothing about the room and is not followed:
+    /// a floor dragged down to it left the gate open, and the models running, for
+    /// minutes once the room's sound came back (the floor rises slowly while open).
     pub fn update(&mut self, frame_dbfs: f64) {
+        if !frame_dbfs.is_finite() || frame_dbfs <= SILENCE_DBFS {
+            return;
+        }
         let floor = self.level_dbfs.get_or_insert(frame_dbfs);
         let coeff = if frame_dbfs < *floor {
             self.fall
@@ -401,6 +407,37 @@ mod tests {
             3 * RATE as usize,
         );
         assert_eq!(run(&mut gate, &audio, 0), vec![]);
+    }
+
+    /// A muted microphone (exact zeros) for 2 s in a room at about -40 dBFS: the floor
+    /// stays at the room, so the room's sound coming back opens nothing. Before, the
+    /// floor fell to digital silence and the gate stayed open for about 2 minutes.
+    #[test]
+    fn digital_silence_does_not_drag_the_floor_down() {
+        let mut gate = EnergyGate::new(&GateConfig::default(), RATE);
+        let ten = (10 * RATE) as u64;
+        run(&mut gate, &synth::room_tone(RATE, 10.0, 0.01, 7), 0);
+        let room = gate.noise_floor_dbfs();
+        assert!(room > -50.0 && room < -35.0, "{room}");
+        let muted = vec![0.0; 2 * RATE as usize];
+        assert_eq!(run(&mut gate, &muted, ten), vec![]);
+        assert_eq!(gate.noise_floor_dbfs(), room);
+        let back = synth::room_tone(RATE, 60.0, 0.01, 8);
+        assert_eq!(run(&mut gate, &back, ten + muted.len() as u64), vec![]);
+    }
+
+    /// A level that is not a number or infinite (float samples far beyond full scale,
+    /// summed) leaves the floor as it was: before, infinity became the floor and the next
+    /// frame made it NaN, which no level ever compares above, for the rest of the run.
+    #[test]
+    fn a_level_that_is_not_finite_is_not_followed() {
+        let mut floor = NoiseFloor::new(&GateConfig::default(), 0.032);
+        floor.update(-45.0);
+        for level in [f64::INFINITY, f64::NAN, f64::NEG_INFINITY] {
+            floor.update(level);
+            floor.follow_up(level);
+            assert_eq!(floor.dbfs(), -45.0, "{level}");
+        }
     }
 
     #[test]

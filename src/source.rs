@@ -333,12 +333,15 @@ impl CaptureConverter {
         self.partial.extend_from_slice(&interleaved[whole..]);
         // Every source's audio passes here: one NaN or infinity from a float device (an
         // f64 beyond f32's range is one) would turn the gate's and the resampler's noise
-        // floors into NaN for the rest of the run, the gate open all night. (Loud but
-        // finite samples are the device's to give: they stay.)
+        // floors into NaN for the rest of the run, the gate open all night; and float
+        // samples far beyond full scale add up to infinity in the resampler. Clamped to
+        // full scale, as the stdin reader's float PCM is: beyond it is clipping anyway.
         for s in &mut self.mono {
-            if !s.is_finite() {
-                *s = 0.0;
-            }
+            *s = if s.is_finite() {
+                s.clamp(-1.0, 1.0)
+            } else {
+                0.0
+            };
         }
         match self.mono.iter().rposition(|&s| s != 0.0) {
             Some(i) => self.zero_run = (self.mono.len() - 1 - i) as u64,
@@ -1042,8 +1045,8 @@ mod tests {
             -0.25,
         ];
         let out = converter.convert(&block).unwrap();
-        // (inf + 0.5) / 2, (NaN + 0.5) / 2, 3, (-inf + inf) / 2, -0.25.
-        assert_eq!(&out[..], [0.0, 0.0, 3.0, 0.0, -0.25]);
+        // (inf + 0.5) / 2, (NaN + 0.5) / 2, 3 (clipped), (-inf + inf) / 2, -0.25.
+        assert_eq!(&out[..], [0.0, 0.0, 1.0, 0.0, -0.25]);
     }
 
     #[test]
@@ -1064,11 +1067,11 @@ mod tests {
         assert_eq!(out.len(), 2048);
         assert!(out.iter().all(|&s| s == 0.25), "{out:?}");
 
-        // Frame k holds k/1000 + c/10 on channel c (mean k/1000 + 0.25), cut anywhere.
+        // Frame k holds k/5000 + c/10 on channel c (mean k/5000 + 0.25), cut anywhere.
         let mut converter = converter_8k(6);
         let frames = 3000;
         let interleaved: Vec<f32> = (0..frames * 6)
-            .map(|i| (i / 6) as f32 / 1000.0 + (i % 6) as f32 / 10.0)
+            .map(|i| (i / 6) as f32 / 5000.0 + (i % 6) as f32 / 10.0)
             .collect();
         let (mut out, mut rest) = (Vec::new(), &interleaved[..]);
         for size in [4096, 7, 1, 5, 11, 4095].iter().cycle() {
@@ -1081,7 +1084,7 @@ mod tests {
         }
         assert_eq!(out.len(), frames);
         for (k, &s) in out.iter().enumerate() {
-            let want = k as f32 / 1000.0 + 0.25;
+            let want = k as f32 / 5000.0 + 0.25;
             assert!((s - want).abs() < 1e-4, "frame {k}: {s}, want {want}");
         }
     }
