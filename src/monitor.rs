@@ -93,7 +93,9 @@ pub struct CryMonitor {
     gate_open_from: Option<u64>,
     last_gate_close: u64,
     episode: Option<CryEpisode>,
-    cooldown_until: u64,
+    /// Where the last cooldown began (an episode's end); its length is read from the
+    /// settings each time, so a reload that shortens it applies to one running.
+    cooldown_from: Option<u64>,
     summary: RunSummary,
     openings: VecDeque<u64>,
     last_inference_ms: f64,
@@ -146,7 +148,7 @@ impl CryMonitor {
             gate_open_from: None,
             last_gate_close: 0,
             episode: None,
-            cooldown_until: 0,
+            cooldown_from: None,
             summary: RunSummary::default(),
             openings: VecDeque::new(),
             last_inference_ms: 0.0,
@@ -172,6 +174,13 @@ impl CryMonitor {
     pub fn apply(&mut self, settings: MonitorSettings) {
         self.gate.set_config(&settings.gate);
         self.settings = settings;
+    }
+
+    /// The stream sample before which confirmed crying starts no episode.
+    fn cooldown_until(&self) -> u64 {
+        self.cooldown_from.map_or(0, |from| {
+            from + self.samples(self.settings.episode.cooldown_seconds)
+        })
     }
 
     pub fn settings(&self) -> &MonitorSettings {
@@ -296,10 +305,11 @@ impl CryMonitor {
         // at its opening starts its episode once the cooldown is over, as a detector's
         // windows would go on confirming it.
         if self.detector.is_none() && self.gate.hears_sound() {
+            let cooldown_until = self.cooldown_until();
             match &mut self.episode {
                 Some(ep) => ep.last_cry_end = end,
-                None if self.framed >= self.cooldown_until => {
-                    self.start_episode(self.cooldown_until.max(start), end, Vec::new(), emit)
+                None if self.framed >= cooldown_until => {
+                    self.start_episode(cooldown_until.max(start), end, Vec::new(), emit)
                 }
                 None => {}
             }
@@ -383,7 +393,7 @@ impl CryMonitor {
         detector: Vec<(u64, f32)>,
         emit: &mut dyn FnMut(Update),
     ) {
-        if self.summary.episodes > 0 && self.framed < self.cooldown_until {
+        if self.framed < self.cooldown_until() {
             self.summary.suppressed_by_cooldown += 1;
             self.recent.clear();
             tracing::info!(
@@ -523,7 +533,7 @@ impl CryMonitor {
             windows: ep.windows.len() as u32,
         }));
         emit(Update::Crying(false));
-        self.cooldown_until = self.framed + self.samples(self.settings.episode.cooldown_seconds);
+        self.cooldown_from = Some(self.framed);
         self.recent.clear();
         Ok(())
     }
@@ -547,7 +557,7 @@ impl CryMonitor {
             return Ok(());
         }
         self.end_episode(emit)?;
-        self.cooldown_until = self.framed;
+        self.cooldown_from = None;
         Ok(())
     }
 

@@ -309,3 +309,29 @@ fn a_cry_is_confirmed_across_the_gate_closing_at_its_breaths() {
     assert!(start_at <= 8.0, "confirmed at {start_at} s");
     assert!(m.summary().gate_openings > 2, "{:?}", m.summary());
 }
+
+/// A reload that shortens the cooldown applies to the one running: a parent who lowers
+/// `cooldown_seconds` from an hour to nothing hears the next cry (before, the cooldown
+/// set at the episode's end held for the hour).
+#[test]
+fn a_reload_that_shortens_the_cooldown_applies_to_the_running_one() {
+    let long = |c: &mut Config| {
+        c.episode.quiet_seconds = 3.0;
+        c.episode.cooldown_seconds = 3600.0;
+    };
+    let mut m = monitor(long, true);
+    let audio = cry_at(&[5.0, 40.0], 5.0, 60.0);
+    let (before, after) = audio.split_at(20 * RATE as usize);
+    let mut events = Vec::new();
+    m.push(before, &mut |u| events.push(u)).unwrap();
+    assert_eq!(m.summary().episodes, 1, "the first cry ended by 20 s");
+    let mut config = Config::default();
+    long(&mut config);
+    config.detector.threshold = Some(0.8);
+    config.episode.cooldown_seconds = 0.0;
+    m.apply(MonitorSettings::from_config(&config));
+    m.push(after, &mut |u| events.push(u)).unwrap();
+    m.finish(&mut |u| events.push(u)).unwrap();
+    assert_eq!(m.summary().episodes, 2, "{:?}", m.summary());
+    assert_eq!(m.summary().suppressed_by_cooldown, 0);
+}
