@@ -1381,6 +1381,50 @@ async fn events_awaiting_their_puback_survive_a_sigkill_of_the_daemon() {
     next.finish();
 }
 
+/// An event the broker acknowledged is out of the spool at once: a daemon killed 200 ms
+/// after its last event was delivered does not send it again when it starts next. Before,
+/// the spool recorded deliveries at its next one-second tick, and the next start resent
+/// the whole episode (Home Assistant would fire the episode event twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_delivered_just_before_a_sigkill_of_the_daemon_are_not_sent_again() {
+    let DaemonOnline {
+        broker: _broker,
+        sub,
+        dir,
+        conf,
+        mut daemon,
+    } = daemon_online("dlv", "babycry/dlv/#").await;
+    daemon.feed(&tone_then_cry(41));
+    daemon.feed(&cry_then_quiet(42));
+    wait_until("the episode end", Duration::from_secs(30), || {
+        daemon.printed("episode_end") == 1
+    })
+    .await;
+    let want = daemon.event_ids();
+    assert!(want.len() >= 3, "{want:?}");
+    wait_until("every event delivered", Duration::from_secs(10), || {
+        ids_of(&sub.on("babycry/dlv/event")) == want
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    daemon.child.kill().unwrap(); // SIGKILL
+    daemon.child.wait().unwrap();
+    assert!(
+        !dir.path().join(babycry::mqtt::SPOOL_FILE).exists(),
+        "delivered events left in the spool"
+    );
+    let next = StdinDaemon::start(&conf);
+    wait_until("the next start online", Duration::from_secs(20), || {
+        let status = sub.on("babycry/dlv/status");
+        status.iter().filter(|m| m.payload == "online").count() == 2
+    })
+    .await;
+    // A resend follows `online` and discovery at once: a second is plenty to see one.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(ids_of(&sub.on("babycry/dlv/event")), want);
+    next.finish();
+}
+
 /// SIGHUP with new MQTT settings (another node id) moves the running daemon to the new
 /// topics: the old base says `offline`, the new one `online`, the next episode's events
 /// go to the new base, and no audio was dropped across the reload.

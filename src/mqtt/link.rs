@@ -27,7 +27,10 @@
 //!
 //! Delivery is therefore exactly once unless the broker dies between forwarding an event
 //! and sending its PUBACK: that event is sent again (QoS 1 cannot tell), so consumers that
-//! must never double-count dedupe by the event's unique `id`. QoS 2 would not close that
+//! must never double-count dedupe by the event's unique `id`. The same holds for a daemon
+//! killed while a backlog is being delivered: the spool records deliveries once a second
+//! then (and at once when the last event is acknowledged), and the next start resends
+//! what it had not yet recorded. QoS 2 would not close that
 //! window: Mosquitto forwards a QoS 2 message on PUBREL and, killed, forgets it, so a lost
 //! PUBCOMP leaves the same doubt, and answering it with a PUBREL only (no resend) would
 //! lose the event instead of doubling it.
@@ -694,6 +697,14 @@ impl Link {
                     Some(Tag::Queued(seq)) => {
                         self.outbox.remove(seq);
                         self.queued_in_flight = self.queued_in_flight.saturating_sub(1);
+                        // Everything delivered (the usual case: one event, acknowledged):
+                        // the spool says so at once, not at the next tick, so a daemon
+                        // killed within that second does not send it again at its next
+                        // start. During a backlog the tick keeps the writes to one a
+                        // second.
+                        if self.outbox.len() == 0 {
+                            self.outbox.save_if_dirty();
+                        }
                         // A backlog announced at the ConnAck is delivered: say so now, not
                         // at the next diagnostics tick (none comes while the microphone
                         // is lost).
