@@ -238,6 +238,7 @@ async fn output_task(
         mqtt_allowed.then(|| MqttHandle::resume(config, device.clone(), handover))
     };
     let mut current = mqtt_config.clone();
+    let mut current_files = current.files_digest();
     let mut mqtt = spawn(&current, Handover::default());
     while let Some(message) = rx.recv().await {
         match message {
@@ -251,8 +252,9 @@ async fn output_task(
                 }
             }
             OutputMessage::Mqtt(config) => {
-                if config != current {
-                    tracing::info!(enabled = config.enabled, host = %config.host, "MQTT settings changed");
+                let files = config.files_digest();
+                if config != current || files != current_files {
+                    tracing::info!(enabled = config.enabled, host = %config.host, "MQTT settings or credentials changed");
                     // The new task goes on from the old one's states (`crying` ON in
                     // the middle of an episode) and undelivered events.
                     let mut handover = Handover::default();
@@ -260,7 +262,7 @@ async fn output_task(
                         handover = handle.hand_over(Duration::from_secs(2)).await;
                         task.abort();
                     }
-                    current = config;
+                    (current, current_files) = (config, files);
                     mqtt = spawn(&current, handover);
                 }
             }

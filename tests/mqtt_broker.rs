@@ -700,6 +700,70 @@ async fn a_wrong_password_is_reported_clearly_and_retried_with_backoff() {
     handle.shutdown(Duration::from_secs(5)).await;
 }
 
+/// A rotated password reaches the broker with `systemctl reload`: SIGHUP after the
+/// password file changed (the config file itself unchanged) connects again with the new
+/// password. Before, the link read the file once at its start, the reload saw the same
+/// `[mqtt]` and kept it, and once the broker took only the new password the daemon was
+/// refused until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_after_the_password_file_changed_connects_with_the_new_password() {
+    use std::os::unix::fs::PermissionsExt;
+    let broker = passwd_broker("babycry", "first-password");
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("mqtt-password");
+    std::fs::write(&pw, "first-password\n").unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let conf = dir.path().join("config.toml");
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    std::fs::write(
+        &conf,
+        format!(
+            "[models]\ndir = {:?}\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nnode_id = \"pwrot\"\nusername = \"babycry\"\npassword_file = {:?}\n[daemon]\nstate_dir = {:?}\n",
+            models.display().to_string(),
+            broker.port,
+            pw.display().to_string(),
+            dir.path().display().to_string()
+        ),
+    )
+    .unwrap();
+    let daemon = StdinDaemon::start(&conf);
+    let connected = || {
+        daemon
+            .stderr
+            .lock()
+            .unwrap()
+            .matches("mqtt connected")
+            .count()
+    };
+    wait_until("connected", Duration::from_secs(20), || connected() == 1).await;
+
+    // The password changes on both sides: the broker takes only the new one from now.
+    std::fs::write(&pw, "second-password\n").unwrap();
+    let passwd = broker.keep[0].path().join("passwd");
+    let ok = Command::new("mosquitto_passwd")
+        .args(["-b"])
+        .arg(&passwd)
+        .args(["babycry", "second-password"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    broker.signal("HUP");
+    daemon.signal("HUP");
+    wait_until(
+        "connected again with the new password",
+        Duration::from_secs(20),
+        || connected() >= 2,
+    )
+    .await;
+    let log = daemon.stderr.lock().unwrap().clone();
+    let reload = log
+        .find("credentials changed")
+        .expect("the reload restarts the link");
+    assert!(log[reload..].contains("mqtt connected"), "{log}");
+    assert!(!log.contains("second-password") && !log.contains("first-password"));
+    daemon.finish();
+}
+
 #[tokio::test]
 async fn the_spool_keeps_events_across_a_daemon_restart() {
     let state = tempfile::tempdir().unwrap();

@@ -255,6 +255,26 @@ impl MqttConfig {
             .with_state_dir(resolve_state_dir(&config.daemon.state_dir))
     }
 
+    /// A digest of what the files it names hold (password file, CA, client certificate
+    /// and key), read now. The link reads them once, when it starts; a reload compares
+    /// this too, so a rotated password or renewed certificate reaches a new connection
+    /// without a restart.
+    pub fn files_digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut digest = std::collections::hash_map::DefaultHasher::new();
+        for path in [
+            &self.password_file,
+            &self.ca_file,
+            &self.client_cert,
+            &self.client_key,
+        ] {
+            if !path.is_empty() {
+                std::fs::read(path).ok().hash(&mut digest);
+            }
+        }
+        digest.finish()
+    }
+
     /// A copy that spools to `dir` (when `spool` is on).
     pub fn with_state_dir(mut self, dir: PathBuf) -> Self {
         self.state_dir = Some(dir);
