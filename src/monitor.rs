@@ -172,6 +172,10 @@ impl CryMonitor {
     /// Replaces thresholds, gate, detector and episode settings; the noise floor, the
     /// open gate and a running episode carry on.
     pub fn apply(&mut self, settings: MonitorSettings) {
+        // A cooldown that is over stays over: a longer one must not come back.
+        if self.framed >= self.cooldown_until() {
+            self.cooldown_from = None;
+        }
         self.gate.set_config(&settings.gate);
         self.settings = settings;
     }
@@ -360,8 +364,9 @@ impl CryMonitor {
             // count while they are that recent, as the k-of-n rule runs on a continuous
             // stream (where a closed gate's windows would have said "no cry").
             let span = hop * n as u64;
-            while self.recent.len() >= n || self.recent.front().is_some_and(|r| r.0 + span <= start)
-            {
+            // (After a reload to a longer span, not before the audio still held either.)
+            let stale = |r: &(u64, f32)| r.0 + span <= start || r.0 < self.history_start;
+            while self.recent.len() >= n || self.recent.front().is_some_and(stale) {
                 self.recent.pop_front();
             }
             self.recent.push_back((start, p));

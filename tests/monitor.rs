@@ -335,3 +335,28 @@ fn a_reload_that_shortens_the_cooldown_applies_to_the_running_one() {
     assert_eq!(m.summary().episodes, 2, "{:?}", m.summary());
     assert_eq!(m.summary().suppressed_by_cooldown, 0);
 }
+
+/// A reload that lengthens the cooldown leaves one that is over alone: a cooldown that
+/// ended at 23 s does not come back for an hour when `cooldown_seconds` becomes 3600 at
+/// 60 s (the cry at 100 s is an episode).
+#[test]
+fn a_reload_that_lengthens_the_cooldown_does_not_bring_back_one_that_is_over() {
+    let short = |c: &mut Config| {
+        c.episode.quiet_seconds = 3.0;
+        c.episode.cooldown_seconds = 10.0;
+    };
+    let mut m = monitor(short, true);
+    let audio = cry_at(&[5.0, 100.0], 5.0, 120.0);
+    let (before, after) = audio.split_at(60 * RATE as usize);
+    let mut events = Vec::new();
+    m.push(before, &mut |u| events.push(u)).unwrap();
+    assert_eq!(m.summary().episodes, 1);
+    let mut config = Config::default();
+    short(&mut config);
+    config.detector.threshold = Some(0.8);
+    config.episode.cooldown_seconds = 3600.0;
+    m.apply(MonitorSettings::from_config(&config));
+    m.push(after, &mut |u| events.push(u)).unwrap();
+    m.finish(&mut |u| events.push(u)).unwrap();
+    assert_eq!(m.summary().episodes, 2, "{:?}", m.summary());
+}
