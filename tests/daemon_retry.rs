@@ -16,7 +16,7 @@ use babycry::config::Config;
 use babycry::daemon::{run, Control, DaemonOptions, EventSink};
 use babycry::source::{AudioSource, Pull, RetryPolicy, SourceError, StreamFormat};
 use babycry::synth;
-use daemon_common::read_events;
+use daemon_common::{episode_starts, read_events};
 
 /// What one `open` does, and then what the opened stream delivers.
 enum Step {
@@ -38,6 +38,39 @@ struct FlakySource {
     opens: Arc<AtomicUsize>,
     /// Pulls that delivered audio; every tenth counts as an xrun.
     audio_pulls: u64,
+}
+
+impl FlakySource {
+    fn new(steps: impl IntoIterator<Item = Step>) -> Self {
+        Self {
+            steps: steps.into_iter().collect(),
+            current: None,
+            opens: Arc::default(),
+            audio_pulls: 0,
+        }
+    }
+}
+
+/// Runs the daemon on `source` to its end, events to a file; the summary and the events.
+async fn replay(
+    settings: babycry::config::Settings,
+    source: FlakySource,
+) -> (babycry::events::RunSummary, Vec<serde_json::Value>) {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let (_control, rx) = tokio::sync::mpsc::channel::<Control>(1);
+    let summary = run(settings, Box::new(source), options(&events), rx)
+        .await
+        .unwrap();
+    (summary, read_events(&events))
+}
+
+/// `seconds` of room tone at 48 kHz with `cry_seconds` of synthetic crying from `at`.
+fn crying(seconds: f32, cry_seconds: f32, at: f32, seed: u64) -> Vec<f32> {
+    let mut audio = synth::room_tone(RATE, seconds, 0.002, seed);
+    let cry = synth::cry(RATE, cry_seconds, 0.5);
+    synth::mix_into(&mut audio, &cry, (at * RATE as f32) as usize);
+    audio
 }
 
 impl AudioSource for FlakySource {
@@ -115,33 +148,21 @@ fn options(events: &Path) -> DaemonOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_source_is_retried_reported_and_resumed() {
-    let dir = tempfile::tempdir().unwrap();
     let settings = settings(|c| c.audio.stall_seconds = 1.0);
 
     let tone = |secs: f32, seed| synth::room_tone(RATE, secs, 0.01, seed);
-    let opens = Arc::new(AtomicUsize::new(0));
-    let source = FlakySource {
-        steps: VecDeque::from([
-            Step::Fail("no such device (boot)"),
-            Step::Fail("no such device (boot)"),
-            Step::Deliver(tone(2.0, 1), After::Unplug),
-            Step::Fail("device busy"),
-            Step::Deliver(
-                [vec![0.0; 2 * RATE as usize], tone(2.0, 2)].concat(),
-                After::End,
-            ),
-        ]),
-        current: None,
-        opens: opens.clone(),
-        audio_pulls: 0,
-    };
-    let events = dir.path().join("events.jsonl");
-    let (_control, rx) = tokio::sync::mpsc::channel::<Control>(1);
-    let summary = run(settings, Box::new(source), options(&events), rx)
-        .await
-        .unwrap();
-
-    let lines = read_events(&events);
+    let source = FlakySource::new([
+        Step::Fail("no such device (boot)"),
+        Step::Fail("no such device (boot)"),
+        Step::Deliver(tone(2.0, 1), After::Unplug),
+        Step::Fail("device busy"),
+        Step::Deliver(
+            [vec![0.0; 2 * RATE as usize], tone(2.0, 2)].concat(),
+            After::End,
+        ),
+    ]);
+    let opens = source.opens.clone();
+    let (summary, lines) = replay(settings, source).await;
     let states: Vec<(String, String)> = lines
         .iter()
         .filter(|e| e["type"] == "audio_state")
@@ -240,28 +261,15 @@ async fn a_capture_thread_that_dies_ends_the_run_with_an_error() {
 /// while no audio came, then ran on into the audio after the microphone came back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_microphone_lost_in_the_middle_of_a_cry_ends_the_episode_then() {
-    let dir = tempfile::tempdir().unwrap();
     // The synthetic cry scores 0.84-0.99 on the shipped detector.
     let settings = settings(|c| c.detector.threshold = Some(0.8));
-    let mut crying = synth::room_tone(RATE, 8.0, 0.002, 3);
-    synth::mix_into(&mut crying, &synth::cry(RATE, 6.0, 0.5), 2 * RATE as usize);
-    let source = FlakySource {
-        steps: VecDeque::from([
-            Step::Deliver(crying, After::Unplug),
-            Step::Fail("no such device"),
-            Step::Fail("no such device"),
-            Step::Deliver(synth::room_tone(RATE, 3.0, 0.002, 4), After::End),
-        ]),
-        current: None,
-        opens: Arc::new(AtomicUsize::new(0)),
-        audio_pulls: 0,
-    };
-    let events = dir.path().join("events.jsonl");
-    let (_control, rx) = tokio::sync::mpsc::channel::<Control>(1);
-    run(settings, Box::new(source), options(&events), rx)
-        .await
-        .unwrap();
-    let lines = read_events(&events);
+    let source = FlakySource::new([
+        Step::Deliver(crying(8.0, 6.0, 2.0, 3), After::Unplug),
+        Step::Fail("no such device"),
+        Step::Fail("no such device"),
+        Step::Deliver(synth::room_tone(RATE, 3.0, 0.002, 4), After::End),
+    ]);
+    let (_, lines) = replay(settings, source).await;
     let kinds: Vec<String> = lines
         .iter()
         .filter(|e| {
@@ -294,34 +302,15 @@ async fn a_microphone_lost_in_the_middle_of_a_cry_ends_the_episode_then() {
 /// before hid the crying after the microphone came back for a minute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cry_going_on_after_a_microphone_drop_out_is_reported_at_once() {
-    let dir = tempfile::tempdir().unwrap();
     let settings = settings(|c| c.detector.threshold = Some(0.8));
     assert_eq!(settings.config.episode.cooldown_seconds, 60.0);
-    let mut before = synth::room_tone(RATE, 8.0, 0.002, 3);
-    synth::mix_into(&mut before, &synth::cry(RATE, 6.0, 0.5), 2 * RATE as usize);
-    let mut after = synth::room_tone(RATE, 12.0, 0.002, 4);
-    synth::mix_into(&mut after, &synth::cry(RATE, 8.0, 0.5), 0);
-    let source = FlakySource {
-        steps: VecDeque::from([
-            Step::Deliver(before, After::Unplug),
-            Step::Fail("no such device"),
-            Step::Deliver(after, After::End),
-        ]),
-        current: None,
-        opens: Arc::new(AtomicUsize::new(0)),
-        audio_pulls: 0,
-    };
-    let events = dir.path().join("events.jsonl");
-    let (_control, rx) = tokio::sync::mpsc::channel::<Control>(1);
-    run(settings, Box::new(source), options(&events), rx)
-        .await
-        .unwrap();
-    let lines = read_events(&events);
-    let starts: Vec<f64> = lines
-        .iter()
-        .filter(|e| e["type"] == "episode_start")
-        .map(|e| e["start_s"].as_f64().unwrap())
-        .collect();
+    let source = FlakySource::new([
+        Step::Deliver(crying(8.0, 6.0, 2.0, 3), After::Unplug),
+        Step::Fail("no such device"),
+        Step::Deliver(crying(12.0, 8.0, 0.0, 4), After::End),
+    ]);
+    let (_, lines) = replay(settings, source).await;
+    let starts = episode_starts(&lines);
     // The crying resumes with the audio, just after the first episode's end in audio time
     // (the first 8 s, less what the lost stream's resampler held): the episode after the
     // drop-out starts within 3 s of it, and not inside the one before.

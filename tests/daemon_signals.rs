@@ -179,11 +179,7 @@ fn sighup_applies_a_valid_config_and_keeps_the_old_one_on_an_invalid_one() {
     let log = stderr.lock().unwrap().clone();
     assert!(out.status.success(), "{log}");
     let events = parse_events(&String::from_utf8_lossy(&out.stdout));
-    let starts: Vec<f64> = events
-        .iter()
-        .filter(|e| e["type"] == "episode_start")
-        .map(|e| e["start_s"].as_f64().unwrap())
-        .collect();
+    let starts = episode_starts(&events);
     // Only the third segment makes an episode; nothing was dropped, so its cry starts
     // 2 s into the third segment of stream time (0.5 s pre-roll earlier at most).
     assert_eq!(starts.len(), 1, "{starts:?}\n{log}");

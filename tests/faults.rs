@@ -162,20 +162,6 @@ async fn start_online(sub: &Subscriber, base: &str, conf: &Path) -> StdinDaemon 
     daemon
 }
 
-/// Feeds a whole synthetic episode (42 s: a cry from 3 s to 27 s, then quiet) and waits
-/// for its end; the ids of the events it printed.
-async fn feed_an_episode(daemon: &mut StdinDaemon, seed: u64) -> Vec<String> {
-    daemon.feed(&tone_then_cry(seed));
-    daemon.feed(&cry_then_quiet(seed + 1));
-    wait_until("the episode end", Duration::from_secs(30), || {
-        daemon.printed("episode_end") == 1
-    })
-    .await;
-    let ids = daemon.event_ids();
-    assert!(ids.len() >= 3, "windows and the episode end: {ids:?}");
-    ids
-}
-
 /// The daemon, asked to stop, exits 0 within 5 s having closed the one open episode
 /// and printed the summary last; the summary.
 fn exits_with_the_episode_closed(daemon: &mut StdinDaemon) -> Value {

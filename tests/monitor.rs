@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use babycry::config::Config;
-use babycry::events::{EventKind, Update};
+use babycry::events::{EventKind, RunSummary, Update};
 use babycry::model::Model;
 use babycry::monitor::{CryMonitor, MonitorSettings};
 use babycry::synth;
@@ -310,30 +310,49 @@ fn a_cry_is_confirmed_across_the_gate_closing_at_its_breaths() {
     assert!(m.summary().gate_openings > 2, "{:?}", m.summary());
 }
 
+/// The counters after two 5 s cries at `onsets` in `total` s of audio, with a quiet time
+/// of 3 s and a cooldown of `from` seconds, reloaded to `to` seconds at `reload_at`
+/// (after the first episode ended).
+fn cooldown_reloaded(
+    onsets: [f32; 2],
+    total: f32,
+    reload_at: f32,
+    from: f64,
+    to: f64,
+) -> RunSummary {
+    let cooldown = |seconds| {
+        move |c: &mut Config| {
+            c.episode.quiet_seconds = 3.0;
+            c.episode.cooldown_seconds = seconds;
+        }
+    };
+    let mut m = monitor(cooldown(from), true);
+    let audio = cry_at(&onsets, 5.0, total);
+    let (before, after) = audio.split_at((reload_at * RATE as f32) as usize);
+    let mut events = Vec::new();
+    m.push(before, &mut |u| events.push(u)).unwrap();
+    assert_eq!(
+        m.summary().episodes,
+        1,
+        "the first cry ended by {reload_at} s"
+    );
+    let mut config = Config::default();
+    config.detector.threshold = Some(0.8);
+    cooldown(to)(&mut config);
+    m.apply(MonitorSettings::from_config(&config));
+    m.push(after, &mut |u| events.push(u)).unwrap();
+    m.finish(&mut |u| events.push(u)).unwrap();
+    m.summary()
+}
+
 /// A reload that shortens the cooldown applies to the one running: a parent who lowers
 /// `cooldown_seconds` from an hour to nothing hears the next cry (before, the cooldown
 /// set at the episode's end held for the hour).
 #[test]
 fn a_reload_that_shortens_the_cooldown_applies_to_the_running_one() {
-    let long = |c: &mut Config| {
-        c.episode.quiet_seconds = 3.0;
-        c.episode.cooldown_seconds = 3600.0;
-    };
-    let mut m = monitor(long, true);
-    let audio = cry_at(&[5.0, 40.0], 5.0, 60.0);
-    let (before, after) = audio.split_at(20 * RATE as usize);
-    let mut events = Vec::new();
-    m.push(before, &mut |u| events.push(u)).unwrap();
-    assert_eq!(m.summary().episodes, 1, "the first cry ended by 20 s");
-    let mut config = Config::default();
-    long(&mut config);
-    config.detector.threshold = Some(0.8);
-    config.episode.cooldown_seconds = 0.0;
-    m.apply(MonitorSettings::from_config(&config));
-    m.push(after, &mut |u| events.push(u)).unwrap();
-    m.finish(&mut |u| events.push(u)).unwrap();
-    assert_eq!(m.summary().episodes, 2, "{:?}", m.summary());
-    assert_eq!(m.summary().suppressed_by_cooldown, 0);
+    let summary = cooldown_reloaded([5.0, 40.0], 60.0, 20.0, 3600.0, 0.0);
+    assert_eq!(summary.episodes, 2, "{summary:?}");
+    assert_eq!(summary.suppressed_by_cooldown, 0);
 }
 
 /// A reload that lengthens the cooldown leaves one that is over alone: a cooldown that
@@ -341,22 +360,6 @@ fn a_reload_that_shortens_the_cooldown_applies_to_the_running_one() {
 /// 60 s (the cry at 100 s is an episode).
 #[test]
 fn a_reload_that_lengthens_the_cooldown_does_not_bring_back_one_that_is_over() {
-    let short = |c: &mut Config| {
-        c.episode.quiet_seconds = 3.0;
-        c.episode.cooldown_seconds = 10.0;
-    };
-    let mut m = monitor(short, true);
-    let audio = cry_at(&[5.0, 100.0], 5.0, 120.0);
-    let (before, after) = audio.split_at(60 * RATE as usize);
-    let mut events = Vec::new();
-    m.push(before, &mut |u| events.push(u)).unwrap();
-    assert_eq!(m.summary().episodes, 1);
-    let mut config = Config::default();
-    short(&mut config);
-    config.detector.threshold = Some(0.8);
-    config.episode.cooldown_seconds = 3600.0;
-    m.apply(MonitorSettings::from_config(&config));
-    m.push(after, &mut |u| events.push(u)).unwrap();
-    m.finish(&mut |u| events.push(u)).unwrap();
-    assert_eq!(m.summary().episodes, 2, "{:?}", m.summary());
+    let summary = cooldown_reloaded([5.0, 100.0], 120.0, 60.0, 10.0, 3600.0);
+    assert_eq!(summary.episodes, 2, "{summary:?}");
 }

@@ -713,19 +713,18 @@ async fn sighup_after_the_password_file_changed_connects_with_the_new_password()
     let pw = dir.path().join("mqtt-password");
     std::fs::write(&pw, "first-password\n").unwrap();
     std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let conf = dir.path().join("config.toml");
-    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
-    std::fs::write(
-        &conf,
-        format!(
-            "[models]\ndir = {:?}\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nnode_id = \"pwrot\"\nusername = \"babycry\"\npassword_file = {:?}\n[daemon]\nstate_dir = {:?}\n",
-            models.display().to_string(),
-            broker.port,
-            pw.display().to_string(),
-            dir.path().display().to_string()
-        ),
-    )
-    .unwrap();
+    let credentials = format!(
+        "username = \"babycry\"\npassword_file = {:?}",
+        pw.display().to_string()
+    );
+    let conf = daemon_config_full(
+        dir.path(),
+        broker.port,
+        "pwrot",
+        dir.path(),
+        &credentials,
+        "",
+    );
     let daemon = StdinDaemon::start(&conf);
     let connected = || {
         daemon
@@ -1386,14 +1385,7 @@ async fn events_awaiting_their_puback_survive_a_sigkill_of_the_daemon() {
         mut daemon,
     } = daemon_online("wal", "babycry/wal/#").await;
     broker.signal("STOP");
-    daemon.feed(&tone_then_cry(31));
-    daemon.feed(&cry_then_quiet(32));
-    wait_until("the episode end", Duration::from_secs(30), || {
-        daemon.printed("episode_end") == 1
-    })
-    .await;
-    let want = daemon.event_ids();
-    assert!(want.len() >= 3, "{want:?}");
+    let want = feed_an_episode(&mut daemon, 31).await;
     let spool = dir.path().join(babycry::mqtt::SPOOL_FILE);
     // The ids of the events in the spool, in order (none while it does not exist).
     let spooled = || -> Vec<String> {
@@ -1459,14 +1451,7 @@ async fn events_delivered_just_before_a_sigkill_of_the_daemon_are_not_sent_again
         conf,
         mut daemon,
     } = daemon_online("dlv", "babycry/dlv/#").await;
-    daemon.feed(&tone_then_cry(41));
-    daemon.feed(&cry_then_quiet(42));
-    wait_until("the episode end", Duration::from_secs(30), || {
-        daemon.printed("episode_end") == 1
-    })
-    .await;
-    let want = daemon.event_ids();
-    assert!(want.len() >= 3, "{want:?}");
+    let want = feed_an_episode(&mut daemon, 41).await;
     // The episode's Home Assistant event goes last, behind the episode end's record.
     wait_until("every event delivered", Duration::from_secs(10), || {
         ids_of(&sub.on("babycry/dlv/event")) == want && !sub.on("babycry/dlv/episode").is_empty()

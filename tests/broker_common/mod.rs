@@ -265,12 +265,24 @@ pub fn daemon_config_at(
     state_dir: &Path,
     extra: &str,
 ) -> PathBuf {
+    daemon_config_full(dir, port, node, state_dir, "", extra)
+}
+
+/// [`daemon_config_at`] with `mqtt_extra` lines in `[mqtt]` (credentials, TLS).
+pub fn daemon_config_full(
+    dir: &Path,
+    port: u16,
+    node: &str,
+    state_dir: &Path,
+    mqtt_extra: &str,
+    extra: &str,
+) -> PathBuf {
     let conf = dir.join("config.toml");
     let models = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
     std::fs::write(
         &conf,
         format!(
-            "[models]\ndir = {:?}\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nnode_id = \"{node}\"\n\n[daemon]\nstate_dir = {:?}\n\n{extra}\n",
+            "[models]\ndir = {:?}\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nnode_id = \"{node}\"\n{mqtt_extra}\n\n[daemon]\nstate_dir = {:?}\n\n{extra}\n",
             models.display().to_string(),
             state_dir.display().to_string()
         ),
@@ -464,6 +476,20 @@ pub fn cry_then_quiet(seed: u64) -> Vec<f32> {
     let mut audio = babycry::synth::room_tone(8000, 27.0, 0.002, seed);
     babycry::synth::mix_into(&mut audio, &babycry::synth::cry(8000, 12.0, 0.5), 0);
     audio
+}
+
+/// Feeds a whole synthetic episode (42 s: a cry from 3 s to 27 s, then quiet) to a daemon
+/// that has printed none yet and waits for its end; the ids of the events it printed.
+pub async fn feed_an_episode(daemon: &mut StdinDaemon, seed: u64) -> Vec<String> {
+    daemon.feed(&tone_then_cry(seed));
+    daemon.feed(&cry_then_quiet(seed + 1));
+    wait_until("the episode end", Duration::from_secs(30), || {
+        daemon.printed("episode_end") == 1
+    })
+    .await;
+    let ids = daemon.event_ids();
+    assert!(ids.len() >= 3, "windows and the episode end: {ids:?}");
+    ids
 }
 
 pub fn ids_of(messages: &[Seen]) -> Vec<String> {

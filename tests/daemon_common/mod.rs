@@ -88,6 +88,15 @@ pub fn parse_events(stdout: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The `start_s` of every `episode_start` record, in order.
+pub fn episode_starts(events: &[serde_json::Value]) -> Vec<f64> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "episode_start")
+        .map(|e| e["start_s"].as_f64().unwrap())
+        .collect()
+}
+
 /// The JSON lines written so far to an `--events` file (none while it does not exist).
 pub fn read_events(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
