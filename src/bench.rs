@@ -41,6 +41,12 @@ pub const WINDOW_SECONDS: f64 = 7.0;
 pub const REFERENCE_PEAK_FLOPS: f64 = 100e9;
 /// Seconds between detector windows in the daemon (its `[detector] hop_seconds` default).
 pub const DETECTOR_HOP_SECONDS: f64 = 0.5;
+
+/// Reason windows per [`WINDOW_SECONDS`] of crying at the daemon's default
+/// `[episode] reason_overlap` (0.5: one every 3.5 s, two per 7 s).
+fn reason_windows_per_window() -> f64 {
+    1.0 / (1.0 - crate::decision::EpisodeConfig::default().reason_overlap)
+}
 /// Audio per block handed to the always-on path: 10 ms, what a capture callback delivers.
 const BLOCK_SECONDS: f64 = 0.01;
 
@@ -531,11 +537,15 @@ pub fn measure(
         Ok(one)
     };
     if let Some(d) = detector.as_mut() {
-        let per_7s =
-            (WINDOW_SECONDS - d.sidecar().audio.window_seconds) / DETECTOR_HOP_SECONDS + 1.0;
+        // A long cry runs a detector window every hop: 14 per 7 s at 0.5 s.
+        let per_7s = WINDOW_SECONDS / DETECTOR_HOP_SECONDS;
         path_time = path_time.plus(time_model(d, per_7s, &mut stages, &mut models)?);
     }
-    path_time = path_time.plus(time_model(&mut reason, 1.0, &mut stages, &mut models)?);
+    // The cry-window path is one window of each model; crying costs the default overlap's
+    // reason windows.
+    let reason_per_7s = reason_windows_per_window();
+    let one_reason = time_model(&mut reason, reason_per_7s, &mut stages, &mut models)?;
+    path_time = path_time.plus(one_reason);
 
     let floor_ms = 2.0 * path_macs as f64 / peak_flops * 1e3;
     Ok(BenchReport {
@@ -624,8 +634,10 @@ pub fn format_report(r: &BenchReport) -> String {
     );
     let _ = writeln!(
         s,
-        "- real-time factor, crying (resample + gate + detector every {} s + reason every 7 s): {:.0}x",
-        DETECTOR_HOP_SECONDS, r.realtime_crying
+        "- real-time factor, crying (resample + gate + detector every {} s + reason every {} s): {:.0}x",
+        DETECTOR_HOP_SECONDS,
+        WINDOW_SECONDS / reason_windows_per_window(),
+        r.realtime_crying
     );
     let _ = writeln!(s, "- load, all models: {:.1} ms", r.load_ms);
     if let Some(f) = r.starts {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train, cross-validate, export and report the babycryd models.
-#   bash training/train.sh [all|detector|reason|old-baseline] [--data PATH] [...]
+#   bash training/train.sh [all|detector|reason|old-baseline|report] [--data PATH] [...]
 # Writes models/cry-*.onnx|toml, models/README.md, training/reports/ and the models'
 # parity fixture tests/fixtures/models/shipped.expected.json. Caches under
 # training/cache/ (delete it for a from-scratch run). BABYCRY_THREADS sets torch threads (2).
