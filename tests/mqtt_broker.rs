@@ -1326,10 +1326,13 @@ async fn the_daemon_delivers_every_event_across_a_broker_restart_mid_episode() {
         daemon.printed("episode_end") == 1
     })
     .await;
-    // The subscriber comes back well before the daemon's next attempt (>= 1 s).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The daemon is held (SIGSTOP) while the broker comes back and the subscriber
+    // subscribes again: its next attempt could otherwise come right after the restart,
+    // before anyone listens, and the events it then delivered would be missed here.
+    daemon.signal("STOP");
     broker.restart();
     sub.wait_subscribed(2).await;
+    daemon.signal("CONT");
     let want = daemon.event_ids();
     assert!(
         want.len() >= 3,
