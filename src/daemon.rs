@@ -162,14 +162,10 @@ struct EventsOut {
 
 impl EventsOut {
     fn open(sink: &EventSink) -> Result<Self, DaemonError> {
-        let writer: Option<Box<dyn Write + Send>> = match sink {
-            EventSink::Stdout => Some(Box::new(std::io::stdout())),
-            EventSink::File(path) => Some(Box::new(Self::open_file(path)?)),
-            EventSink::None => None,
-        };
-        let path = match sink {
-            EventSink::File(path) => Some(path.clone()),
-            EventSink::Stdout | EventSink::None => None,
+        let (path, writer): (_, Option<Box<dyn Write + Send>>) = match sink {
+            EventSink::Stdout => (None, Some(Box::new(std::io::stdout()))),
+            EventSink::File(path) => (Some(path.clone()), Some(Box::new(Self::open_file(path)?))),
+            EventSink::None => (None, None),
         };
         Ok(Self {
             path,
@@ -238,7 +234,6 @@ async fn output_task(
         mqtt_allowed.then(|| MqttHandle::resume(config, device.clone(), handover))
     };
     let mut current = mqtt_config.clone();
-    let mut current_files = current.files_digest();
     let mut mqtt = spawn(&current, Handover::default());
     while let Some(message) = rx.recv().await {
         match message {
@@ -252,8 +247,7 @@ async fn output_task(
                 }
             }
             OutputMessage::Mqtt(config) => {
-                let files = config.files_digest();
-                if config != current || files != current_files {
+                if config != current {
                     tracing::info!(enabled = config.enabled, host = %config.host, "MQTT settings or credentials changed");
                     // The new task goes on from the old one's states (`crying` ON in
                     // the middle of an episode) and undelivered events.
@@ -262,7 +256,7 @@ async fn output_task(
                         handover = handle.hand_over(Duration::from_secs(2)).await;
                         task.abort();
                     }
-                    (current, current_files) = (config, files);
+                    current = config;
                     mqtt = spawn(&current, handover);
                 }
             }

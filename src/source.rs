@@ -337,11 +337,7 @@ impl CaptureConverter {
         // samples far beyond full scale add up to infinity in the resampler. Clamped to
         // full scale, as the stdin reader's float PCM is: beyond it is clipping anyway.
         for s in &mut self.mono {
-            *s = if s.is_finite() {
-                s.clamp(-1.0, 1.0)
-            } else {
-                0.0
-            };
+            *s = full_scale(*s);
         }
         match self.mono.iter().rposition(|&s| s != 0.0) {
             Some(i) => self.zero_run = (self.mono.len() - 1 - i) as u64,
@@ -809,6 +805,17 @@ pub enum PcmFormat {
     F32le,
 }
 
+/// A sample as the analysis takes it: finite and within full scale ([-1, 1]); NaN and
+/// infinities become 0 (they would make the noise floors NaN for the rest of the run),
+/// values beyond full scale are clipped.
+fn full_scale(x: f32) -> f32 {
+    if x.is_finite() {
+        x.clamp(-1.0, 1.0)
+    } else {
+        0.0
+    }
+}
+
 impl PcmFormat {
     pub fn bytes(self) -> usize {
         match self {
@@ -825,14 +832,7 @@ impl PcmFormat {
         match self {
             Self::S16le => f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0,
             Self::S32le => i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32 / 2_147_483_648.0,
-            Self::F32le => {
-                let x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                if x.is_finite() {
-                    x.clamp(-1.0, 1.0)
-                } else {
-                    0.0
-                }
-            }
+            Self::F32le => full_scale(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
         }
     }
 }

@@ -7,7 +7,7 @@
 mod broker_common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -258,8 +258,7 @@ async fn discovery_states_and_events_arrive_with_the_right_retain_flags() {
             )
         })
         .collect();
-    let ids: HashSet<String> = checked.keys().cloned().collect();
-    assert_eq!(ids.len(), 10, "{ids:?}");
+    assert_eq!(checked.len(), 10, "{:?}", checked.keys());
     // With the daemon online and the audio running, Home Assistant shows every entity.
     let latest = |t: &str| retained.get(t).map(|m| m.payload.clone());
     let mut every = [&HEARING[..], &WHILE_ONLINE].concat();
@@ -616,24 +615,30 @@ async fn a_killed_process_leaves_offline_through_the_last_will() {
     assert!(m.retain, "the last will is retained");
 }
 
-fn passwd_broker(user: &str, password: &str) -> Broker {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let pw = dir.path().join("passwd");
+/// Sets `user`'s password in a Mosquitto password file (`create`: a new file).
+fn set_password(file: &Path, user: &str, password: &str, create: bool) {
     let ok = Command::new("mosquitto_passwd")
-        .args(["-b", "-c"])
-        .arg(&pw)
+        .args(if create { &["-b", "-c"][..] } else { &["-b"] })
+        .arg(file)
         .args([user, password])
         .status()
         .unwrap();
     assert!(ok.success());
+}
+
+/// A broker that takes only `user` with `password`; and its password file.
+fn passwd_broker(user: &str, password: &str) -> (Broker, PathBuf) {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("passwd");
+    set_password(&pw, user, password, true);
     let conf = format!(
         "listener {port} 127.0.0.1\nallow_anonymous false\nuser root\npassword_file {}\n",
         pw.display()
     );
     let mut b = Broker::start_on_conf(port, &conf);
     b.keep.push(dir);
-    b
+    (b, pw)
 }
 
 /// CPU time of the calling thread. A `#[tokio::test]` runs its tasks (the link and the
@@ -649,7 +654,7 @@ fn cpu_seconds() -> f64 {
 
 #[tokio::test]
 async fn a_wrong_password_is_reported_clearly_and_retried_with_backoff() {
-    let broker = passwd_broker("babycry", "right-one");
+    let (broker, _) = passwd_broker("babycry", "right-one");
     let wrong = MqttConfig {
         username: "babycry".into(),
         password: babycry::mqtt::Secret("not-the-password-42".into()),
@@ -708,7 +713,7 @@ async fn a_wrong_password_is_reported_clearly_and_retried_with_backoff() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_after_the_password_file_changed_connects_with_the_new_password() {
     use std::os::unix::fs::PermissionsExt;
-    let broker = passwd_broker("babycry", "first-password");
+    let (broker, passwd) = passwd_broker("babycry", "first-password");
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("mqtt-password");
     std::fs::write(&pw, "first-password\n").unwrap();
@@ -726,26 +731,12 @@ async fn sighup_after_the_password_file_changed_connects_with_the_new_password()
         "",
     );
     let daemon = StdinDaemon::start(&conf);
-    let connected = || {
-        daemon
-            .stderr
-            .lock()
-            .unwrap()
-            .matches("mqtt connected")
-            .count()
-    };
+    let connected = || daemon.log().matches("mqtt connected").count();
     wait_until("connected", Duration::from_secs(20), || connected() == 1).await;
 
     // The password changes on both sides: the broker takes only the new one from now.
     std::fs::write(&pw, "second-password\n").unwrap();
-    let passwd = broker.keep[0].path().join("passwd");
-    let ok = Command::new("mosquitto_passwd")
-        .args(["-b"])
-        .arg(&passwd)
-        .args(["babycry", "second-password"])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    set_password(&passwd, "babycry", "second-password", false);
     broker.signal("HUP");
     daemon.signal("HUP");
     wait_until(
@@ -754,7 +745,7 @@ async fn sighup_after_the_password_file_changed_connects_with_the_new_password()
         || connected() >= 2,
     )
     .await;
-    let log = daemon.stderr.lock().unwrap().clone();
+    let log = daemon.log();
     let reload = log
         .find("credentials changed")
         .expect("the reload restarts the link");
@@ -1350,7 +1341,7 @@ async fn the_daemon_delivers_every_event_across_a_broker_restart_mid_episode() {
     assert!(
         arrived.is_ok(),
         "not every event arrived within 75 s; the daemon's log:\n{}",
-        daemon.stderr.lock().unwrap()
+        daemon.log()
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(

@@ -700,16 +700,15 @@ impl Link {
                         // Everything delivered (the usual case: one event, acknowledged):
                         // the spool says so at once, not at the next tick, so a daemon
                         // killed within that second does not send it again at its next
-                        // start. During a backlog the tick keeps the writes to one a
-                        // second.
+                        // start (during a backlog the tick keeps the writes to one a
+                        // second); and a backlog announced at the ConnAck is reported
+                        // delivered now, not at the next diagnostics tick (none comes
+                        // while the microphone is lost).
                         if self.outbox.len() == 0 {
                             self.outbox.save_if_dirty();
-                        }
-                        // A backlog announced at the ConnAck is delivered: say so now, not
-                        // at the next diagnostics tick (none comes while the microphone
-                        // is lost).
-                        if self.outbox.len() == 0 && self.backlog_reported {
-                            self.publish_diagnostics();
+                            if self.backlog_reported {
+                                self.publish_diagnostics();
+                            }
                         }
                     }
                     Some(Tag::Offline) => {

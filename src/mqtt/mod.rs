@@ -120,6 +120,12 @@ pub struct MqttConfig {
     /// through [`MqttConfig::with_state_dir`], not read from the file.
     #[serde(skip)]
     pub state_dir: Option<PathBuf>,
+    /// What the files it names held when the daemon read these settings
+    /// ([`MqttConfig::for_daemon`]): the link reads them once, when it starts, so settings
+    /// whose files changed (a rotated password, a renewed certificate) differ and a reload
+    /// starts a new link with them.
+    #[serde(skip)]
+    pub files_digest: u64,
 }
 
 impl Default for MqttConfig {
@@ -144,6 +150,7 @@ impl Default for MqttConfig {
             queue_size: 1000,
             spool: true,
             state_dir: None,
+            files_digest: 0,
         }
     }
 }
@@ -249,17 +256,17 @@ impl MqttConfig {
     /// What the daemon passes to [`MqttHandle::spawn`]: `[mqtt]` with the state directory
     /// resolved from `[daemon] state_dir` (see [`resolve_state_dir`]).
     pub fn for_daemon(config: &crate::config::Config) -> Self {
-        config
+        let mut mqtt = config
             .mqtt
             .clone()
-            .with_state_dir(resolve_state_dir(&config.daemon.state_dir))
+            .with_state_dir(resolve_state_dir(&config.daemon.state_dir));
+        mqtt.files_digest = mqtt.read_files_digest();
+        mqtt
     }
 
-    /// A digest of what the files it names hold (password file, CA, client certificate
-    /// and key), read now. The link reads them once, when it starts; a reload compares
-    /// this too, so a rotated password or renewed certificate reaches a new connection
-    /// without a restart.
-    pub fn files_digest(&self) -> u64 {
+    /// A digest of what the files it names hold now (password file, CA, client
+    /// certificate and key).
+    fn read_files_digest(&self) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut digest = std::collections::hash_map::DefaultHasher::new();
         for path in [
