@@ -5,7 +5,8 @@
 //! [`EnergyGate`] state machine: it opens when the level stays a margin above the floor
 //! (and above an absolute minimum) for a minimum duration, closes with hysteresis after
 //! a hangover, and reports where the opening starts including a pre-roll, so the start
-//! of a cry is kept. While the gate is closed nothing downstream runs: no FFT, no model.
+//! of a cry is kept. While the gate is closed nothing downstream runs: no FFT, no model
+//! (a detector window begun while it was open is finished, on the audio already held).
 
 use serde::{Deserialize, Serialize};
 

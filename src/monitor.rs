@@ -88,6 +88,8 @@ pub struct CryMonitor {
     framed: u64,
     /// Start of the next detector window; Some while the detector runs.
     detector_next: Option<u64>,
+    /// Where the gate last closed while windows begun before it are still to run.
+    detector_until: Option<u64>,
     /// The last `confirm_n` detector windows: (start, cry probability).
     recent: VecDeque<(u64, f32)>,
     gate_open_from: Option<u64>,
@@ -144,6 +146,7 @@ impl CryMonitor {
             pos: 0,
             framed: 0,
             detector_next: None,
+            detector_until: None,
             recent: VecDeque::new(),
             gate_open_from: None,
             last_gate_close: 0,
@@ -280,6 +283,7 @@ impl CryMonitor {
                 self.gate_open_from = Some(from_sample);
                 tracing::debug!(at_s = self.seconds(from_sample), "gate opened");
                 if self.detector.is_some() {
+                    self.detector_until = None;
                     if self.detector_next.is_none() {
                         self.detector_next = Some(from_sample);
                     }
@@ -294,8 +298,10 @@ impl CryMonitor {
                 self.last_gate_close = at_sample;
                 // The last windows stay in `recent` (they leave it by age, see
                 // run_detector): a gate that closes at a breath of a cry and opens again
-                // must not start the k-of-n count over.
-                self.detector_next = None;
+                // must not start the k-of-n count over. Windows begun while it was open
+                // still run once their audio is in: with a short hangover, a cry in
+                // calls shorter than a window would otherwise never complete one.
+                self.detector_until = Some(at_sample);
                 tracing::debug!(at_s = self.seconds(at_sample), "gate closed");
             }
             GateTransition::None => {}
@@ -347,6 +353,10 @@ impl CryMonitor {
             self.detector_next,
             self.detector.as_ref().map(|d| d.window_samples() as u64),
         ) {
+            if self.detector_until.is_some_and(|until| start >= until) {
+                self.detector_next = None;
+                break;
+            }
             let end = start + window;
             if end > self.framed {
                 break;

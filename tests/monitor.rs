@@ -363,3 +363,29 @@ fn a_reload_that_lengthens_the_cooldown_does_not_bring_back_one_that_is_over() {
     let summary = cooldown_reloaded([5.0, 100.0], 120.0, 60.0, 10.0, 3600.0);
     assert_eq!(summary.episodes, 2, "{summary:?}");
 }
+
+/// Crying in short calls with the gate's hangover at 0 (allowed): every gate opening is
+/// shorter than a detector window (1 s), so a window begun while the gate was open must
+/// still run once its audio is in (it is held in the history); before, the gate's
+/// closing dropped it, no detector window ever ran and the cry was never reported.
+#[test]
+fn a_cry_in_calls_shorter_than_a_detector_window_is_confirmed() {
+    let mut m = monitor(|c| c.gate.hangover_seconds = 0.0, true);
+    let mut audio = cry_at(&[5.0], 15.0, 30.0);
+    // 0.6 s calls, 0.3 s breaths (room tone only) from 5 s on.
+    let tone = synth::room_tone(RATE, 30.0, 0.002, 1);
+    for (i, (x, quiet)) in audio.iter_mut().zip(&tone).enumerate() {
+        let t = i as f32 / RATE as f32;
+        if t >= 5.0 && (t - 5.0) % 0.9 >= 0.6 {
+            *x = *quiet;
+        }
+    }
+    let updates = feed(&mut m, &audio, 400);
+    let summary = m.summary();
+    assert!(summary.gate_openings > 5, "{summary:?}");
+    let start_at = kinds(&updates)
+        .iter()
+        .find_map(|(at, k)| matches!(k, EventKind::EpisodeStart { .. }).then_some(*at))
+        .unwrap_or_else(|| panic!("no episode: {summary:?}"));
+    assert!(start_at <= 8.0, "confirmed at {start_at} s");
+}
