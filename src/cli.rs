@@ -23,7 +23,7 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// The configuration file is missing, unreadable or invalid.
     pub const CONFIG: u8 = 3;
-    /// A model or its sidecar cannot be loaded.
+    /// A model or its sidecar cannot be loaded, or the two models cannot work together.
     pub const MODEL: u8 = 4;
     /// Anything else that stopped the program.
     pub const RUNTIME: u8 = 5;
@@ -362,7 +362,7 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
         if cause.is::<crate::error::ConfigError>() {
             return exit::CONFIG;
         }
-        if cause.is::<crate::error::ModelError>() {
+        if cause.is::<crate::error::ModelError>() || cause.is::<crate::monitor::MonitorError>() {
             return exit::MODEL;
         }
         // The input of `run` failed for good (a recording it cannot convert or decode),
@@ -466,6 +466,7 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| match e {
             // Keep the model or source error itself in the chain: it selects the exit code.
             crate::daemon::DaemonError::Model(m) => anyhow::Error::from(m),
+            crate::daemon::DaemonError::Monitor(m) => anyhow::Error::from(m),
             crate::daemon::DaemonError::Source(s) => anyhow::Error::from(s),
             other => anyhow::Error::from(other),
         })?;

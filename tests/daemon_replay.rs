@@ -371,6 +371,18 @@ fn a_broken_model_exits_with_the_model_code_and_a_missing_file_with_the_input_co
     let run = run_fast(&config, &wav, &[]);
     assert_eq!(run.code, Some(4), "{}", run.stderr);
     assert!(run.stderr.contains("cry-detector.onnx"), "{}", run.stderr);
+    // Models that load but cannot work together (the reason model as the detector) are
+    // as final: the model code, which systemd does not restart (RestartPreventExitStatus).
+    let mismatched = write_config(dir.path(), "");
+    let text = std::fs::read_to_string(&mismatched).unwrap();
+    std::fs::write(
+        &mismatched,
+        text.replace("[models]\n", "[models]\ndetector = \"cry-reason.onnx\"\n"),
+    )
+    .unwrap();
+    let run = run_fast(&mismatched, &wav, &[]);
+    assert_eq!(run.code, Some(4), "{}", run.stderr);
+    assert!(run.stderr.contains("no positive label"), "{}", run.stderr);
 
     let good = write_config(dir.path(), "");
     let run = run_fast(&good, &dir.path().join("missing.wav"), &[]);
