@@ -130,7 +130,11 @@ impl CpalSource {
                 return Ok(d);
             }
         }
-        Err(self.unavailable("no input device with this name or id"))
+        // The short ALSA forms `arecord -l` suggests ("hw:1,0", "plughw:1",
+        // "hw:CARD=Device"), which the list spells "hw:CARD=1,DEV=0": cpal's lookup by id
+        // puts them in that form.
+        host.device_by_id(&device_id(host.id(), &self.device))
+            .ok_or_else(|| self.unavailable("no input device with this name or id"))
     }
 
     fn build<T>(
@@ -167,6 +171,13 @@ impl CpalSource {
             None,
         )
     }
+}
+
+/// `device` as a cpal device id: "alsa:hw:1,0" as it is, a bare "hw:1,0" on `host`.
+fn device_id(host: cpal::HostId, device: &str) -> cpal::DeviceId {
+    device
+        .parse()
+        .unwrap_or_else(|_| cpal::DeviceId::new(host, device))
 }
 
 /// Pushes the whole frames of `data` that fit into the ring as f32; false when some did
@@ -370,6 +381,21 @@ pub fn list_input_devices() -> Result<Vec<InputDevice>, cpal::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What is asked of cpal's lookup, which spells "hw:1,0" the way its list does.
+    #[test]
+    fn a_configured_device_is_asked_for_on_the_alsa_host() {
+        let alsa = cpal::HostId::Alsa;
+        for (configured, id) in [
+            ("hw:1,0", "hw:1,0"),
+            ("plughw:1", "plughw:1"),
+            ("alsa:hw:CARD=Device", "hw:CARD=Device"),
+            ("null", "null"),
+        ] {
+            let asked = device_id(alsa, configured);
+            assert_eq!((asked.host(), asked.id()), (alsa, id), "{configured}");
+        }
+    }
 
     #[test]
     fn supported_configs_are_one_line_per_format_and_rate_range() {
