@@ -111,6 +111,10 @@ pub enum SourceError {
     },
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// A stream that cannot be reopened (stdin) failed to read: what it had not yet
+    /// delivered is gone, which is no end of input.
+    #[error("{device}: read failed: {reason}")]
+    Read { device: String, reason: String },
     /// The capture thread died (a panic in a driver or in our code). The process ends
     /// non-zero, so systemd restarts it: a monitor that exited 0 would stay stopped.
     #[error("{device}: the capture thread failed: {reason}")]
@@ -124,7 +128,7 @@ impl SourceError {
     pub fn retryable(&self) -> bool {
         !matches!(
             self,
-            Self::Decode(_) | Self::Format { .. } | Self::CaptureFailed { .. }
+            Self::Decode(_) | Self::Format { .. } | Self::Read { .. } | Self::CaptureFailed { .. }
         )
     }
 }
@@ -848,7 +852,8 @@ pub struct RawPcmSource<R> {
     reader: Option<R>,
     format: PcmFormat,
     stream: StreamFormat,
-    chunks: Option<std::sync::mpsc::Receiver<Vec<u8>>>,
+    /// What the reader thread read, or why it stopped reading.
+    chunks: Option<std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>>,
     /// Bytes received but not yet decoded (a partial frame waits for the next chunk).
     pending: Vec<u8>,
 }
@@ -886,13 +891,17 @@ impl<R: Read + Send + 'static> RawPcmSource<R> {
                     match reader.read(&mut bytes) {
                         Ok(0) => break,
                         Ok(n) => {
-                            if tx.send(bytes[..n].to_vec()).is_err() {
+                            if tx.send(Ok(bytes[..n].to_vec())).is_err() {
                                 break;
                             }
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        // A non-blocking stdin (inherited that way) has nothing yet.
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
                         Err(e) => {
-                            tracing::warn!(source = %name, "read failed: {e}");
+                            let _ = tx.send(Err(e));
                             break;
                         }
                     }
@@ -924,10 +933,16 @@ impl<R: Read + Send + 'static> AudioSource for RawPcmSource<R> {
             return Ok(Pull::End);
         };
         match chunks.recv_timeout(RAW_PCM_POLL) {
-            Ok(bytes) => self.pending.extend_from_slice(&bytes),
+            Ok(Ok(bytes)) => self.pending.extend_from_slice(&bytes),
+            Ok(Err(e)) => {
+                return Err(SourceError::Read {
+                    device: self.name.clone(),
+                    reason: e.to_string(),
+                })
+            }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return Ok(Pull::Idle),
-            // The reader ended (end of stream or a read error it logged); a trailing
-            // partial frame is not audio.
+            // The reader reached the end of the stream; a trailing partial frame is not
+            // audio.
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(Pull::End),
         }
         let frame = self.frame_bytes();
@@ -1236,6 +1251,49 @@ mod tests {
         let mut buf = Vec::new();
         while src.pull(&mut buf).unwrap() != Pull::End {}
         assert_eq!(buf, vec![0.5, -0.5, 32767.0 / 32768.0, 0.0]);
+    }
+
+    /// A read error on stdin is a failure (the daemon exits non-zero), not the end of
+    /// the input; a non-blocking stdin with nothing yet is waited for.
+    #[test]
+    fn raw_pcm_read_errors_fail_and_a_non_blocking_reader_is_waited_for() {
+        struct Flaky(Vec<std::io::Result<Vec<u8>>>);
+        impl Read for Flaky {
+            fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+                if self.0.is_empty() {
+                    return Ok(0);
+                }
+                let bytes = self.0.remove(0)?;
+                b[..bytes.len()].copy_from_slice(&bytes);
+                Ok(bytes.len())
+            }
+        }
+        let stream = StreamFormat {
+            sample_rate: 8000,
+            channels: 1,
+        };
+        let pull_all = |reads| {
+            let mut src = RawPcmSource::new("t".into(), Flaky(reads), PcmFormat::S16le, stream);
+            src.open().unwrap();
+            let mut buf = Vec::new();
+            loop {
+                match src.pull(&mut buf) {
+                    Ok(Pull::End) => return (buf, None),
+                    Ok(_) => {}
+                    Err(e) => return (buf, Some(e)),
+                }
+            }
+        };
+        let half = 16384i16.to_le_bytes().to_vec();
+        let would_block = || Err(std::io::ErrorKind::WouldBlock.into());
+        let (buf, error) = pull_all(vec![would_block(), Ok(half.clone()), would_block()]);
+        assert_eq!((buf, error.is_none()), (vec![0.5], true));
+        let eio = std::io::Error::other("input/output error");
+        let (buf, error) = pull_all(vec![Ok(half), Err(eio)]);
+        assert_eq!(buf, vec![0.5]);
+        let error = error.expect("a read error is not the end of the input");
+        assert!(!error.retryable(), "{error}");
+        assert_eq!(error.to_string(), "t: read failed: input/output error");
     }
 
     #[test]
