@@ -879,7 +879,6 @@ impl<R: Read + Send + 'static> RawPcmSource<R> {
 
     fn spawn_reader(&mut self, mut reader: R) -> Result<(), SourceError> {
         let chunk = self.frame_bytes() * pull_frames(self.stream.sample_rate);
-        let name = self.name.clone();
         // A few chunks of slack: the reader never runs far ahead of the pipeline.
         let (tx, rx) = std::sync::mpsc::sync_channel(8);
         std::thread::Builder::new()
