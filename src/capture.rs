@@ -282,6 +282,12 @@ impl AudioSource for CpalSource {
     fn xruns(&self) -> u64 {
         self.shared.xruns.load(Ordering::Relaxed) + self.shared.overflows.load(Ordering::Relaxed)
     }
+
+    /// A stream can hang without reporting an error (a suspended or replugged device
+    /// behind a plugin PCM): reopening finds the device again.
+    fn reopen_when_stalled(&self) -> bool {
+        true
+    }
 }
 
 /// One input device as `babycryd devices` prints it.

@@ -8,8 +8,9 @@
 //! holds when a file or stdin ends is the last block), reopens a lost source with
 //! exponential backoff (capped, logged once per loss; a source that fails soon after
 //! each reopening keeps backing off), counts xruns, and reports the [`AudioState`]
-//! (running, lost, stalled on digital silence or no data for `[audio] stall_seconds`,
-//! ended). The file and stdin sources live here; the cpal one in
+//! (running once audio arrives, lost, stalled on digital silence or no data for
+//! `[audio] stall_seconds`, ended; a live device stalled with no data is reopened as a
+//! lost one). The file and stdin sources live here; the cpal one in
 //! [`crate::capture`].
 
 use std::io::Read;
@@ -147,6 +148,13 @@ pub trait AudioSource: Send {
     /// Overruns counted since the start.
     fn xruns(&self) -> u64 {
         0
+    }
+    /// Whether a source that delivers nothing for `[audio] stall_seconds` is closed and
+    /// reopened, after it is reported stalled: a live device whose stream hung without
+    /// an error would otherwise stay silent until a restart. Not a pipe or a recording,
+    /// whose writer may just be quiet.
+    fn reopen_when_stalled(&self) -> bool {
+        false
     }
 }
 
@@ -615,9 +623,8 @@ impl Capture {
             channels = format.channels,
             "audio source open"
         );
-        if !self.set_state(AudioState::Running) {
-            return Ok(false);
-        }
+        // `running` is reported with the first audio, not here: a device that opens and
+        // fails at once is the same loss going on, not a recovery to report each time.
         let stall_time = Duration::from_secs_f64(self.options.stall_seconds);
         let mut buf = Vec::with_capacity(format.sample_rate as usize);
         let mut last_audio = Instant::now();
@@ -651,10 +658,26 @@ impl Capture {
                         if !self.send(SourceEvent::Heartbeat) {
                             return Ok(false);
                         }
-                    } else if !self.stall(|| {
-                        format!("no audio for {:.0} s", last_audio.elapsed().as_secs_f64())
-                    }) {
-                        return Ok(false);
+                    } else {
+                        let detail =
+                            || format!("no audio for {:.0} s", last_audio.elapsed().as_secs_f64());
+                        if self.source.reopen_when_stalled() {
+                            // Reported stalled once (not again while the reopened device
+                            // still delivers nothing: that is the loss going on), then
+                            // reopened with the backoff of a loss.
+                            if matches!(self.state, Some(AudioState::Running))
+                                && !self.stall(detail)
+                            {
+                                return Ok(false);
+                            }
+                            return Err(SourceError::Lost {
+                                device,
+                                reason: format!("{}: reopening", detail()),
+                            });
+                        }
+                        if !self.stall(detail) {
+                            return Ok(false);
+                        }
                     }
                 }
                 Pull::Audio => {

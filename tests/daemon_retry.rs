@@ -28,13 +28,15 @@ enum Step {
 enum After {
     Unplug,
     End,
+    /// The stream hangs: no audio and no error from then on (a suspended device).
+    Hang,
 }
 
 const RATE: u32 = 48_000;
 
 struct FlakySource {
     steps: VecDeque<Step>,
-    current: Option<(Vec<f32>, usize, bool)>,
+    current: Option<(Vec<f32>, usize, After)>,
     opens: Arc<AtomicUsize>,
     /// Pulls that delivered audio; every tenth counts as an xrun.
     audio_pulls: u64,
@@ -86,7 +88,7 @@ impl AudioSource for FlakySource {
                 reason: reason.into(),
             }),
             Step::Deliver(samples, after) => {
-                self.current = Some((samples, 0, matches!(after, After::Unplug)));
+                self.current = Some((samples, 0, after));
                 Ok(StreamFormat {
                     sample_rate: RATE,
                     channels: 2,
@@ -96,15 +98,19 @@ impl AudioSource for FlakySource {
     }
 
     fn pull(&mut self, buf: &mut Vec<f32>) -> Result<Pull, SourceError> {
-        let (samples, pos, unplug) = self.current.as_mut().expect("pull after open");
+        let (samples, pos, after) = self.current.as_mut().expect("pull after open");
         if *pos >= samples.len() {
-            if *unplug {
-                return Err(SourceError::Lost {
+            return match after {
+                After::Unplug => Err(SourceError::Lost {
                     device: "flaky test microphone".into(),
                     reason: "device unplugged".into(),
-                });
-            }
-            return Ok(Pull::End);
+                }),
+                After::End => Ok(Pull::End),
+                After::Hang => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    Ok(Pull::Idle)
+                }
+            };
         }
         let end = (*pos + RATE as usize / 10).min(samples.len());
         buf.extend(samples[*pos..end].iter().flat_map(|&s| [s, s]));
@@ -119,6 +125,10 @@ impl AudioSource for FlakySource {
 
     fn close(&mut self) {
         self.current = None;
+    }
+
+    fn reopen_when_stalled(&self) -> bool {
+        true
     }
 }
 
@@ -324,4 +334,73 @@ async fn a_cry_going_on_after_a_microphone_drop_out_is_reported_at_once() {
     );
     let summary = lines.iter().find(|e| e["type"] == "summary").unwrap();
     assert_eq!(summary["suppressed_by_cooldown"], 0, "{summary}");
+}
+
+/// A live stream that hangs (no audio, no error: a suspended device behind a plugin PCM)
+/// is reported stalled, then reopened like a lost one, and the audio of the reopened
+/// device is analysed. Before, it stayed stalled until the daemon was restarted: this
+/// test then never ended (bounded here at 60 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_hangs_is_reported_stalled_and_reopened() {
+    let settings = settings(|c| {
+        c.audio.stall_seconds = 1.0;
+        c.detector.threshold = Some(0.8);
+    });
+    let source = FlakySource::new([
+        Step::Deliver(synth::room_tone(RATE, 2.0, 0.002, 5), After::Hang),
+        // Reopened, and still nothing.
+        Step::Deliver(Vec::new(), After::Hang),
+        Step::Deliver(crying(8.0, 6.0, 1.0, 7), After::End),
+    ]);
+    let opens = source.opens.clone();
+    let (summary, lines) = tokio::time::timeout(Duration::from_secs(60), replay(settings, source))
+        .await
+        .expect("the hung stream was never reopened");
+    let states: Vec<&str> = lines
+        .iter()
+        .filter(|e| e["type"] == "audio_state")
+        .map(|e| e["state"].as_str().unwrap())
+        .collect();
+    // The second hang, right after a reopen, is the same loss going on: not news.
+    assert_eq!(
+        states,
+        [
+            "connecting",
+            "running",
+            "stalled",
+            "lost",
+            "running",
+            "ended"
+        ],
+        "{lines:#?}"
+    );
+    assert_eq!(opens.load(Ordering::SeqCst), 3);
+    assert_eq!(episode_starts(&lines).len(), 1, "the cry after the reopen");
+    // 2 s before the hang and 8 s after the reopen (less the resampler's start-up delay).
+    assert!(
+        (9.8..=10.01).contains(&summary.audio_seconds),
+        "{summary:?}"
+    );
+}
+
+/// A device that opens and fails at once (a USB microphone answering its first read with
+/// an error), three times, is one loss, warned once: `running` comes with audio, not
+/// with an open that delivers nothing. Before, each reopen reported `running` and the next
+/// failure `lost` again, a warning and an MQTT state flap every backoff step for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_fails_as_soon_as_it_opens_is_one_loss() {
+    let settings = settings(|_| {});
+    let source = FlakySource::new([
+        Step::Deliver(Vec::new(), After::Unplug),
+        Step::Deliver(Vec::new(), After::Unplug),
+        Step::Deliver(Vec::new(), After::Unplug),
+        Step::Deliver(synth::room_tone(RATE, 1.0, 0.002, 8), After::End),
+    ]);
+    let (_, lines) = replay(settings, source).await;
+    let states: Vec<&str> = lines
+        .iter()
+        .filter(|e| e["type"] == "audio_state")
+        .map(|e| e["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["connecting", "lost", "running", "ended"]);
 }
