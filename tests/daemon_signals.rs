@@ -300,18 +300,20 @@ fn restart_only_changes_are_warned_about_at_every_reload_until_the_restart() {
 }
 
 /// READY=1 waits for the first frames, not for the source to open: stdin open with
-/// nothing written is "audio running" in STATUS= but not ready; the first audio makes it
-/// ready (before, READY came at the open, and a device that never delivered was then
-/// restarted by the watchdog again and again).
+/// nothing written is "audio connecting" in STATUS= (running comes with audio) and not
+/// ready; the first audio makes it ready (before, READY came at the open, and a device
+/// that never delivered was then restarted by the watchdog again and again).
 #[test]
 fn ready_waits_for_the_first_audio() {
     let dir = tempfile::tempdir().unwrap();
     let (notify, mut child) = spawn_notified(dir.path(), "", &["--input", "-", "--rate", "8000"]);
-    wait_for(30, "STATUS=audio running", || {
-        notify.all().contains("STATUS=audio running")
+    wait_for(30, "STATUS=audio connecting", || {
+        notify.all().contains("STATUS=audio connecting")
     });
     std::thread::sleep(Duration::from_millis(500));
-    assert!(!notify.all().contains("READY=1"), "{}", notify.all());
+    let all = notify.all();
+    assert!(!all.contains("READY=1"), "{all}");
+    assert!(!all.contains("STATUS=audio running"), "{all}");
     let mut stdin = child.stdin.take().unwrap();
     let audio: Vec<u8> = pcm_s16le(&synth::room_tone(RATE, 0.5, 0.002, 6)).collect();
     stdin.write_all(&audio).unwrap();
