@@ -144,7 +144,7 @@ pub fn model_search_dirs() -> Vec<PathBuf> {
 /// shows the offending line, and serde's quotes the bad value, so a password written
 /// without quotes (`password = 84736251`) or with one missing would reach the journal
 /// (at start and at every SIGHUP) and `check-config`. On a line that names a password
-/// (or a misspelling of one) only the place is given.
+/// (or a misspelling of one) only the place is given, or an unknown key's name.
 fn parse_error_reason(text: &str, e: &toml::de::Error) -> String {
     // A span is byte offsets; one that is not on a character boundary gives no place.
     let Some(before) = e.span().and_then(|span| text.get(..span.start)) else {
@@ -154,7 +154,9 @@ fn parse_error_reason(text: &str, e: &toml::de::Error) -> String {
     let line_no = before.matches('\n').count() + 1;
     let column = before[line_start..].chars().count() + 1;
     let line = text[line_start..].lines().next().unwrap_or("");
-    let message = if line.to_ascii_lowercase().contains("pass") {
+    // An unknown key's message names keys only, never the value: it can be shown there.
+    let unknown_key = e.message().starts_with("unknown field");
+    let message = if line.to_ascii_lowercase().contains("pass") && !unknown_key {
         "not a valid password setting: a quoted string, e.g. password = \"...\" (the value is not shown)".to_owned()
     } else {
         e.message().split_whitespace().collect::<Vec<_>>().join(" ")
@@ -360,6 +362,18 @@ mod tests {
                 "{text:?}: {e}"
             );
         }
+        // A misspelt key on such a line is named, with the keys that are allowed.
+        let e = Config::parse_str(
+            "[mqtt]\npassword_flie = \"/etc/babycryd/84736251\"\n",
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!e.contains("84736251"), "{e}");
+        assert!(
+            e.contains("unknown field `password_flie`") && e.contains("password_file"),
+            "{e}"
+        );
         // Elsewhere the reason is toml's, placed by line and column.
         let e = Config::parse_str("[gate]\nmargin_db = \"ten\"\n", Path::new("c.toml"))
             .unwrap_err()
