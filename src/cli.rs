@@ -128,9 +128,9 @@ pub struct ModelArgs {
     pub no_detector: bool,
 }
 
-/// Loads the settings for `cli`.
-pub fn settings(cli: &Cli) -> anyhow::Result<Settings> {
-    Ok(load_settings(cli.config.as_deref())?)
+/// Loads the settings for `cli`; `uses_mqtt` as for [`load_settings`].
+pub fn settings(cli: &Cli, uses_mqtt: bool) -> anyhow::Result<Settings> {
+    Ok(load_settings(cli.config.as_deref(), uses_mqtt)?)
 }
 
 /// Runs the parsed command line.
@@ -159,7 +159,7 @@ pub(crate) fn model_paths(
     let (model, detector) = (args.model.as_ref(), args.detector.as_ref());
     let settings = match (model, cli.config.is_some()) {
         (Some(_), false) => None,
-        _ => Some(settings(cli)?),
+        _ => Some(settings(cli, false)?),
     };
     let reason_path = match (model, &settings) {
         (Some(p), _) => p.clone(),
@@ -271,7 +271,7 @@ fn classify(cli: &Cli, args: &ClassifyArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn check_config(cli: &Cli) -> anyhow::Result<ExitCode> {
-    let settings = settings(cli)?;
+    let settings = settings(cli, true)?;
     let source = settings
         .source
         .as_ref()
@@ -435,7 +435,8 @@ fn live_source(_: &Settings) -> anyhow::Result<Box<dyn AudioSource>> {
 }
 
 fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let settings = settings(cli)?;
+    let uses_mqtt = !args.no_mqtt && !args.demo;
+    let settings = settings(cli, uses_mqtt)?;
     let source = match audio_source(args, &settings) {
         Ok(s) => s,
         Err(e) => {
@@ -448,7 +449,7 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
             .events
             .clone()
             .map_or(EventSink::Stdout, EventSink::File),
-        mqtt: !args.no_mqtt && !args.demo,
+        mqtt: uses_mqtt,
         retry: None,
     };
     let config_path = settings.source.clone();
@@ -460,7 +461,7 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
     let summary = runtime
         .block_on(async move {
             let (tx, rx) = tokio::sync::mpsc::channel(8);
-            forward_signals(tx, config_path);
+            forward_signals(tx, config_path, uses_mqtt);
             crate::daemon::run(settings, source, options, rx).await
         })
         .map_err(|e| match e {
@@ -478,7 +479,11 @@ fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
 /// SIGTERM and SIGINT ask for a shutdown; SIGHUP reloads the configuration file.
 /// signal-hook's iterator runs on its own thread, so the handlers themselves only set
 /// flags (async-signal-safe) and a burst of SIGHUPs collapses into few reloads.
-fn forward_signals(tx: tokio::sync::mpsc::Sender<Control>, config: Option<PathBuf>) {
+fn forward_signals(
+    tx: tokio::sync::mpsc::Sender<Control>,
+    config: Option<PathBuf>,
+    uses_mqtt: bool,
+) {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
@@ -495,7 +500,7 @@ fn forward_signals(tx: tokio::sync::mpsc::Sender<Control>, config: Option<PathBu
             for signal in signals.forever() {
                 let control = if signal == SIGHUP {
                     tracing::info!("SIGHUP: reloading the configuration");
-                    Control::Reload(Box::new(load_settings(config.as_deref())))
+                    Control::Reload(Box::new(load_settings(config.as_deref(), uses_mqtt)))
                 } else {
                     Control::Shutdown
                 };
@@ -540,7 +545,7 @@ fn devices() -> anyhow::Result<ExitCode> {
 /// The logging settings of the configuration `cli` names, if it loads; errors surface
 /// later, when the command loads it again.
 pub fn configured_logging(cli: &Cli) -> (Option<String>, bool) {
-    match settings(cli) {
+    match settings(cli, false) {
         Ok(s) => (
             Some(s.config.logging.level.clone()).filter(|l| !l.trim().is_empty()),
             s.config.logging.format == LogFormat::Json,

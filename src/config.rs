@@ -293,12 +293,16 @@ impl Config {
 }
 
 /// Loads the settings: the explicit path, else the default places, else built-in defaults.
-pub fn load_settings(explicit: Option<&Path>) -> Result<Settings, ConfigError> {
+/// `uses_mqtt` false (classify, bench, `run --no-mqtt`) turns `[mqtt]` off, so its
+/// password and TLS files are not read: another user may run `babycryd classify` with the
+/// system config whose password file only the daemon's user can read.
+pub fn load_settings(explicit: Option<&Path>, uses_mqtt: bool) -> Result<Settings, ConfigError> {
     let path = explicit.map(Path::to_owned).or_else(default_config_path);
-    let config = match &path {
+    let mut config = match &path {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     };
+    config.mqtt.enabled &= uses_mqtt;
     config.validate(path)
 }
 

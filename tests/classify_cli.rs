@@ -426,3 +426,46 @@ fn classify_memory_does_not_grow_with_the_length_of_the_recording() {
         "peak RSS {short} KiB for 1 min, {long} KiB for 10 min"
     );
 }
+
+/// Commands that do not talk to the broker do not read its password file: another user
+/// running `babycryd classify` with the system config (whose password file only the
+/// daemon's user can read) got exit 3 for a file it never needed. `check-config`, which
+/// checks the daemon's settings, still refuses it.
+#[test]
+fn commands_without_mqtt_do_not_need_its_password_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = cry_wav(dir.path(), "cry.wav", 8000, 3.0);
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[models]\ndir = {:?}\n[mqtt]\nusername = \"baby\"\npassword_file = {:?}\n",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("models"),
+            dir.path().join("unreadable-password"),
+        ),
+    )
+    .unwrap();
+    let (config, wav) = (config.to_str().unwrap(), wav.to_str().unwrap());
+    assert_eq!(
+        answers(&["--config", config, "classify", "--json", wav]).len(),
+        1
+    );
+    let run = babycryd(&[
+        "--config",
+        config,
+        "run",
+        "--no-mqtt",
+        "--fast",
+        "--input",
+        wav,
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let check = babycryd(&["--config", config, "check-config"]);
+    assert_eq!(check.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert!(stderr.contains("mqtt.password_file"), "{stderr}");
+}
