@@ -1856,3 +1856,56 @@ async fn the_events_queued_diagnostic_returns_to_zero_once_the_backlog_is_delive
     .await;
     handle.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A shutdown while a long backlog is still going out (a slow broker, a night-long outage
+/// being delivered): `offline` is published after the last event, not in the middle. The
+/// closing link submits at most half its channel (256) at once; `offline` used to follow
+/// those, and the rest of the backlog reached Home Assistant after it, where every entity
+/// was unavailable and an event entity drops what it gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_during_a_long_backlog_says_offline_after_the_last_event() {
+    let broker = Broker::start();
+    let live = Subscriber::start(broker.port, &["babycry/backlog/#"]).await;
+    let (handle, _task) = MqttHandle::spawn(&config(broker.port, "backlog"), device());
+    wait_until("connected", Duration::from_secs(10), || {
+        handle.status().connected
+    })
+    .await;
+    live.wait_for("babycry/backlog/status", "online", Duration::from_secs(5))
+        .await;
+    // The broker holds everything (SIGSTOP) while 400 events queue up.
+    broker.signal("STOP");
+    let sent: Vec<Event> = (0..400).map(|i| window_event(1, i)).collect();
+    for e in &sent {
+        handle.send(Update::Event(e.clone()));
+    }
+    wait_until("the events are queued", Duration::from_secs(5), || {
+        handle.status().queued == sent.len()
+    })
+    .await;
+    let shutdown = tokio::spawn(handle.shutdown(Duration::from_secs(10)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    broker.signal("CONT");
+    shutdown.await.unwrap();
+    wait_until("offline", Duration::from_secs(10), || {
+        live.on("babycry/backlog/status")
+            .last()
+            .map(|m| m.payload.as_str())
+            == Some("offline")
+    })
+    .await;
+    let all = live.all();
+    let events: Vec<usize> = (0..all.len())
+        .filter(|&i| all[i].topic == "babycry/backlog/event")
+        .collect();
+    let offline = all
+        .iter()
+        .position(|m| m.topic == "babycry/backlog/status" && m.payload == "offline")
+        .unwrap();
+    assert_eq!(events.len(), sent.len(), "every event delivered");
+    assert!(
+        events.iter().all(|&i| i < offline),
+        "offline at message {offline}, events up to {:?}",
+        events.last()
+    );
+}

@@ -35,8 +35,9 @@
 //! PUBCOMP leaves the same doubt, and answering it with a PUBREL only (no resend) would
 //! lose the event instead of doubling it.
 //!
-//! When shutting down, the outbox is flushed as fast as the channel takes it instead.
-//! When a reload replaces the link (new `[mqtt]` settings), the old one flushes what it
+//! When shutting down, the outbox is flushed as fast as the channel takes it instead,
+//! and `offline` follows its last event (Home Assistant drops an event that reaches an
+//! unavailable entity). When a reload replaces the link (new `[mqtt]` settings), the old one flushes what it
 //! can in the time it is given, publishes `offline` and hands its current states and
 //! its undelivered events, in order, to the new one, which announces those states on its
 //! first ConnAck and delivers those events before any newer ones.
@@ -359,6 +360,9 @@ impl Current {
 struct Closing {
     deadline: Instant,
     done: oneshot::Sender<Handover>,
+    /// `offline` submitted on this connection: after the last queued event, so that
+    /// Home Assistant gets every event before its entities turn unavailable.
+    offline_sent: bool,
     offline_acked: bool,
     disconnect_requested: bool,
     disconnected: bool,
@@ -654,6 +658,23 @@ impl Link {
             self.next_seq = seq + 1;
             self.queued_in_flight += 1;
         }
+        self.offline_after_the_last_event();
+    }
+
+    /// Closing: submits `offline` once every queued event has been submitted (a backlog
+    /// larger than the window goes out as PUBACKs come back). One that never gets that
+    /// far is said by the last will when the connection is dropped at the deadline.
+    fn offline_after_the_last_event(&mut self) {
+        let all_submitted = self.outbox.next_from(self.next_seq).is_none();
+        match self.closing.as_ref() {
+            Some(c) if self.connected && !c.offline_sent && all_submitted => {}
+            _ => return,
+        }
+        let status = self.topics.status.clone();
+        let sent = self.publish(&status, true, "offline".into(), Tag::Offline);
+        if let Some(c) = self.closing.as_mut() {
+            c.offline_sent = sent;
+        }
     }
 
     fn on_event(&mut self, event: Event) {
@@ -677,11 +698,12 @@ impl Link {
                 {
                     tracing::warn!("cannot subscribe to {}: {e}", self.topics.ha_status);
                 }
+                // A new connection: `offline` goes again, after the events.
+                if let Some(c) = self.closing.as_mut() {
+                    c.offline_sent = false;
+                }
                 self.announce();
                 self.pump();
-                if self.closing.is_some() {
-                    self.send_offline();
-                }
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 if let Some(tag) = self.submitted.pop_front() {
@@ -790,19 +812,14 @@ impl Link {
         self.closing = Some(Closing {
             deadline: Instant::now() + timeout,
             done,
+            offline_sent: false,
             offline_acked: false,
             disconnect_requested: false,
             disconnected: false,
         });
         if self.connected {
             self.pump();
-            self.send_offline();
         }
-    }
-
-    fn send_offline(&mut self) {
-        let status = self.topics.status.clone();
-        self.publish(&status, true, "offline".into(), Tag::Offline);
     }
 
     /// Shutting down and either disconnected (nothing more can be sent now) or with
