@@ -1,7 +1,8 @@
 //! The energy gate: the cheap first stage that keeps the models asleep in a quiet room.
 //!
 //! It owns measuring the level of ~32 ms frames (dBFS), the adaptive [`NoiseFloor`] that
-//! follows the room (fast when it gets quieter, slowly when it gets louder), and the
+//! follows the room (fast when it gets quieter, slowly when it gets louder; it starts at
+//! the first frame heard and learns the room quickly for a few seconds), and the
 //! [`EnergyGate`] state machine: it opens when the level stays a margin above the floor
 //! (and above an absolute minimum) for a minimum duration, closes with hysteresis after
 //! a hangover, and reports where the opening starts including a pre-roll, so the start
@@ -102,6 +103,16 @@ pub fn level_dbfs(frame: &[f32]) -> f64 {
     (10.0 * power.max(1e-12).log10()).max(SILENCE_DBFS)
 }
 
+/// How long a new floor learns the room, s: it starts at the first frame heard, which may
+/// be a cry (a daemon restarted in the middle of one), and meanwhile falls to a quieter
+/// frame with [`LEARNING_FALL_SECONDS`], so that the first breath between two calls
+/// teaches it the room.
+const LEARNING_SECONDS: f64 = 5.0;
+
+/// The fall time constant while learning, s: a breath (0.2-0.5 s) brings the floor most
+/// of the way down; one odd quiet frame does not.
+const LEARNING_FALL_SECONDS: f64 = 0.1;
+
 /// The room's noise floor: an exponential follower of frame levels in dB, quick to fall
 /// (a door closes) and slow to rise (a cry must not become the floor).
 #[derive(Debug, Clone, PartialEq)]
@@ -109,6 +120,9 @@ pub struct NoiseFloor {
     level_dbfs: Option<f64>,
     rise: f64,
     fall: f64,
+    learning_fall: f64,
+    /// Frames still to follow with `learning_fall`.
+    learning_frames: u32,
 }
 
 impl NoiseFloor {
@@ -117,6 +131,8 @@ impl NoiseFloor {
             level_dbfs: None,
             rise: 0.0,
             fall: 0.0,
+            learning_fall: 1.0 - (-frame_seconds / LEARNING_FALL_SECONDS).exp(),
+            learning_frames: (LEARNING_SECONDS / frame_seconds).ceil() as u32,
         };
         floor.configure(config, frame_seconds);
         floor
@@ -137,11 +153,12 @@ impl NoiseFloor {
             return;
         }
         let floor = self.level_dbfs.get_or_insert(frame_dbfs);
-        let coeff = if frame_dbfs < *floor {
-            self.fall
-        } else {
-            self.rise
+        let coeff = match (frame_dbfs < *floor, self.learning_frames > 0) {
+            (true, true) => self.learning_fall,
+            (true, false) => self.fall,
+            (false, _) => self.rise,
         };
+        self.learning_frames = self.learning_frames.saturating_sub(1);
         *floor += coeff * (frame_dbfs - *floor);
     }
 
@@ -232,6 +249,13 @@ impl EnergyGate {
     /// Feeds one frame that starts at stream sample `start`.
     pub fn push_frame(&mut self, frame: &[f32], start: u64) -> GateTransition {
         let level = level_dbfs(frame);
+        // The first frame heard starts the floor instead of being measured against none:
+        // any room above `min_level_dbfs` opened the gate at start (in no-detector mode,
+        // a false cry episode at every start).
+        if !self.floor.has_heard() {
+            self.floor.update(level);
+            return GateTransition::None;
+        }
         let opening = (self.floor.dbfs() + self.config.margin_db).max(self.config.min_level_dbfs);
         let end = start + frame.len() as u64;
         if self.open {

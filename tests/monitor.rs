@@ -389,3 +389,31 @@ fn a_cry_in_calls_shorter_than_a_detector_window_is_confirmed() {
         .unwrap_or_else(|| panic!("no episode: {summary:?}"));
     assert!(start_at <= 8.0, "confirmed at {start_at} s");
 }
+
+/// A monitor started in a room louder than `[gate] min_level_dbfs` (-60 dBFS): the first
+/// frame starts the noise floor instead of opening the gate, so without a detector (every
+/// opening is crying) no cry episode is reported at start.
+#[test]
+fn a_start_in_a_louder_room_is_no_episode_without_a_detector() {
+    let mut m = monitor(|_| {}, false);
+    let room = synth::room_tone(RATE, 20.0, 0.02, 3);
+    let events = kinds(&feed(&mut m, &room, 400));
+    assert!(m.noise_floor_dbfs() > -50.0, "{}", m.noise_floor_dbfs());
+    assert_eq!(events, [], "{:?}", m.summary());
+}
+
+/// A monitor started in the middle of a cry (systemd restarting the daemon): the floor
+/// starts at the crying (the first frame heard, which no longer opens the gate) and
+/// learns the room at the first breath, so the cry is confirmed within 3 s. Falling with
+/// its 2 s time constant instead, it took several breaths: confirmed at 4.1 s.
+#[test]
+fn a_start_in_the_middle_of_a_cry_confirms_it_at_once() {
+    let mut m = monitor(|_| {}, true);
+    // From the middle of a call on: the first frame is at the cry's full level.
+    let audio = cry_at(&[0.0], 15.0, 20.0).split_off((0.6 * RATE as f32) as usize);
+    let start_at = kinds(&feed(&mut m, &audio, 400))
+        .iter()
+        .find_map(|(at, k)| matches!(k, EventKind::EpisodeStart { .. }).then_some(*at))
+        .expect("an episode");
+    assert!(start_at <= 3.0, "confirmed at {start_at} s");
+}
