@@ -445,9 +445,13 @@ impl CryMonitor {
         let window = self.reason.window_samples() as u64;
         let hop =
             ((window as f64 * (1.0 - self.settings.episode.reason_overlap)).round() as u64).max(1);
+        // A window runs once the crying is known to reach its end: one that reached past
+        // the end of the crying was mostly the quiet after it, and counted in the dominant
+        // reason as much as the crying. The crying after the last whole window is
+        // classified at the episode's end, by a window that ends with it.
         while let Some(ep) = &self.episode {
             let start = ep.next_reason_start.max(self.history_start);
-            if start + window > self.framed || start >= ep.last_cry_end {
+            if start + window > self.framed.min(ep.last_cry_end) {
                 break;
             }
             self.classify_window(start, start + window, emit)?;

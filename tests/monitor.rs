@@ -417,3 +417,40 @@ fn a_start_in_the_middle_of_a_cry_confirms_it_at_once() {
         .expect("an episode");
     assert!(start_at <= 3.0, "confirmed at {start_at} s");
 }
+
+/// Reason windows cover the crying, not the quiet after it: a 5.7 s cry from 5 s is an
+/// episode from 4.5 s to 11.5 s (pre-roll and the last detector window included), whose
+/// windows end by its end. Before, a second window from 8 s to 15 s (half of it quiet)
+/// was classified too and weighed as much as the crying in the dominant reason.
+#[test]
+fn reason_windows_end_with_the_crying() {
+    let mut m = monitor(|c| c.episode.quiet_seconds = 4.0, true);
+    let audio = cry_at(&[5.0], 5.7, 30.0);
+    let events = kinds(&feed(&mut m, &audio, 400));
+    let windows: Vec<(f64, f64)> = events
+        .iter()
+        .filter_map(|(_, k)| match k {
+            EventKind::Window { result, .. } => Some((result.start_s, result.end_s)),
+            _ => None,
+        })
+        .collect();
+    let (start, end) = events
+        .iter()
+        .find_map(|(_, k)| match k {
+            EventKind::EpisodeEnd { start_s, end_s, .. } => Some((*start_s, *end_s)),
+            _ => None,
+        })
+        .expect("an episode");
+    assert!(end > start + 5.0, "episode {start}..{end}");
+    assert!(!windows.is_empty());
+    for &(s, e) in &windows {
+        assert!(
+            s >= start - 1e-9 && e <= end + 1e-9,
+            "window {s}..{e} in episode {start}..{end}: {windows:?}"
+        );
+    }
+    assert!(
+        (windows.last().unwrap().1 - end).abs() < 0.05,
+        "{windows:?} {end}"
+    );
+}
