@@ -449,12 +449,24 @@ impl CryMonitor {
         // the end of the crying was mostly the quiet after it, and counted in the dominant
         // reason as much as the crying. The crying after the last whole window is
         // classified at the episode's end, by a window that ends with it.
+        // A window with no crying in it (a pause inside the episode, shorter than the
+        // quiet time) says nothing about why the baby cries: it is skipped.
+        let threshold = self.detector_threshold();
+        let detector_window = self.detector.as_ref().map(|d| d.window_samples() as u64);
         while let Some(ep) = &self.episode {
             let start = ep.next_reason_start.max(self.history_start);
-            if start + window > self.framed.min(ep.last_cry_end) {
+            let end = start + window;
+            if end > self.framed.min(ep.last_cry_end) {
                 break;
             }
-            self.classify_window(start, start + window, emit)?;
+            let quiet = detector_window.is_some_and(|length| {
+                !ep.detector
+                    .iter()
+                    .any(|&(s, p)| p >= threshold && s + length > start && s < end)
+            });
+            if !quiet {
+                self.classify_window(start, end, emit)?;
+            }
             if let Some(ep) = &mut self.episode {
                 ep.next_reason_start = start + hop;
             }
@@ -515,7 +527,10 @@ impl CryMonitor {
         let Some(ep) = &self.episode else {
             return Ok(());
         };
-        if ep.predictions.is_empty() || ep.last_cry_end > ep.classified_until {
+        // The end of the crying is known to a detector hop: less than that uncovered is
+        // the same crying as the last window's, which a second window would count twice.
+        let resolution = self.samples(self.settings.detector.hop_seconds);
+        if ep.predictions.is_empty() || ep.last_cry_end > ep.classified_until + resolution {
             // Crying that no reason window has covered: an episode shorter than a window,
             // or a stream that ends (a shutdown) in the middle of one. Classify the last
             // window's worth of the episode, zero-padded where it is shorter.
