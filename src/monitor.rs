@@ -2,7 +2,8 @@
 //!
 //! It owns what happens to the stream after the source: cutting it into gate frames,
 //! the [`EnergyGate`], running the cry detector every `[detector] hop_seconds` only
-//! while the gate is open, k-of-n confirmation (`decision::confirmation_score`), the
+//! while the gate is open (a window begun then is finished after it closes), k-of-n
+//! confirmation (`decision::confirmation_score`), the
 //! [`CryEpisode`] (start, reason windows, end after `[episode] quiet_seconds`, cooldown),
 //! the reason decision per window and per episode (`decision::reason_decision`), and
 //! the counters of the run ([`RunSummary`]). It is synchronous and deterministic: the
@@ -223,7 +224,8 @@ impl CryMonitor {
 
     /// Audio kept behind the newest sample: back to where an episode confirmed now can
     /// start (the oldest of the last `confirm_n` detector windows, less the pre-roll),
-    /// and a reason window from there, which is classified once it is complete.
+    /// and a reason window from there, which is classified once the crying reaches its
+    /// end (the crying's last window, once it has been quiet long enough, see `frame`).
     fn history_samples(&self) -> usize {
         let d = &self.settings.detector;
         let confirm = d.confirm_n as f64 * d.hop_seconds + self.settings.gate.pre_roll_seconds;
@@ -326,6 +328,16 @@ impl CryMonitor {
         }
         self.run_detector(emit)?;
         self.run_reasons(emit)?;
+        if let Some(ep) = &self.episode {
+            // The crying's end is classified once it has been quiet for the quiet time, or
+            // sooner while its audio is still held: quiet_seconds may be longer than that.
+            let quiet = self.samples(self.settings.episode.quiet_seconds);
+            let held =
+                (self.history_samples() as u64).saturating_sub(self.reason.window_samples() as u64);
+            if self.framed >= ep.last_cry_end + quiet.min(held) {
+                self.classify_tail(emit)?;
+            }
+        }
         if let Some(ep) = &self.episode {
             if self.framed >= ep.last_cry_end + self.samples(self.settings.episode.quiet_seconds) {
                 self.end_episode(emit)?;
@@ -450,20 +462,21 @@ impl CryMonitor {
         // reason as much as the crying. The crying after the last whole window is
         // classified at the episode's end, by a window that ends with it.
         // A window with no crying in it (a pause inside the episode, shorter than the
-        // quiet time) says nothing about why the baby cries: it is skipped.
+        // quiet time) says nothing about why the baby cries: it is skipped. Crying in it
+        // is a detector window at or above the threshold that starts in it, as for the
+        // window's `cry_probability`.
         let threshold = self.detector_threshold();
-        let detector_window = self.detector.as_ref().map(|d| d.window_samples() as u64);
         while let Some(ep) = &self.episode {
             let start = ep.next_reason_start.max(self.history_start);
             let end = start + window;
             if end > self.framed.min(ep.last_cry_end) {
                 break;
             }
-            let quiet = detector_window.is_some_and(|length| {
-                !ep.detector
+            let quiet = self.detector.is_some()
+                && !ep
+                    .detector
                     .iter()
-                    .any(|&(s, p)| p >= threshold && s + length > start && s < end)
-            });
+                    .any(|&(s, p)| p >= threshold && (start..end).contains(&s));
             if !quiet {
                 self.classify_window(start, end, emit)?;
             }
@@ -523,25 +536,39 @@ impl CryMonitor {
         Ok(())
     }
 
-    fn end_episode(&mut self, emit: &mut dyn FnMut(Update)) -> Result<(), ModelError> {
+    /// Classifies the crying no reason window has covered (an episode shorter than a
+    /// window, the crying after the last whole one, a stream that ends in one): the last
+    /// window's worth of the episode, zero-padded where it is shorter. Whole windows
+    /// after it, if the crying resumes, begin where it ends.
+    fn classify_tail(&mut self, emit: &mut dyn FnMut(Update)) -> Result<(), ModelError> {
         let Some(ep) = &self.episode else {
             return Ok(());
         };
-        // The end of the crying is known to a detector hop: less than that uncovered is
-        // the same crying as the last window's, which a second window would count twice.
-        let resolution = self.samples(self.settings.detector.hop_seconds);
-        if ep.predictions.is_empty() || ep.last_cry_end > ep.classified_until + resolution {
-            // Crying that no reason window has covered: an episode shorter than a window,
-            // or a stream that ends (a shutdown) in the middle of one. Classify the last
-            // window's worth of the episode, zero-padded where it is shorter.
-            let window = self.reason.window_samples() as u64;
-            let start = ep
-                .last_cry_end
-                .saturating_sub(window)
-                .max(ep.start_sample)
-                .max(self.history_start);
-            self.classify_window(start, start + window, emit)?;
+        // The end of the crying is known to a detector hop (without a detector, to a gate
+        // frame): less than that uncovered is the last window's crying, which a second
+        // window would count twice.
+        let resolution = match self.detector {
+            Some(_) => self.samples(self.settings.detector.hop_seconds),
+            None => FRAME_SAMPLES as u64,
+        };
+        if !ep.predictions.is_empty() && ep.last_cry_end <= ep.classified_until + resolution {
+            return Ok(());
         }
+        let window = self.reason.window_samples() as u64;
+        let start = ep
+            .last_cry_end
+            .saturating_sub(window)
+            .max(ep.start_sample)
+            .max(self.history_start);
+        self.classify_window(start, start + window, emit)?;
+        if let Some(ep) = &mut self.episode {
+            ep.next_reason_start = ep.next_reason_start.max(ep.classified_until);
+        }
+        Ok(())
+    }
+
+    fn end_episode(&mut self, emit: &mut dyn FnMut(Update)) -> Result<(), ModelError> {
+        self.classify_tail(emit)?;
         let Some(ep) = self.episode.take() else {
             return Ok(());
         };

@@ -500,3 +500,39 @@ fn a_pause_inside_an_episode_is_not_classified() {
         );
     }
 }
+
+/// With a quiet time longer than the audio held (`quiet_seconds` up to 600 is allowed,
+/// 40 s of audio is kept), the crying's last window is classified while its audio is
+/// still held, not at the episode's end, when the window would be cut from room tone
+/// (after 79f66b0 the window was 80.1..87.1 s for crying that ended at 14.5 s).
+#[test]
+fn the_last_crying_is_classified_with_a_quiet_time_longer_than_the_audio_held() {
+    let mut m = monitor(|c| c.episode.quiet_seconds = 120.0, true);
+    let audio = cry_at(&[5.0], 9.0, 150.0);
+    let events = kinds(&feed(&mut m, &audio, 400));
+    let windows: Vec<(f64, f64)> = events
+        .iter()
+        .filter_map(|(_, k)| match k {
+            EventKind::Window { result, .. } => Some((result.start_s, result.end_s)),
+            _ => None,
+        })
+        .collect();
+    let (start, end) = events
+        .iter()
+        .find_map(|(_, k)| match k {
+            EventKind::EpisodeEnd { start_s, end_s, .. } => Some((*start_s, *end_s)),
+            _ => None,
+        })
+        .expect("an episode");
+    assert!(!windows.is_empty());
+    for &(s, e) in &windows {
+        assert!(
+            s >= start - 1e-9 && e <= end + 1e-9,
+            "window {s}..{e} in episode {start}..{end}: {windows:?}"
+        );
+    }
+    assert!(
+        (windows.last().unwrap().1 - end).abs() < 0.05,
+        "{windows:?} {end}"
+    );
+}
