@@ -132,8 +132,10 @@ impl CpalSource {
         }
         // The short ALSA forms `arecord -l` suggests ("hw:1,0", "plughw:1",
         // "hw:CARD=Device"), which the list spells "hw:CARD=1,DEV=0": cpal's lookup by id
-        // puts them in that form.
+        // puts them in that form. It looks among every device: an output-only one is no
+        // match.
         host.device_by_id(&device_id(host.id(), &self.device))
+            .filter(|d| d.supports_input())
             .ok_or_else(|| self.unavailable("no input device with this name or id"))
     }
 
