@@ -103,10 +103,11 @@ pub fn level_dbfs(frame: &[f32]) -> f64 {
     (10.0 * power.max(1e-12).log10()).max(SILENCE_DBFS)
 }
 
-/// How long a new floor learns the room, s: it starts at the first frame heard, which may
-/// be a cry (a daemon restarted in the middle of one), and meanwhile falls to a quieter
-/// frame with [`LEARNING_FALL_SECONDS`], so that the first breath between two calls
-/// teaches it the room.
+/// How long a new floor learns the room, in seconds of frames it follows (digital silence
+/// and frames an open gate does not follow do not count): it starts at the first frame
+/// heard, which may be a cry (a daemon restarted in the middle of one), and meanwhile
+/// falls to a quieter frame with [`LEARNING_FALL_SECONDS`], so that the first breath
+/// between two calls teaches it the room.
 const LEARNING_SECONDS: f64 = 5.0;
 
 /// The fall time constant while learning, s: a breath (0.2-0.5 s) brings the floor most

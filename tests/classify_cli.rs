@@ -429,7 +429,8 @@ fn classify_memory_does_not_grow_with_the_length_of_the_recording() {
 
 /// Commands that do not talk to the broker do not read its password file: another user
 /// running `babycryd classify` with the system config (whose password file only the
-/// daemon's user can read) got exit 3 for a file it never needed. `check-config`, which
+/// daemon's user can read) got exit 3 for a file it never needed. (Tests run as root, who
+/// reads every file: a missing file stands for an unreadable one.) `check-config`, which
 /// checks the daemon's settings, still refuses it.
 #[test]
 fn commands_without_mqtt_do_not_need_its_password_file() {
@@ -441,7 +442,7 @@ fn commands_without_mqtt_do_not_need_its_password_file() {
         format!(
             "[models]\ndir = {:?}\n[mqtt]\nusername = \"baby\"\npassword_file = {:?}\n",
             Path::new(env!("CARGO_MANIFEST_DIR")).join("models"),
-            dir.path().join("unreadable-password"),
+            dir.path().join("missing-password"),
         ),
     )
     .unwrap();

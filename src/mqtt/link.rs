@@ -37,10 +37,11 @@
 //!
 //! When shutting down, the outbox is flushed as fast as the channel takes it instead,
 //! and `offline` follows its last event (Home Assistant drops an event that reaches an
-//! unavailable entity). When a reload replaces the link (new `[mqtt]` settings), the old one flushes what it
-//! can in the time it is given, publishes `offline` and hands its current states and
-//! its undelivered events, in order, to the new one, which announces those states on its
-//! first ConnAck and delivers those events before any newer ones.
+//! unavailable entity). When a reload replaces the link (new `[mqtt]` settings), the old
+//! one flushes what it can in the time it is given, publishes `offline` once all is
+//! submitted (else its last will says it when it is dropped) and hands its current
+//! states and its undelivered events, in order, to the new one, which announces those
+//! states on its first ConnAck and delivers those events before any newer ones.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
