@@ -12,8 +12,16 @@ if [ "${1:-}" = test ]; then
   command -v flac >/dev/null || need_pkgs+=(flac)
   command -v oggenc >/dev/null || need_pkgs+=(vorbis-tools)
   command -v lame >/dev/null || need_pkgs+=(lame)
-  # The training tests' venv (training/setup.sh): Debian and Ubuntu ship venv apart.
-  python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3 python3-venv)
+  # The training tests' venv (training/setup.sh): Python >= 3.11 with venv, which Debian
+  # and Ubuntu ship apart; where python3 is older (Ubuntu 22.04), python3.11 beside it.
+  source training/find-python.sh
+  if ! training_python >/dev/null; then
+    if python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      need_pkgs+=(python3-venv)
+    else
+      need_pkgs+=(python3.11 python3.11-venv)
+    fi
+  fi
 fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "installing: ${need_pkgs[*]}"

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Create training/.venv with a CPU-only PyTorch from PyPI (no NVIDIA wheels) and the
 # pinned training requirements.  Idempotent; run from anywhere:  bash training/setup.sh
-# Needs: python3.11 with venv, gcc and binutils (readelf, nm) for the CUDA stubs.
+# Needs: Python >= 3.11 with venv ($PYTHON, else python3, python3.13, python3.12 or
+# python3.11), gcc and binutils (readelf, nm) for the CUDA stubs.
 # BABYCRY_FULL_TORCH=1 installs torch with all its dependencies instead (multi-GB).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-py="${PYTHON:-python3}"
+source "$here/find-python.sh"
+if ! py="$(training_python)"; then
+    echo "training/setup.sh: needs Python >= 3.11 with venv (apt install python3.11-venv, or set PYTHON)" >&2
+    exit 1
+fi
 venv="$here/.venv"
 if [ ! -x "$venv/bin/python" ]; then
     "$py" -m venv "$venv"
