@@ -329,17 +329,16 @@ impl CryMonitor {
         self.run_detector(emit)?;
         self.run_reasons(emit)?;
         if let Some(ep) = &self.episode {
+            let quiet_for = self.framed.saturating_sub(ep.last_cry_end);
+            let quiet = self.samples(self.settings.episode.quiet_seconds);
             // The crying's end is classified once it has been quiet for the quiet time, or
             // sooner while its audio is still held: quiet_seconds may be longer than that.
-            let quiet = self.samples(self.settings.episode.quiet_seconds);
             let held =
                 (self.history_samples() as u64).saturating_sub(self.reason.window_samples() as u64);
-            if self.framed >= ep.last_cry_end + quiet.min(held) {
+            if quiet_for >= quiet.min(held) {
                 self.classify_tail(emit)?;
             }
-        }
-        if let Some(ep) = &self.episode {
-            if self.framed >= ep.last_cry_end + self.samples(self.settings.episode.quiet_seconds) {
+            if quiet_for >= quiet {
                 self.end_episode(emit)?;
             }
         }
@@ -460,7 +459,8 @@ impl CryMonitor {
         // A window runs once the crying is known to reach its end: one that reached past
         // the end of the crying was mostly the quiet after it, and counted in the dominant
         // reason as much as the crying. The crying after the last whole window is
-        // classified at the episode's end, by a window that ends with it.
+        // classified by `classify_tail`, in a window that ends with it.
+        //
         // A window with no crying in it (a pause inside the episode, shorter than the
         // quiet time) says nothing about why the baby cries: it is skipped. Crying in it
         // is a detector window at or above the threshold that starts in it, as for the

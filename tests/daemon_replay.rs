@@ -248,11 +248,7 @@ fn events_go_to_a_file_with_dash_dash_events() {
         run.events
     );
     let lines = parse_events(&std::fs::read_to_string(&events).unwrap());
-    let states: Vec<&str> = lines
-        .iter()
-        .filter(|e| e["type"] == "audio_state")
-        .map(|e| e["state"].as_str().unwrap())
-        .collect();
+    let states = audio_states(&lines);
     assert_eq!(states, ["connecting", "running", "ended"]);
     assert_eq!(lines.last().unwrap()["type"], "summary");
     assert_eq!(lines.last().unwrap()["detector_inferences"], 0);

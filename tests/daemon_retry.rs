@@ -16,7 +16,7 @@ use babycry::config::Config;
 use babycry::daemon::{run, Control, DaemonOptions, EventSink};
 use babycry::source::{AudioSource, Pull, RetryPolicy, SourceError, StreamFormat};
 use babycry::synth;
-use daemon_common::{episode_starts, read_events};
+use daemon_common::{audio_states, episode_starts, read_events};
 
 /// What one `open` does, and then what the opened stream delivers.
 enum Step {
@@ -356,11 +356,7 @@ async fn a_stream_that_hangs_is_reported_stalled_and_reopened() {
     let (summary, lines) = tokio::time::timeout(Duration::from_secs(60), replay(settings, source))
         .await
         .expect("the hung stream was never reopened");
-    let states: Vec<&str> = lines
-        .iter()
-        .filter(|e| e["type"] == "audio_state")
-        .map(|e| e["state"].as_str().unwrap())
-        .collect();
+    let states = audio_states(&lines);
     // The second hang, right after a reopen, is the same loss going on: not news.
     assert_eq!(
         states,
@@ -397,10 +393,6 @@ async fn a_device_that_fails_as_soon_as_it_opens_is_one_loss() {
         Step::Deliver(synth::room_tone(RATE, 1.0, 0.002, 8), After::End),
     ]);
     let (_, lines) = replay(settings, source).await;
-    let states: Vec<&str> = lines
-        .iter()
-        .filter(|e| e["type"] == "audio_state")
-        .map(|e| e["state"].as_str().unwrap())
-        .collect();
+    let states = audio_states(&lines);
     assert_eq!(states, ["connecting", "lost", "running", "ended"]);
 }

@@ -402,11 +402,7 @@ fn the_watchdog_pauses_while_a_stdin_source_stops_sending() {
     let running = notify.count_between("STATUS=audio running", pause_end, resumed);
     assert_eq!(running, 1, "{all}");
     let events = parse_events(&String::from_utf8_lossy(&out.stdout));
-    let states: Vec<&str> = events
-        .iter()
-        .filter(|e| e["type"] == "audio_state")
-        .map(|e| e["state"].as_str().unwrap())
-        .collect();
+    let states = audio_states(&events);
     assert_eq!(
         states,
         ["connecting", "running", "stalled", "running", "ended"],

@@ -51,6 +51,35 @@ fn kinds(updates: &[(f64, Update)]) -> Vec<(f64, EventKind)> {
         .collect()
 }
 
+/// When the first episode start was emitted (stream seconds), if there is one.
+fn first_start_at(events: &[(f64, EventKind)]) -> Option<f64> {
+    events
+        .iter()
+        .find_map(|(at, k)| matches!(k, EventKind::EpisodeStart { .. }).then_some(*at))
+}
+
+/// (start_s, end_s) of every reason window.
+fn window_spans(events: &[(f64, EventKind)]) -> Vec<(f64, f64)> {
+    events
+        .iter()
+        .filter_map(|(_, k)| match k {
+            EventKind::Window { result, .. } => Some((result.start_s, result.end_s)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// (start_s, end_s) of every episode end.
+fn episode_spans(events: &[(f64, EventKind)]) -> Vec<(f64, f64)> {
+    events
+        .iter()
+        .filter_map(|(_, k)| match k {
+            EventKind::EpisodeEnd { start_s, end_s, .. } => Some((*start_s, *end_s)),
+            _ => None,
+        })
+        .collect()
+}
+
 fn cry_at(onsets: &[f32], seconds: f32, total: f32) -> Vec<f32> {
     let mut audio = synth::room_tone(RATE, total, 0.002, 1);
     for &o in onsets {
@@ -103,13 +132,7 @@ fn a_stream_that_ends_mid_window_still_classifies_its_last_crying() {
     let mut m = monitor(|_| {}, true);
     let audio = cry_at(&[0.5], 17.0, 17.5);
     let events = kinds(&feed(&mut m, &audio, 400));
-    let windows: Vec<(f64, f64)> = events
-        .iter()
-        .filter_map(|(_, k)| match k {
-            EventKind::Window { result, .. } => Some((result.start_s, result.end_s)),
-            _ => None,
-        })
-        .collect();
+    let windows = window_spans(&events);
     let (ends, last_cry) = events
         .iter()
         .find_map(|(_, k)| match k {
@@ -221,13 +244,7 @@ fn without_a_detector_episodes_follow_the_sound_and_outlast_the_cooldown() {
         );
     }
     let events = kinds(&feed(&mut m, &audio, 800));
-    let episodes: Vec<(f64, f64)> = events
-        .iter()
-        .filter_map(|(_, k)| match k {
-            EventKind::EpisodeEnd { start_s, end_s, .. } => Some((*start_s, *end_s)),
-            _ => None,
-        })
-        .collect();
+    let episodes = episode_spans(&events);
     assert_eq!(episodes.len(), 2, "{events:?}");
     let (first_start, first_end) = episodes[0];
     // The synthetic cry is 1.2 s bursts 1.5 s apart, so the sound of the first ends at
@@ -307,10 +324,7 @@ fn a_cry_is_confirmed_across_the_gate_closing_at_its_breaths() {
     let audio = cry_at(&[5.0], 15.0, 30.0);
     let updates = feed(&mut m, &audio, 400);
     let events = kinds(&updates);
-    let start_at = events
-        .iter()
-        .find_map(|(at, k)| matches!(k, EventKind::EpisodeStart { .. }).then_some(*at))
-        .expect("an episode");
+    let start_at = first_start_at(&events).expect("an episode");
     assert!(start_at <= 8.0, "confirmed at {start_at} s");
     assert!(m.summary().gate_openings > 2, "{:?}", m.summary());
 }
@@ -383,10 +397,8 @@ fn a_cry_in_calls_shorter_than_a_detector_window_is_confirmed() {
     let updates = feed(&mut m, &audio, 400);
     let summary = m.summary();
     assert!(summary.gate_openings > 5, "{summary:?}");
-    let start_at = kinds(&updates)
-        .iter()
-        .find_map(|(at, k)| matches!(k, EventKind::EpisodeStart { .. }).then_some(*at))
-        .unwrap_or_else(|| panic!("no episode: {summary:?}"));
+    let start_at =
+        first_start_at(&kinds(&updates)).unwrap_or_else(|| panic!("no episode: {summary:?}"));
     assert!(start_at <= 8.0, "confirmed at {start_at} s");
 }
 
@@ -411,10 +423,7 @@ fn a_start_in_the_middle_of_a_cry_confirms_it_at_once() {
     let mut m = monitor(|_| {}, true);
     // From the middle of a call on: the first frame is at the cry's full level.
     let audio = cry_at(&[0.0], 15.0, 20.0).split_off((0.6 * RATE as f32) as usize);
-    let start_at = kinds(&feed(&mut m, &audio, 400))
-        .iter()
-        .find_map(|(at, k)| matches!(k, EventKind::EpisodeStart { .. }).then_some(*at))
-        .expect("an episode");
+    let start_at = first_start_at(&kinds(&feed(&mut m, &audio, 400))).expect("an episode");
     assert!(start_at <= 3.0, "confirmed at {start_at} s");
 }
 
@@ -424,23 +433,19 @@ fn a_start_in_the_middle_of_a_cry_confirms_it_at_once() {
 /// was classified too and weighed as much as the crying in the dominant reason.
 #[test]
 fn reason_windows_end_with_the_crying() {
-    let mut m = monitor(|c| c.episode.quiet_seconds = 4.0, true);
-    let audio = cry_at(&[5.0], 5.7, 30.0);
+    assert_windows_inside_the_episode(4.0, 5.7, 30.0);
+}
+
+/// A cry of `cry_seconds` from 5 s in `total` s of audio, with `quiet_seconds`: one
+/// episode longer than 5 s whose reason windows lie inside it, the last ending with it.
+fn assert_windows_inside_the_episode(quiet_seconds: f64, cry_seconds: f32, total: f32) {
+    let mut m = monitor(|c| c.episode.quiet_seconds = quiet_seconds, true);
+    let audio = cry_at(&[5.0], cry_seconds, total);
     let events = kinds(&feed(&mut m, &audio, 400));
-    let windows: Vec<(f64, f64)> = events
-        .iter()
-        .filter_map(|(_, k)| match k {
-            EventKind::Window { result, .. } => Some((result.start_s, result.end_s)),
-            _ => None,
-        })
-        .collect();
-    let (start, end) = events
-        .iter()
-        .find_map(|(_, k)| match k {
-            EventKind::EpisodeEnd { start_s, end_s, .. } => Some((*start_s, *end_s)),
-            _ => None,
-        })
-        .expect("an episode");
+    let windows = window_spans(&events);
+    let &[(start, end)] = episode_spans(&events).as_slice() else {
+        panic!("one episode: {events:?}");
+    };
     assert!(end > start + 5.0, "episode {start}..{end}");
     assert!(!windows.is_empty());
     for &(s, e) in &windows {
@@ -476,13 +481,7 @@ fn a_pause_inside_an_episode_is_not_classified() {
         .filter(|(_, k)| matches!(k, EventKind::EpisodeStart { .. }))
         .count();
     assert_eq!(episodes, 1, "one episode across the pause: {events:?}");
-    let windows: Vec<(f64, f64)> = events
-        .iter()
-        .filter_map(|(_, k)| match k {
-            EventKind::Window { result, .. } => Some((result.start_s, result.end_s)),
-            _ => None,
-        })
-        .collect();
+    let windows = window_spans(&events);
     // Nor is the crying classified twice: the window that ends with the crying is added
     // only when whole windows leave more than a detector hop of it uncovered (before, one
     // 8 ms later than the last whole window).
@@ -507,32 +506,5 @@ fn a_pause_inside_an_episode_is_not_classified() {
 /// (after 79f66b0 the window was 80.1..87.1 s for crying that ended at 14.5 s).
 #[test]
 fn the_last_crying_is_classified_with_a_quiet_time_longer_than_the_audio_held() {
-    let mut m = monitor(|c| c.episode.quiet_seconds = 120.0, true);
-    let audio = cry_at(&[5.0], 9.0, 150.0);
-    let events = kinds(&feed(&mut m, &audio, 400));
-    let windows: Vec<(f64, f64)> = events
-        .iter()
-        .filter_map(|(_, k)| match k {
-            EventKind::Window { result, .. } => Some((result.start_s, result.end_s)),
-            _ => None,
-        })
-        .collect();
-    let (start, end) = events
-        .iter()
-        .find_map(|(_, k)| match k {
-            EventKind::EpisodeEnd { start_s, end_s, .. } => Some((*start_s, *end_s)),
-            _ => None,
-        })
-        .expect("an episode");
-    assert!(!windows.is_empty());
-    for &(s, e) in &windows {
-        assert!(
-            s >= start - 1e-9 && e <= end + 1e-9,
-            "window {s}..{e} in episode {start}..{end}: {windows:?}"
-        );
-    }
-    assert!(
-        (windows.last().unwrap().1 - end).abs() < 0.05,
-        "{windows:?} {end}"
-    );
+    assert_windows_inside_the_episode(120.0, 9.0, 150.0);
 }

@@ -666,10 +666,9 @@ impl Link {
     /// larger than the window goes out as PUBACKs come back). One that never gets that
     /// far is said by the last will when the connection is dropped at the deadline.
     fn offline_after_the_last_event(&mut self) {
-        let all_submitted = self.outbox.next_from(self.next_seq).is_none();
-        match self.closing.as_ref() {
-            Some(c) if self.connected && !c.offline_sent && all_submitted => {}
-            _ => return,
+        let due = self.closing.as_ref().is_some_and(|c| !c.offline_sent);
+        if !due || !self.connected || self.outbox.next_from(self.next_seq).is_some() {
+            return;
         }
         let status = self.topics.status.clone();
         let sent = self.publish(&status, true, "offline".into(), Tag::Offline);

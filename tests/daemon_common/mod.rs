@@ -97,6 +97,15 @@ pub fn episode_starts(events: &[serde_json::Value]) -> Vec<f64> {
         .collect()
 }
 
+/// The `state` of every `audio_state` record, in order.
+pub fn audio_states(events: &[serde_json::Value]) -> Vec<&str> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "audio_state")
+        .map(|e| e["state"].as_str().unwrap())
+        .collect()
+}
+
 /// The JSON lines written so far to an `--events` file (none while it does not exist).
 pub fn read_events(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
