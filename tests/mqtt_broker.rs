@@ -1100,6 +1100,79 @@ async fn mqtt_remove_makes_the_device_disappear() {
     );
 }
 
+/// What a broker holds retained under `filters`, by topic (an empty payload is no
+/// message: the broker keeps nothing for it).
+async fn retained(port: u16, filters: &[&str]) -> BTreeMap<String, String> {
+    let snapshot = Subscriber::start(port, filters).await;
+    snapshot.wait_subscribed(filters.len() as u64).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    snapshot
+        .all()
+        .into_iter()
+        .filter(|m| m.retain)
+        .map(|m| (m.topic, m.payload))
+        .collect()
+}
+
+/// A daemon started with another node id (edited, or a renamed host that the default
+/// follows) clears what the device it announced before left retained: Home Assistant
+/// shows one device, not the old one unavailable for ever beside the new one. A restart
+/// with the same settings clears nothing.
+#[tokio::test]
+async fn a_changed_node_id_clears_the_device_announced_before() {
+    let broker = Broker::start();
+    let state = tempfile::tempdir().unwrap();
+    let record = state.path().join("mqtt-device.json");
+    let cfg = |node: &str| config(broker.port, node).with_state_dir(state.path().into());
+    let filters = ["homeassistant/#", "babycry/#"];
+    let run = |node: &'static str| {
+        let (cfg, record) = (cfg(node), record.clone());
+        async move {
+            let (handle, _task) = MqttHandle::spawn(&cfg, device());
+            handle.send(Update::Crying(true));
+            handle.send(Update::Diagnostics(diagnostics()));
+            wait_until("discovered", Duration::from_secs(10), || {
+                handle.status().discoveries == 1
+            })
+            .await;
+            wait_until("the device recorded", Duration::from_secs(10), || {
+                std::fs::read_to_string(&record).is_ok_and(|r| r.contains(node))
+            })
+            .await;
+            handle.shutdown(Duration::from_secs(5)).await;
+        }
+    };
+    let under = |held: &BTreeMap<String, String>, node: &str| {
+        held.keys()
+            .filter(|t| t.contains(&format!("/{node}")))
+            .count()
+    };
+
+    run("nursery").await;
+    let first = retained(broker.port, &filters).await;
+    // 10 configs, status (offline now), crying, diagnostics.
+    assert_eq!(under(&first, "nursery"), 13, "{first:#?}");
+
+    let live = Subscriber::start(broker.port, &filters).await;
+    live.wait_subscribed(filters.len() as u64).await;
+    run("nursery").await;
+    let cleared = |node: &str| {
+        live.all()
+            .iter()
+            .filter(|m| m.payload.is_empty() && m.topic.contains(&format!("/{node}")))
+            .count()
+    };
+    assert_eq!(cleared("nursery"), 0, "the same device is not cleared");
+
+    run("cot").await;
+    let after = retained(broker.port, &filters).await;
+    assert_eq!(under(&after, "nursery"), 0, "{after:#?}");
+    assert_eq!(under(&after, "cot"), 13, "{after:#?}");
+    // Every retained topic of the old device, once: 10 configs and 5 states.
+    assert_eq!(cleared("nursery"), 15);
+    assert_eq!(cleared("cot"), 0);
+}
+
 #[tokio::test]
 async fn events_spooled_by_a_killed_process_are_delivered_by_the_next_one() {
     let state = tempfile::tempdir().unwrap();
@@ -1545,6 +1618,10 @@ async fn sighup_moves_the_daemon_to_new_mqtt_settings_without_dropping_audio() {
     )
     .await;
     assert!(!ids_of(&sub.on("babycry/hupold/event")).contains(&last_end));
+    // The device of the old settings is cleared from Home Assistant.
+    let held = retained(broker.port, &["homeassistant/#", "babycry/#"]).await;
+    assert!(!held.keys().any(|t| t.contains("hupold")), "{held:#?}");
+    assert!(held.contains_key("homeassistant/binary_sensor/hupnew_crying/config"));
 }
 
 /// SIGHUP with new MQTT settings in the middle of a cry: the new link starts from the

@@ -211,6 +211,24 @@ pub fn removal_messages(t: &Topics) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Every retained topic of the device: its discovery configs, then its states (`status`,
+/// `crying`, `reason`, `confidence`, diagnostics). Empty payloads on all of them leave
+/// nothing of it on the broker.
+pub(crate) fn retained_topics(t: &Topics) -> Vec<String> {
+    let states = [
+        &t.crying,
+        &t.reason,
+        &t.confidence,
+        &t.diagnostics,
+        &t.status,
+    ];
+    removal_messages(t)
+        .into_iter()
+        .map(|(topic, _)| topic)
+        .chain(states.into_iter().cloned())
+        .collect()
+}
+
 /// The event entity's payload for an episode end.
 pub(crate) fn episode_payload(event: &crate::events::Event) -> Option<String> {
     match &event.kind {

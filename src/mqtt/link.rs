@@ -35,6 +35,10 @@
 //! PUBCOMP leaves the same doubt, and answering it with a PUBREL only (no resend) would
 //! lose the event instead of doubling it.
 //!
+//! On a connection, before discovery, the link clears what a device announced before
+//! under other topics (another node id, base topic or discovery prefix) left retained,
+//! until the broker has acknowledged it once (see [`super::announced`]).
+//!
 //! When shutting down, the outbox is flushed as fast as the channel takes it instead,
 //! and `offline` follows its last event (Home Assistant drops an event that reaches an
 //! unavailable entity). When a reload replaces the link (new `[mqtt]` settings), the old
@@ -55,7 +59,8 @@ use rumqttc::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use super::discovery::{discovery_messages, episode_payload, removal_messages};
+use super::announced::Retirement;
+use super::discovery::{discovery_messages, episode_payload, removal_messages, retained_topics};
 use super::queue::{Outbox, EPISODE_TOPIC, EVENT_TOPIC};
 use super::{DeviceInfo, Handover, MqttConfig, MqttError, Msg, Topics};
 use crate::events::{Diagnostics, EventKind, Update};
@@ -322,6 +327,9 @@ enum Tag {
     Reading,
     Queued(u64),
     Offline,
+    /// An empty retained payload clearing the device announced before (see
+    /// [`super::announced`]).
+    Retire,
 }
 
 impl Tag {
@@ -331,7 +339,7 @@ impl Tag {
     fn qos(self) -> QoS {
         match self {
             Tag::Reading => QoS::AtMostOnce,
-            Tag::Announce | Tag::Queued(_) | Tag::Offline => QoS::AtLeastOnce,
+            Tag::Announce | Tag::Queued(_) | Tag::Offline | Tag::Retire => QoS::AtLeastOnce,
         }
     }
 }
@@ -376,6 +384,7 @@ struct Link {
     client: AsyncClient,
     outbox: Outbox,
     current: Current,
+    retirement: Retirement,
     connected: bool,
     /// Tags of publishes submitted on this connection, not yet seen as Outgoing::Publish.
     submitted: VecDeque<Tag>,
@@ -424,7 +433,9 @@ pub(crate) async fn run(
         }
     };
     let outbox = Outbox::resume(cfg.queue_size, cfg.spool_path(), handover.outbox);
+    let retirement = Retirement::new(cfg.state_dir.as_deref(), &topics);
     let mut link = Link {
+        retirement,
         topics,
         device,
         client,
@@ -702,6 +713,7 @@ impl Link {
                 if let Some(c) = self.closing.as_mut() {
                     c.offline_sent = false;
                 }
+                self.retire_the_old_device();
                 self.announce();
                 self.pump();
             }
@@ -738,6 +750,7 @@ impl Link {
                             c.offline_acked = true;
                         }
                     }
+                    Some(Tag::Retire) => self.retirement.acknowledged(),
                     Some(Tag::Announce | Tag::Reading) | None => {}
                 }
                 // Any PUBACK may be the last one outstanding: the next event can go.
@@ -765,6 +778,17 @@ impl Link {
             _ => {}
         }
         self.report();
+    }
+
+    /// Clears, before discovery, what a device announced before under other topics left
+    /// retained (none after the first connection that had it acknowledged).
+    fn retire_the_old_device(&mut self) {
+        let owed = self.retirement.owed().to_vec();
+        let submitted = owed
+            .into_iter()
+            .take_while(|(topic, payload)| self.publish(topic, true, payload.clone(), Tag::Retire))
+            .count();
+        self.retirement.submitted(submitted);
     }
 
     /// Acts on a message the broker delivered; what to do is [`incoming`]'s decision.
@@ -803,6 +827,7 @@ impl Link {
         self.submitted.clear();
         self.inflight.clear();
         self.queued_in_flight = 0;
+        self.retirement.connection_lost();
         self.status.failures += 1;
         self.status.last_error = Some(error);
         self.report();
@@ -853,18 +878,12 @@ pub async fn remove_device(cfg: &MqttConfig, timeout: Duration) -> Result<usize,
     // the daemon's will would then put a retained `offline` back on the status it clears.
     let opts = base_options(cfg, format!("{}-remove", cfg.client_id()))?;
     let (client, mut eventloop) = AsyncClient::new(opts, CHANNEL);
-    let mut messages = removal_messages(&topics);
-    let count = messages.len();
+    let count = removal_messages(&topics).len();
     // The retained states go too, so nothing of the device is left on the broker.
-    for t in [
-        &topics.crying,
-        &topics.reason,
-        &topics.confidence,
-        &topics.diagnostics,
-        &topics.status,
-    ] {
-        messages.push((t.clone(), String::new()));
-    }
+    let messages: Vec<(String, String)> = retained_topics(&topics)
+        .into_iter()
+        .map(|t| (t, String::new()))
+        .collect();
     let work = async {
         let mut pending = 0usize;
         loop {

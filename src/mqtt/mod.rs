@@ -8,7 +8,8 @@
 //! `link` is the client task: reconnects with backoff, republishes discovery and states
 //! after every ConnAck and on Home Assistant's birth message, and delivers queued events
 //! in order, one at a time, removing each only when the broker acknowledges it (QoS 1
-//! PUBACK).
+//! PUBACK). `announced` records the device announced, so that one announced before under
+//! other topics is cleared from Home Assistant.
 //!
 //! INTERFACE (used by the daemon): `MqttHandle::spawn` starts the client task;
 //! `MqttHandle::send` hands it an [`Update`] without ever blocking;
@@ -17,6 +18,7 @@
 //! and the undelivered events) from which `MqttHandle::resume` starts the task for new
 //! settings after a reload.
 
+mod announced;
 mod discovery;
 mod link;
 mod queue;

@@ -286,30 +286,39 @@ impl Outbox {
                 Err(e) => Err(e),
             };
         }
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("jsonl.tmp");
         let mut text = String::new();
         for q in &self.items {
             text.push_str(&serde_json::to_string(q).expect("queued messages serialise"));
             text.push('\n');
         }
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, path)?;
-        sync_directory_of(path);
-        Ok(())
+        write_atomically(path, &text)
     }
+}
+
+/// Replaces `path` (mode 600, its directory made if missing) with `text` so that a power
+/// cut leaves either the old file or the new one: a temporary file beside it, synced,
+/// renamed over it, then the directory synced.
+pub(crate) fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    sync_directory_of(path);
+    Ok(())
 }
 
 /// Makes a rename or removal in the spool's directory durable: until the directory
