@@ -404,7 +404,7 @@ pub async fn run(
             }
             SourceEvent::State(new) => {
                 state = new;
-                if matches!(state, AudioState::Lost(_) | AudioState::Stalled(_)) {
+                if state.is_trouble() {
                     if let Err(e) = monitor.interrupt(&mut |u| updates.push(u)) {
                         failure = Some(e);
                         break;

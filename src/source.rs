@@ -185,6 +185,18 @@ impl AudioState {
             _ => "",
         }
     }
+
+    /// Lost or stalled: no audio, which a parent must hear about.
+    pub fn is_trouble(&self) -> bool {
+        matches!(self, Self::Lost(_) | Self::Stalled(_))
+    }
+
+    /// Whether going from `previous` to this state is warned: trouble is, once; trouble
+    /// that changes its kind while it lasts (a hung stream reported stalled, then
+    /// reopened as lost) is the same trouble going on, logged at info.
+    pub fn warns_after(&self, previous: Option<&AudioState>) -> bool {
+        self.is_trouble() && !previous.is_some_and(AudioState::is_trouble)
+    }
 }
 
 /// What the capture thread sends to the analysis stage.
@@ -508,11 +520,13 @@ impl Capture {
         if self.state.as_ref().map(AudioState::name) == Some(state.name()) {
             return true;
         }
-        match &state {
-            AudioState::Lost(d) | AudioState::Stalled(d) => {
-                tracing::warn!(source = %self.source.describe(), state = state.name(), "{d}")
-            }
-            _ => tracing::info!(source = %self.source.describe(), state = state.name(), "audio"),
+        let (source, name) = (self.source.describe(), state.name());
+        if state.warns_after(self.state.as_ref()) {
+            tracing::warn!(source = %source, state = name, "{}", state.detail());
+        } else if state.is_trouble() {
+            tracing::info!(source = %source, state = name, "{}", state.detail());
+        } else {
+            tracing::info!(source = %source, state = name, "audio");
         }
         self.state = Some(state.clone());
         self.send(SourceEvent::State(state))
@@ -982,6 +996,24 @@ impl<R: Read + Send + 'static> AudioSource for RawPcmSource<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// "Log once at warn" (a lost device): a hung live stream is reported stalled, then
+    /// reopened as lost while it lasts, one warning; trouble after audio came back is
+    /// news again.
+    #[test]
+    fn trouble_is_warned_once_while_it_lasts() {
+        let lost = AudioState::Lost("no audio for 30 s: reopening".into());
+        let stalled = AudioState::Stalled("no audio for 30 s".into());
+        let running = AudioState::Running;
+        assert!(stalled.warns_after(Some(&running)));
+        assert!(!lost.warns_after(Some(&stalled)));
+        assert!(!stalled.warns_after(Some(&lost)));
+        assert!(lost.warns_after(Some(&AudioState::Connecting)));
+        assert!(lost.warns_after(None));
+        assert!(lost.warns_after(Some(&running)));
+        assert!(!running.warns_after(Some(&lost)));
+        assert!(!AudioState::Ended.warns_after(Some(&running)));
+    }
 
     #[test]
     fn a_file_replay_streams_the_decoded_samples_holding_one_packet() {
