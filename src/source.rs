@@ -858,6 +858,15 @@ fn full_scale(x: f32) -> f32 {
 }
 
 impl PcmFormat {
+    /// As `--format` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::S16le => "s16le",
+            Self::S32le => "s32le",
+            Self::F32le => "f32le",
+        }
+    }
+
     pub fn bytes(self) -> usize {
         match self {
             Self::S16le => 2,
@@ -978,8 +987,21 @@ impl<R: Read + Send + 'static> AudioSource for RawPcmSource<R> {
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return Ok(Pull::Idle),
             // The reader reached the end of the stream; a trailing partial frame is not
-            // audio.
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(Pull::End),
+            // audio, and says the stream was cut off or is not in the format given.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                if !self.pending.is_empty() {
+                    tracing::warn!(
+                        source = %self.name,
+                        bytes = self.pending.len(),
+                        "the stream ended inside a frame of {} bytes; the partial frame is dropped (cut off, or not {} with {} channels?)",
+                        self.frame_bytes(),
+                        self.format.name(),
+                        self.stream.channels
+                    );
+                    self.pending.clear();
+                }
+                return Ok(Pull::End);
+            }
         }
         let frame = self.frame_bytes();
         let whole = self.pending.len() / frame * frame;
@@ -996,6 +1018,15 @@ impl<R: Read + Send + 'static> AudioSource for RawPcmSource<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a warning about a partial frame calls the format is what `--format` takes.
+    #[test]
+    fn pcm_format_names_are_the_flag_values() {
+        use clap::ValueEnum;
+        for f in PcmFormat::value_variants() {
+            assert_eq!(f.to_possible_value().unwrap().get_name(), f.name());
+        }
+    }
 
     /// "Log once at warn" (a lost device): a hung live stream is reported stalled, then
     /// reopened as lost while it lasts, one warning; trouble after audio came back is
