@@ -101,6 +101,12 @@ pub struct Event {
 
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
+/// Drawn once per process. With the time and the sequence it keeps ids unique across
+/// restarts where time and process id repeat themselves: a Pi without a real-time clock
+/// boots at the time it last saved, and systemd starts the daemon at the same point of
+/// every boot, often with the same pid.
+static RUN: std::sync::LazyLock<u32> = std::sync::LazyLock::new(rand::random);
+
 impl Event {
     /// Stamps a new event with a unique id and the current time.
     pub fn new(kind: EventKind, models: Vec<ModelVersion>) -> Self {
@@ -108,8 +114,8 @@ impl Event {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
-        // Unique across restarts (start time) and within a run (sequence).
-        let id = format!("{:x}-{:x}-{seq}", now.as_secs(), std::process::id());
+        // Unique across restarts (time and run) and within a run (sequence).
+        let id = format!("{:x}-{:08x}-{seq}", now.as_secs(), *RUN);
         Self {
             id,
             timestamp: rfc3339(now),
@@ -185,6 +191,13 @@ mod tests {
             vec![],
         );
         assert_ne!(a.id, b.id);
+        // Time, this run's token (the same for both), sequence.
+        let parts = |id: &str| id.split('-').map(str::to_owned).collect::<Vec<_>>();
+        let (pa, pb) = (parts(&a.id), parts(&b.id));
+        assert_eq!((pa.len(), pa[1].len()), (3, 8), "{}", a.id);
+        assert_eq!(pa[1], pb[1]);
+        // Later (other tests make events at the same time).
+        assert!(pb[2].parse::<u64>().unwrap() > pa[2].parse::<u64>().unwrap());
         let v: serde_json::Value = serde_json::from_str(&a.to_json()).unwrap();
         assert_eq!(v["type"], "episode_start");
         assert_eq!(v["episode"], 1);
