@@ -4,9 +4,10 @@
 //! at whatever rate and sample format it offers (I8/I16/I24/I32/U8/U16/F32/F64, any
 //! channel count), and the real-time boundary: the cpal callback converts to f32 and
 //! pushes whole frames into a lock-free ring buffer (ringbuf), never allocating or
-//! blocking; the capture thread pulls from the ring. Xruns are counted; any other stream
-//! error marks the device lost, so the capture thread drops the stream and reopens it
-//! with backoff.
+//! blocking; the capture thread pulls from the ring. Xruns and errors after which the
+//! stream goes on are counted; an error that says the stream is gone marks the device
+//! lost, so the capture thread drops the stream and reopens it with backoff (see
+//! [`StreamTrouble`]).
 //! It also lists input devices for `babycryd devices`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,6 +33,33 @@ struct Shared {
     /// Callbacks whose frames did not all fit in the ring buffer (the capture thread
     /// fell behind): counted with the xruns.
     overflows: AtomicU64,
+    /// Stream errors after which the stream goes on: counted with the xruns.
+    glitches: AtomicU64,
+}
+
+/// What a stream error means for the capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamTrouble {
+    /// An overrun: samples were dropped, the stream goes on.
+    Xrun,
+    /// cpal's worker went on after it (a failed poll, a rerouted default device, real-time
+    /// priority refused): counted. Reopening for it would warn of a lost microphone that
+    /// still delivers; a stream that does stop after it is reported stalled and reopened.
+    Glitch,
+    /// The stream is gone (device unplugged, stream invalidated, access withdrawn) or the
+    /// error cannot be judged: reopened with backoff.
+    Lost,
+}
+
+impl StreamTrouble {
+    fn of(kind: cpal::ErrorKind) -> Self {
+        use cpal::ErrorKind as K;
+        match kind {
+            K::Xrun => Self::Xrun,
+            K::BackendError | K::DeviceChanged | K::RealtimeDenied => Self::Glitch,
+            _ => Self::Lost,
+        }
+    }
 }
 
 /// An input device opened through cpal.
@@ -160,15 +188,19 @@ impl CpalSource {
                     data_shared.overflows.fetch_add(1, Ordering::Relaxed);
                 }
             },
-            move |err: cpal::Error| {
-                if err.kind() == cpal::ErrorKind::Xrun {
+            move |err: cpal::Error| match StreamTrouble::of(err.kind()) {
+                StreamTrouble::Xrun => {
                     error_shared.xruns.fetch_add(1, Ordering::Relaxed);
-                    return;
                 }
-                if let Ok(mut r) = error_shared.reason.try_lock() {
-                    *r = err.to_string();
+                StreamTrouble::Glitch => {
+                    error_shared.glitches.fetch_add(1, Ordering::Relaxed);
                 }
-                error_shared.lost.store(true, Ordering::Release);
+                StreamTrouble::Lost => {
+                    if let Ok(mut r) = error_shared.reason.try_lock() {
+                        *r = err.to_string();
+                    }
+                    error_shared.lost.store(true, Ordering::Release);
+                }
             },
             None,
         )
@@ -282,7 +314,14 @@ impl AudioSource for CpalSource {
     }
 
     fn xruns(&self) -> u64 {
-        self.shared.xruns.load(Ordering::Relaxed) + self.shared.overflows.load(Ordering::Relaxed)
+        [
+            &self.shared.xruns,
+            &self.shared.overflows,
+            &self.shared.glitches,
+        ]
+        .iter()
+        .map(|n| n.load(Ordering::Relaxed))
+        .sum()
     }
 
     /// A stream can hang without reporting an error (a suspended or replugged device
@@ -389,6 +428,26 @@ pub fn list_input_devices() -> Result<Vec<InputDevice>, cpal::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// xruns are counted, not treated as loss; neither is an error after which cpal's
+    /// ALSA worker goes on polling the same stream. A vanished device is a loss.
+    #[test]
+    fn only_a_stream_that_is_gone_is_a_lost_device() {
+        use cpal::ErrorKind as K;
+        assert_eq!(StreamTrouble::of(K::Xrun), StreamTrouble::Xrun);
+        for kind in [K::BackendError, K::DeviceChanged, K::RealtimeDenied] {
+            assert_eq!(StreamTrouble::of(kind), StreamTrouble::Glitch, "{kind:?}");
+        }
+        for kind in [
+            K::DeviceNotAvailable,
+            K::StreamInvalidated,
+            K::PermissionDenied,
+            K::HostUnavailable,
+            K::Other,
+        ] {
+            assert_eq!(StreamTrouble::of(kind), StreamTrouble::Lost, "{kind:?}");
+        }
+    }
 
     /// What is asked of cpal's lookup, which spells "hw:1,0" the way its list does.
     #[test]
