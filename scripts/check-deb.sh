@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the .deb for this machine and inspects it: every file at its path with its mode,
-# the conffile, the unit enabled, and `systemd-analyze verify` on the unit inside.
+# the conffile, the unit enabled, restarted on upgrade without waiting and stopped on
+# remove, and `systemd-analyze verify` on the unit inside.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked --quiet
@@ -28,6 +29,13 @@ work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 dpkg-deb --ctrl-tarfile "$deb" | tar -x -C "$work" ./conffiles ./postinst
 grep -qx "/etc/babycryd/config.toml" "$work/conffiles" || { echo "config is not a conffile"; fail=1; }
 grep -q "deb-systemd-helper enable babycryd.service\|systemctl.*enable" "$work/postinst" || { echo "unit not enabled on install"; fail=1; }
+# An upgrade must not wait for the restarted daemon's READY, which needs a microphone.
+grep -q "systemctl --no-block try-restart babycryd.service" "$work/postinst" || { echo "upgrade does not restart without waiting"; fail=1; }
+if grep -En "(systemctl|deb-systemd-invoke)( [a-z-]+)* (try-)?restart" "$work/postinst" | grep -v -- "--no-block"; then
+  echo "upgrade waits for the restarted daemon (no microphone: dpkg hangs)"; fail=1
+fi
+dpkg-deb --ctrl-tarfile "$deb" | tar -x -C "$work" ./prerm
+grep -q 'stop babycryd.service' "$work/prerm" || { echo "remove does not stop the unit"; fail=1; }
 mkdir -p "$work/root"
 dpkg-deb -x "$deb" "$work/root"
 unit="$work/root/usr/lib/systemd/system/babycryd.service"
