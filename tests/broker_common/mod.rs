@@ -15,11 +15,21 @@ use serde_json::Value;
 pub const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // Tests run in parallel: a port found free and handed out twice would give two
+    // brokers one port (the second fails to listen) or a test another test's broker.
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A Mosquitto process; killed on drop.
@@ -64,24 +74,46 @@ impl Broker {
     }
 
     /// (Re)starts the process on the same port and waits until it accepts connections.
+    /// A broker that exits instead (its port taken since it was found free, by a
+    /// connection's local port: the port is freed when that connection ends) is started
+    /// again, for 10 s at most.
     pub fn restart(&mut self) {
-        let log = std::fs::File::create(self.path("mosquitto.log")).unwrap();
-        let child = Command::new(MOSQUITTO)
-            .arg("-c")
-            .arg(self.path("mosquitto.conf"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("mosquitto runs");
-        self.child = Some(child);
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "mosquitto did not start: {}",
-                std::fs::read_to_string(self.path("mosquitto.log")).unwrap_or_default()
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (port, log_path) = (self.port, self.path("mosquitto.log"));
+        loop {
+            let log = std::fs::File::create(&log_path).unwrap();
+            // Held by self at once, so that a panic below kills it (Drop).
+            let child = self.child.insert(
+                Command::new(MOSQUITTO)
+                    .arg("-c")
+                    .arg(self.path("mosquitto.conf"))
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .expect("mosquitto runs"),
             );
-            std::thread::sleep(Duration::from_millis(20));
+            let exited = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "mosquitto did not start: {}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            self.child = None;
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto exited ({exited}) instead of listening on {}: {}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 
