@@ -33,19 +33,16 @@ struct Shared {
     /// Callbacks whose frames did not all fit in the ring buffer (the capture thread
     /// fell behind): counted with the xruns.
     overflows: AtomicU64,
-    /// Stream errors after which the stream goes on: counted with the xruns.
-    glitches: AtomicU64,
 }
 
 /// What a stream error means for the capture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StreamTrouble {
-    /// An overrun: samples were dropped, the stream goes on.
-    Xrun,
-    /// cpal's worker went on after it (a failed poll, a rerouted default device, real-time
-    /// priority refused): counted. Reopening for it would warn of a lost microphone that
-    /// still delivers; a stream that does stop after it is reported stalled and reopened.
-    Glitch,
+    /// An overrun (samples dropped), or an error after which cpal's worker goes on (a
+    /// failed poll, a rerouted default device, real-time priority refused): counted with
+    /// the xruns. Reopening for it would warn of a lost microphone that still delivers; a
+    /// stream that does stop after it is reported stalled and reopened.
+    Counted,
     /// The stream is gone (device unplugged, stream invalidated, access withdrawn) or the
     /// error cannot be judged: reopened with backoff.
     Lost,
@@ -55,8 +52,7 @@ impl StreamTrouble {
     fn of(kind: cpal::ErrorKind) -> Self {
         use cpal::ErrorKind as K;
         match kind {
-            K::Xrun => Self::Xrun,
-            K::BackendError | K::DeviceChanged | K::RealtimeDenied => Self::Glitch,
+            K::Xrun | K::BackendError | K::DeviceChanged | K::RealtimeDenied => Self::Counted,
             _ => Self::Lost,
         }
     }
@@ -189,11 +185,8 @@ impl CpalSource {
                 }
             },
             move |err: cpal::Error| match StreamTrouble::of(err.kind()) {
-                StreamTrouble::Xrun => {
+                StreamTrouble::Counted => {
                     error_shared.xruns.fetch_add(1, Ordering::Relaxed);
-                }
-                StreamTrouble::Glitch => {
-                    error_shared.glitches.fetch_add(1, Ordering::Relaxed);
                 }
                 StreamTrouble::Lost => {
                     if let Ok(mut r) = error_shared.reason.try_lock() {
@@ -314,14 +307,7 @@ impl AudioSource for CpalSource {
     }
 
     fn xruns(&self) -> u64 {
-        [
-            &self.shared.xruns,
-            &self.shared.overflows,
-            &self.shared.glitches,
-        ]
-        .iter()
-        .map(|n| n.load(Ordering::Relaxed))
-        .sum()
+        self.shared.xruns.load(Ordering::Relaxed) + self.shared.overflows.load(Ordering::Relaxed)
     }
 
     /// A stream can hang without reporting an error (a suspended or replugged device
@@ -434,9 +420,13 @@ mod tests {
     #[test]
     fn only_a_stream_that_is_gone_is_a_lost_device() {
         use cpal::ErrorKind as K;
-        assert_eq!(StreamTrouble::of(K::Xrun), StreamTrouble::Xrun);
-        for kind in [K::BackendError, K::DeviceChanged, K::RealtimeDenied] {
-            assert_eq!(StreamTrouble::of(kind), StreamTrouble::Glitch, "{kind:?}");
+        for kind in [
+            K::Xrun,
+            K::BackendError,
+            K::DeviceChanged,
+            K::RealtimeDenied,
+        ] {
+            assert_eq!(StreamTrouble::of(kind), StreamTrouble::Counted, "{kind:?}");
         }
         for kind in [
             K::DeviceNotAvailable,

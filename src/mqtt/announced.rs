@@ -64,15 +64,13 @@ fn load(path: &Path) -> Option<Topics> {
     }
 }
 
-/// Empty retained payloads for what `old` left on the broker that `new` does not publish
-/// itself (a changed base topic alone keeps the config topics, which the new discovery
-/// rewrites).
-pub(crate) fn retirement(old: &Topics, new: &Topics) -> Vec<(String, String)> {
+/// The retained topics `old` left on the broker that `new` does not publish itself (a
+/// changed base topic alone keeps the config topics, which the new discovery rewrites).
+pub(crate) fn retirement(old: &Topics, new: &Topics) -> Vec<String> {
     let kept: HashSet<String> = retained_topics(new).into_iter().collect();
     retained_topics(old)
         .into_iter()
         .filter(|t| !kept.contains(t))
-        .map(|t| (t, String::new()))
         .collect()
 }
 
@@ -85,8 +83,8 @@ pub(crate) struct Retirement {
     topics: Topics,
     /// The old device's node id and base, for the log.
     old: String,
-    /// Empty retained messages still owed.
-    owed: Vec<(String, String)>,
+    /// Topics still owed an empty retained message.
+    owed: Vec<String>,
     /// Owed messages submitted on this connection and not yet acknowledged.
     pending: usize,
     /// Every owed message was submitted on this connection.
@@ -115,8 +113,9 @@ impl Retirement {
         }
     }
 
-    /// What to publish (retained) on a new connection, before discovery.
-    pub fn owed(&self) -> &[(String, String)] {
+    /// The topics to clear (an empty retained message each) on a new connection, before
+    /// discovery.
+    pub fn owed(&self) -> &[String] {
         &self.owed
     }
 
@@ -166,10 +165,6 @@ impl Retirement {
 mod tests {
     use super::*;
 
-    fn topics_of(messages: &[(String, String)]) -> Vec<&str> {
-        messages.iter().map(|(t, _)| t.as_str()).collect()
-    }
-
     #[test]
     fn only_what_the_new_device_does_not_publish_is_cleared() {
         let old = Topics::new("babycry/nursery", "homeassistant", "nursery");
@@ -178,7 +173,7 @@ mod tests {
         // Another base topic, same node: the states move, the configs are rewritten.
         let moved = Topics::new("home/baby", "homeassistant", "nursery");
         assert_eq!(
-            topics_of(&retirement(&old, &moved)),
+            retirement(&old, &moved),
             [
                 "babycry/nursery/crying",
                 "babycry/nursery/reason",
@@ -192,10 +187,8 @@ mod tests {
         let renamed = Topics::new("babycry/cot", "homeassistant", "cot");
         let cleared = retirement(&old, &renamed);
         assert_eq!(cleared.len(), retained_topics(&old).len());
-        assert!(cleared
-            .iter()
-            .all(|(t, p)| p.is_empty() && !t.contains("cot")));
-        assert!(topics_of(&cleared).contains(&"homeassistant/binary_sensor/nursery_crying/config"));
+        assert!(cleared.iter().all(|t| !t.contains("cot")));
+        assert!(cleared.contains(&"homeassistant/binary_sensor/nursery_crying/config".to_string()));
     }
 
     #[test]

@@ -198,8 +198,9 @@ pub fn discovery_messages(
         .collect()
 }
 
-/// Empty retained payloads on every config topic: Home Assistant removes the entities.
-pub fn removal_messages(t: &Topics) -> Vec<(String, String)> {
+/// The discovery config topic of every entity (an empty retained message on each makes
+/// Home Assistant remove the entities).
+fn config_topics(t: &Topics) -> Vec<String> {
     let device = DeviceInfo {
         labels: vec![],
         models: vec![],
@@ -207,26 +208,27 @@ pub fn removal_messages(t: &Topics) -> Vec<(String, String)> {
     };
     entities(t, &device)
         .into_iter()
-        .map(|e| (config_topic(t, e.component, e.key), String::new()))
+        .map(|e| config_topic(t, e.component, e.key))
         .collect()
 }
 
-/// Every retained topic of the device: its discovery configs, then its states (`status`,
-/// `crying`, `reason`, `confidence`, diagnostics). Empty payloads on all of them leave
-/// nothing of it on the broker.
-pub(crate) fn retained_topics(t: &Topics) -> Vec<String> {
-    let states = [
+/// The retained states of the device, beside its discovery configs.
+pub(crate) fn state_topics(t: &Topics) -> [&String; 5] {
+    [
         &t.crying,
         &t.reason,
         &t.confidence,
         &t.diagnostics,
         &t.status,
-    ];
-    removal_messages(t)
-        .into_iter()
-        .map(|(topic, _)| topic)
-        .chain(states.into_iter().cloned())
-        .collect()
+    ]
+}
+
+/// Every retained topic of the device: its discovery configs, then its
+/// [`state_topics`]. Empty payloads on all of them leave nothing of it on the broker.
+pub(crate) fn retained_topics(t: &Topics) -> Vec<String> {
+    let mut topics = config_topics(t);
+    topics.extend(state_topics(t).into_iter().cloned());
+    topics
 }
 
 /// The event entity's payload for an episode end.

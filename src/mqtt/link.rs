@@ -60,7 +60,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::announced::Retirement;
-use super::discovery::{discovery_messages, episode_payload, removal_messages, retained_topics};
+use super::discovery::{discovery_messages, episode_payload, retained_topics, state_topics};
 use super::queue::{Outbox, EPISODE_TOPIC, EVENT_TOPIC};
 use super::{DeviceInfo, Handover, MqttConfig, MqttError, Msg, Topics};
 use crate::events::{Diagnostics, EventKind, Update};
@@ -785,8 +785,8 @@ impl Link {
     fn retire_the_old_device(&mut self) {
         let owed = self.retirement.owed().to_vec();
         let submitted = owed
-            .into_iter()
-            .take_while(|(topic, payload)| self.publish(topic, true, payload.clone(), Tag::Retire))
+            .iter()
+            .take_while(|topic| self.publish(topic, true, String::new(), Tag::Retire))
             .count();
         self.retirement.submitted(submitted);
     }
@@ -878,20 +878,17 @@ pub async fn remove_device(cfg: &MqttConfig, timeout: Duration) -> Result<usize,
     // the daemon's will would then put a retained `offline` back on the status it clears.
     let opts = base_options(cfg, format!("{}-remove", cfg.client_id()))?;
     let (client, mut eventloop) = AsyncClient::new(opts, CHANNEL);
-    let count = removal_messages(&topics).len();
     // The retained states go too, so nothing of the device is left on the broker.
-    let messages: Vec<(String, String)> = retained_topics(&topics)
-        .into_iter()
-        .map(|t| (t, String::new()))
-        .collect();
+    let clear = retained_topics(&topics);
+    let entities = clear.len() - state_topics(&topics).len();
     let work = async {
         let mut pending = 0usize;
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                    for (topic, payload) in &messages {
+                    for topic in &clear {
                         client
-                            .try_publish(topic, QoS::AtLeastOnce, true, payload.clone())
+                            .try_publish(topic, QoS::AtLeastOnce, true, String::new())
                             .map_err(|e| MqttError::Broker(e.to_string()))?;
                         pending += 1;
                     }
@@ -904,7 +901,7 @@ pub async fn remove_device(cfg: &MqttConfig, timeout: Duration) -> Result<usize,
                             .map_err(|e| MqttError::Broker(e.to_string()))?;
                     }
                 }
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(count),
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(entities),
                 Ok(_) => {}
                 Err(e) => return Err(MqttError::Broker(describe(&e, cfg))),
             }

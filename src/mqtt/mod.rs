@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::events::{ModelVersion, Update};
 
-pub use discovery::{discovery_messages, removal_messages};
+pub use discovery::discovery_messages;
 pub use link::{incoming, remove_device, Ignored, IncomingAction, LinkStatus};
 
 /// The environment variable holding the MQTT password when neither `[mqtt] password` nor
