@@ -110,16 +110,7 @@ fn answers_in_the_old_services_shape_for_every_format() {
     args.extend(names.iter().map(String::as_str));
     let answers = answers(&args);
     assert_eq!(answers.len(), files.len());
-    let labels = [
-        "belly_pain",
-        "burping",
-        "cold_hot",
-        "discomfort",
-        "hungry",
-        "lonely",
-        "scared",
-        "tired",
-    ];
+    let labels = common::REASON_LABELS;
     let first_probs = &answers[0]["all_probs"];
     for a in &answers {
         assert_eq!(a["top_k"].as_array().unwrap().len(), 4);

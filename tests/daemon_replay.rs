@@ -93,16 +93,7 @@ fn config_thresholds_replace_uncertain_with_the_top_reason() {
     let mut audio = synth::room_tone(RATE, 25.0, 0.002, 4);
     synth::mix_into(&mut audio, &synth::cry(RATE, 8.0, 0.5), 3 * RATE as usize);
     let wav = write_wav(dir.path(), "cry.wav", &audio);
-    let labels = [
-        "belly_pain",
-        "burping",
-        "cold_hot",
-        "discomfort",
-        "hungry",
-        "lonely",
-        "scared",
-        "tired",
-    ];
+    let labels = common::REASON_LABELS;
     let thresholds: String = labels.iter().map(|l| format!("{l} = 0.0\n")).collect();
     let config = write_config(
         dir.path(),

@@ -821,27 +821,26 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// A CA (`ca.crt`, `ca.key`) and a server certificate it signed for 127.0.0.1
-/// (`server.crt`, `server.key`), made in `d` with openssl.
-fn ca_and_server_certificates(d: &Path) {
+/// A self-signed CA certificate `<name>.crt` with its key `<name>.key`, made in `d`.
+fn self_signed_ca(d: &Path, name: &str, common_name: &str) {
+    let (key, crt, subject) = (
+        format!("{name}.key"),
+        format!("{name}.crt"),
+        format!("/CN={common_name}"),
+    );
     openssl(
         d,
         &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=babycry test CA",
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &crt,
+            "-days", "1", "-subj", &subject,
         ],
     );
+}
+
+/// A CA (`ca.crt`, `ca.key`) and a server certificate it signed for 127.0.0.1
+/// (`server.crt`, `server.key`), made in `d` with openssl.
+fn ca_and_server_certificates(d: &Path) {
+    self_signed_ca(d, "ca", "babycry test CA");
     signed_certificate(
         d,
         "server",
@@ -985,24 +984,7 @@ async fn tls_with_a_ca_made_at_test_time() {
     one_event_over(&cfg, &live).await;
 
     // A client that trusts another CA refuses the broker.
-    openssl(
-        d,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "other.key",
-            "-out",
-            "other.crt",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=other CA",
-        ],
-    );
+    self_signed_ca(d, "other", "other CA");
     let wrong = MqttConfig {
         ca_file: d.join("other.crt").display().to_string(),
         node_id: "wrongca".into(),

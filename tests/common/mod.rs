@@ -3,6 +3,18 @@
 
 use std::path::{Path, PathBuf};
 
+/// The shipped reason model's labels, in its output order (models/cry-reason.toml).
+pub const REASON_LABELS: [&str; 8] = [
+    "belly_pain",
+    "burping",
+    "cold_hot",
+    "discomfort",
+    "hungry",
+    "lonely",
+    "scared",
+    "tired",
+];
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
