@@ -27,7 +27,7 @@ use crate::error::{ConfigError, ModelError};
 use crate::events::{Diagnostics, Event, EventKind, RunSummary, Update};
 use crate::model::Model;
 use crate::monitor::{CryMonitor, MonitorError, MonitorSettings};
-use crate::mqtt::{DeviceInfo, Handover, MqttConfig, MqttHandle};
+use crate::mqtt::{DeviceInfo, Handover, MqttConfig, MqttHandle, States};
 use crate::source::{
     spawn_capture, AudioSource, AudioState, CaptureOptions, RetryPolicy, SourceError, SourceEvent,
 };
@@ -228,13 +228,16 @@ async fn output_task(
     mqtt_config: MqttConfig,
     device: DeviceInfo,
 ) {
-    // Also with `enabled = false`: that task keeps the states for a reload that turns
-    // MQTT on.
-    let spawn = |config: &MqttConfig, handover| {
-        mqtt_allowed.then(|| MqttHandle::resume(config, device.clone(), handover))
+    // Also with `enabled = false`: that task keeps undelivered events handed over for a
+    // reload that turns MQTT on again.
+    let spawn = |config: &MqttConfig, states: &States, handover| {
+        mqtt_allowed.then(|| MqttHandle::resume(config, device.clone(), states.clone(), handover))
     };
+    // The states the monitor sent, kept here rather than asked back from the link a
+    // reload replaces: a link that does not answer in time still leaves `crying` ON.
+    let mut states = States::default();
     let mut current = mqtt_config.clone();
-    let mut mqtt = spawn(&current, Handover::default());
+    let mut mqtt = spawn(&current, &states, Handover::default());
     while let Some(message) = rx.recv().await {
         match message {
             OutputMessage::ReopenEvents => events.reopen(),
@@ -242,6 +245,7 @@ async fn output_task(
                 if let Update::Event(event) = &update {
                     events.write(event);
                 }
+                states.note(&update);
                 if let Some((handle, _)) = &mqtt {
                     handle.send(update);
                 }
@@ -249,15 +253,15 @@ async fn output_task(
             OutputMessage::Mqtt(config) => {
                 if config != current {
                     tracing::info!(enabled = config.enabled, host = %config.host, "MQTT settings or credentials changed");
-                    // The new task goes on from the old one's states (`crying` ON in
-                    // the middle of an episode) and undelivered events.
+                    // The new task goes on from the states (`crying` ON in the middle
+                    // of an episode) and the old one's undelivered events.
                     let mut handover = Handover::default();
                     if let Some((handle, task)) = mqtt.take() {
                         handover = handle.hand_over(Duration::from_secs(2)).await;
                         task.abort();
                     }
                     current = config;
-                    mqtt = spawn(&current, handover);
+                    mqtt = spawn(&current, &states, handover);
                 }
             }
         }

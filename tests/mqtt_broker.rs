@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use babycry::events::{Diagnostics, Event, EventKind, Update, WindowResult};
-use babycry::mqtt::{DeviceInfo, MqttConfig, MqttHandle};
+use babycry::mqtt::{DeviceInfo, MqttConfig, MqttHandle, States};
 use broker_common::*;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::Value;
@@ -1845,37 +1845,64 @@ async fn a_connection_dropped_right_after_its_connack_is_retried_with_growing_de
     peer.abort();
 }
 
-/// A reload that turns MQTT on in the middle of a cry: the task that ran with
-/// `enabled = false` kept the states (not the events, which MQTT was off for), so the
-/// new link says `crying` ON at once.
+/// A reload in the middle of a cry starts the new link from the states the daemon kept
+/// (`States`, noted from every update it sent), not from what the link it replaces hands
+/// back: a task that ran with `enabled = false`, and one that is gone (a hand-over that
+/// does not answer is empty), still leave `crying` ON, the reason and the confidence at
+/// once on the new settings; events sent while MQTT was off stay off.
 #[tokio::test]
-async fn a_link_turned_on_by_a_reload_starts_from_the_states_kept_while_off() {
+async fn a_link_started_by_a_reload_says_the_states_kept_by_the_daemon() {
     let broker = Broker::start();
-    let live = Subscriber::start(broker.port, &["babycry/wasoff/#"]).await;
+    let live = Subscriber::start(broker.port, &["babycry/wasoff/#", "babycry/wasgone/#"]).await;
     let off = MqttConfig {
         enabled: false,
         ..config(broker.port, "wasoff")
     };
     let (handle, _task) = MqttHandle::spawn(&off, device());
-    handle.send(Update::Crying(true));
-    handle.send(Update::Reason {
-        reason: "tired".into(),
-        confidence: 0.625,
-    });
-    handle.send(Update::Event(window_event(1, 0)));
+    let mut states = States::default();
+    for update in [
+        Update::Crying(true),
+        Update::Reason {
+            reason: "tired".into(),
+            confidence: 0.625,
+        },
+        Update::Event(window_event(1, 0)),
+    ] {
+        states.note(&update);
+        handle.send(update);
+    }
     let handover = handle.hand_over(Duration::from_secs(1)).await;
-    let (handle, _task) = MqttHandle::resume(&config(broker.port, "wasoff"), device(), handover);
-    live.wait_for("babycry/wasoff/status", "online", Duration::from_secs(10))
-        .await;
-    live.wait_for("babycry/wasoff/crying", "ON", Duration::from_secs(5))
-        .await;
-    live.wait_for("babycry/wasoff/reason", "tired", Duration::from_secs(5))
-        .await;
-    live.wait_for("babycry/wasoff/confidence", "62.5", Duration::from_secs(5))
-        .await;
+    let (handle, task) = MqttHandle::resume(
+        &config(broker.port, "wasoff"),
+        device(),
+        states.clone(),
+        handover,
+    );
+    let said_the_states = |node: &'static str| {
+        let live = &live;
+        async move {
+            let topic = |t: &str| format!("babycry/{node}/{t}");
+            live.wait_for(&topic("status"), "online", Duration::from_secs(10))
+                .await;
+            live.wait_for(&topic("crying"), "ON", Duration::from_secs(5))
+                .await;
+            live.wait_for(&topic("reason"), "tired", Duration::from_secs(5))
+                .await;
+            live.wait_for(&topic("confidence"), "62.5", Duration::from_secs(5))
+                .await;
+        }
+    };
+    said_the_states("wasoff").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(live.on("babycry/wasoff/event").is_empty());
     assert_eq!(handle.status().queued, 0);
+    // The link is gone before the next reload asks it for a hand-over.
+    task.abort();
+    let _ = task.await;
+    let handover = handle.hand_over(Duration::from_secs(1)).await;
+    let (handle, _task) =
+        MqttHandle::resume(&config(broker.port, "wasgone"), device(), states, handover);
+    said_the_states("wasgone").await;
     handle.shutdown(Duration::from_secs(5)).await;
 }
 

@@ -43,9 +43,10 @@
 //! and `offline` follows its last event (Home Assistant drops an event that reaches an
 //! unavailable entity). When a reload replaces the link (new `[mqtt]` settings), the old
 //! one flushes what it can in the time it is given, publishes `offline` once all is
-//! submitted (else its last will says it when it is dropped) and hands its current
-//! states and its undelivered events, in order, to the new one, which announces those
-//! states on its first ConnAck and delivers those events before any newer ones.
+//! submitted (else its last will says it when it is dropped) and hands its undelivered
+//! events, in order, to the new one, which delivers them before any newer ones; the new
+//! one starts from the current states the daemon kept ([`States`]) and announces them on
+//! its first ConnAck.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -344,24 +345,28 @@ impl Tag {
     }
 }
 
-/// The latest states, republished after every connect and handed to the link that a
-/// reload starts.
-#[derive(Debug, Default)]
-pub(crate) struct Current {
+/// The latest states (`crying`, reason and confidence, diagnostics), which the monitor
+/// sends only when they change: the link republishes them after every connect, and the
+/// daemon keeps its own copy to start the link of a reload from, whether or not the link
+/// it replaces answers (see [`super::MqttHandle::resume`]).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct States {
     crying: bool,
     reason: Option<(String, f32)>,
     diagnostics: Option<Diagnostics>,
 }
 
-impl Current {
-    /// Keeps a state update (the one place that does, for the link and the idle task);
-    /// an event is not a state and is left out.
-    fn note(&mut self, update: Update) {
+impl States {
+    /// Keeps a state update (the one place that does, for the link and the daemon); an
+    /// event is not a state and is left out.
+    pub fn note(&mut self, update: &Update) {
         match update {
             Update::Event(_) => {}
-            Update::Crying(on) => self.crying = on,
-            Update::Reason { reason, confidence } => self.reason = Some((reason, confidence)),
-            Update::Diagnostics(d) => self.diagnostics = Some(d),
+            Update::Crying(on) => self.crying = *on,
+            Update::Reason { reason, confidence } => {
+                self.reason = Some((reason.clone(), *confidence));
+            }
+            Update::Diagnostics(d) => self.diagnostics = Some(d.clone()),
         }
     }
 }
@@ -383,7 +388,7 @@ struct Link {
     device: DeviceInfo,
     client: AsyncClient,
     outbox: Outbox,
-    current: Current,
+    current: States,
     retirement: Retirement,
     connected: bool,
     /// Tags of publishes submitted on this connection, not yet seen as Outgoing::Publish.
@@ -409,6 +414,7 @@ pub(crate) async fn run(
     device: DeviceInfo,
     mut rx: mpsc::UnboundedReceiver<Msg>,
     status_tx: watch::Sender<LinkStatus>,
+    states: States,
     handover: Handover,
 ) {
     let topics = cfg.topics();
@@ -442,7 +448,7 @@ pub(crate) async fn run(
         outbox,
         // A reload in the middle of a cry: `crying` stays ON on the new connection (the
         // monitor says so once per episode).
-        current: handover.current,
+        current: states,
         connected: false,
         submitted: VecDeque::new(),
         inflight: HashMap::new(),
@@ -507,7 +513,6 @@ pub(crate) async fn run(
     link.report();
     if let Some(c) = link.closing.take() {
         let _ = c.done.send(Handover {
-            current: link.current,
             outbox: Some(link.outbox.carry()),
         });
     }
@@ -515,12 +520,11 @@ pub(crate) async fn run(
 }
 
 /// The task of a handle with `enabled = false`: it sends nothing and keeps no events,
-/// only the latest states and whatever the link before it handed over, for a link that a
-/// later reload turns on.
+/// only what the link before it handed over, for a link that a later reload turns on.
 pub(crate) async fn idle(
     mut rx: mpsc::UnboundedReceiver<Msg>,
     status_tx: watch::Sender<LinkStatus>,
-    mut handover: Handover,
+    handover: Handover,
 ) {
     if let Some(carried) = &handover.outbox {
         status_tx.send_replace(LinkStatus {
@@ -530,12 +534,9 @@ pub(crate) async fn idle(
         });
     }
     while let Some(msg) = rx.recv().await {
-        match msg {
-            Msg::Update(u) => handover.current.note(u),
-            Msg::Shutdown(_, done) => {
-                let _ = done.send(handover);
-                return;
-            }
+        if let Msg::Shutdown(_, done) = msg {
+            let _ = done.send(handover);
+            return;
         }
     }
 }
@@ -593,7 +594,7 @@ impl Link {
                     Update::Reason { .. } => Self::publish_reason,
                     _ => Self::publish_diagnostics,
                 };
-                self.current.note(state);
+                self.current.note(&state);
                 publish(self);
             }
         }

@@ -14,9 +14,9 @@
 //! INTERFACE (used by the daemon): `MqttHandle::spawn` starts the client task;
 //! `MqttHandle::send` hands it an [`Update`] without ever blocking;
 //! `MqttHandle::shutdown` publishes `offline` and flushes, bounded in time;
-//! `MqttHandle::hand_over` does the same and returns a [`Handover`] (the current states
-//! and the undelivered events) from which `MqttHandle::resume` starts the task for new
-//! settings after a reload.
+//! `MqttHandle::hand_over` does the same and returns a [`Handover`] (the undelivered
+//! events) from which, with the current [`States`] the daemon keeps, `MqttHandle::resume`
+//! starts the task for new settings after a reload.
 
 mod announced;
 mod discovery;
@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::events::{ModelVersion, Update};
 
 pub use discovery::discovery_messages;
-pub use link::{incoming, remove_device, Ignored, IncomingAction, LinkStatus};
+pub use link::{incoming, remove_device, Ignored, IncomingAction, LinkStatus, States};
 
 /// The environment variable holding the MQTT password when neither `[mqtt] password` nor
 /// `password_file` is set (e.g. `Environment=`/`EnvironmentFile=` in a systemd drop-in).
@@ -447,12 +447,10 @@ enum Msg {
 }
 
 /// What a stopping MQTT task hands to the one that replaces it (a reload that changed
-/// `[mqtt]`): the current states (`crying`, reason, confidence, diagnostics), which the
-/// monitor sends only when they change, and the events not yet delivered, in order.
-/// Empty ([`Default`]) at start-up.
+/// `[mqtt]`): the events not yet delivered, in order. Empty ([`Default`]) at start-up,
+/// and when the task does not answer in time.
 #[derive(Debug, Default)]
 pub struct Handover {
-    current: link::Current,
     /// None: nothing handed over, the spool (if any) is read as at start-up.
     outbox: Option<queue::Carried>,
 }
@@ -478,22 +476,31 @@ impl MqttHandle {
     /// broker: the task retries in the background. With `enabled = false` the task sends
     /// nothing (see [`MqttHandle::resume`]).
     pub fn spawn(config: &MqttConfig, device: DeviceInfo) -> (Self, tokio::task::JoinHandle<()>) {
-        Self::resume(config, device, Handover::default())
+        Self::resume(config, device, States::default(), Handover::default())
     }
 
-    /// [`MqttHandle::spawn`] for the settings of a reload, starting from what the task it
-    /// replaces handed over ([`MqttHandle::hand_over`]): its states are published on the
-    /// first connect and its undelivered events go first. With `enabled = false` the task
-    /// keeps the states (not the events it is sent) and the handover for a later reload.
+    /// [`MqttHandle::spawn`] for the settings of a reload: `states` (kept by the caller
+    /// from the updates it sent, so that a task that did not answer loses none of them)
+    /// are published on the first connect, and the events the task it replaces handed
+    /// over ([`MqttHandle::hand_over`]) go first. With `enabled = false` the task keeps
+    /// the handover (not the events it is sent) for a later reload.
     pub fn resume(
         config: &MqttConfig,
         device: DeviceInfo,
+        states: States,
         handover: Handover,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let (status_tx, status) = tokio::sync::watch::channel(LinkStatus::default());
         let task = if config.enabled {
-            tokio::spawn(link::run(config.clone(), device, rx, status_tx, handover))
+            tokio::spawn(link::run(
+                config.clone(),
+                device,
+                rx,
+                status_tx,
+                states,
+                handover,
+            ))
         } else {
             tokio::spawn(link::idle(rx, status_tx, handover))
         };
@@ -516,10 +523,9 @@ impl MqttHandle {
         self.hand_over(timeout).await;
     }
 
-    /// [`MqttHandle::shutdown`], returning what the task for new settings needs
-    /// ([`MqttHandle::resume`]): the current states and what is still undelivered. Empty
-    /// when the task is gone or does not answer in time; the new one then reads the
-    /// spool.
+    /// [`MqttHandle::shutdown`], returning what the task for new settings needs besides
+    /// the states ([`MqttHandle::resume`]): what is still undelivered. Empty when the
+    /// task is gone or does not answer in time; the new one then reads the spool.
     pub async fn hand_over(self, timeout: Duration) -> Handover {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         if self.tx.send(Msg::Shutdown(timeout, done_tx)).is_err() {
