@@ -12,6 +12,11 @@ if [ "${1:-}" = test ]; then
   command -v flac >/dev/null || need_pkgs+=(flac)
   command -v oggenc >/dev/null || need_pkgs+=(vorbis-tools)
   command -v lame >/dev/null || need_pkgs+=(lame)
+  # Live capture of real sound without a sound card: a PulseAudio null sink's monitor,
+  # captured through ALSA's pulse plugin (tests/daemon_capture.rs), played with pacat.
+  command -v pulseaudio >/dev/null || need_pkgs+=(pulseaudio)
+  command -v pacat >/dev/null || need_pkgs+=(pulseaudio-utils)
+  compgen -G '/usr/lib/*/alsa-lib/libasound_module_pcm_pulse.so' >/dev/null || need_pkgs+=(libasound2-plugins)
   # The training tests' venv (training/setup.sh): Python >= 3.11 with venv, which Debian
   # and Ubuntu ship apart; where python3 is older (Ubuntu 22.04), python3.11 beside it.
   source training/find-python.sh
