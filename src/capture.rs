@@ -302,7 +302,22 @@ impl AudioSource for CpalSource {
     }
 
     fn close(&mut self) {
-        self.stream = None;
+        // Dropping a cpal stream joins its worker thread, which a plugin PCM can leave
+        // deadlocked: ALSA's pulse plugin does when its sound server dies under the
+        // stream. Waiting for it here would stop the capture thread for good, the device
+        // never reopened (tests/daemon_capture.rs
+        // a_live_device_whose_server_died_is_reopened_when_it_returns). So the stream is
+        // dropped on a thread of its own, which a stuck worker keeps (one thread and a
+        // device handle per such loss); the capture goes on reopening the device.
+        if let Some(stream) = self.stream.take() {
+            let dropped = std::thread::Builder::new()
+                .name("babycryd-close".into())
+                .spawn(move || drop(stream));
+            if let Err(e) = dropped {
+                // The stream went down with the closure, here.
+                tracing::warn!("cannot start a thread to close the audio stream: {e}");
+            }
+        }
         self.ring = None;
     }
 
