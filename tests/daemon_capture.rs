@@ -409,12 +409,14 @@ impl LiveDaemon {
     /// SIGTERM; the summary record, the moment it was read, and stderr (after exit 0).
     fn stop(mut self) -> (serde_json::Value, Instant, String) {
         let pid = self.child.id().to_string();
+        // Taken before the signal: the summary can be read before `kill` has exited.
+        let signalled = Instant::now();
         assert!(Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .unwrap()
             .success());
-        let read = self.wait_for("summary", Instant::now(), Duration::from_secs(5));
+        let read = self.wait_for("summary", signalled, Duration::from_secs(5));
         let summary = self.of("summary")[0].clone();
         let out = self.child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
