@@ -27,17 +27,8 @@ fn run_live_for(config_extra: &str, secs: u64) -> RunOutput {
         .unwrap();
     std::thread::sleep(Duration::from_secs(secs));
     // Still running: a missing or silent microphone never ends the daemon.
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-0", &pid])
-        .status()
-        .unwrap()
-        .success());
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    send_signal(child.id(), "0");
+    send_signal(child.id(), "TERM");
     let sent = Instant::now();
     let out = child.wait_with_output().unwrap();
     assert!(sent.elapsed() < Duration::from_secs(5));
@@ -205,11 +196,7 @@ async fn home_assistant_shows_what_the_daemon_hears_unavailable_while_the_microp
             expected.sort_unstable();
         }
         assert_eq!(available, expected, "{device}");
-        assert!(Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success());
+        send_signal(child.id(), "TERM");
         assert_eq!(child.wait().unwrap().code(), Some(0), "{device}");
     }
 }
@@ -398,26 +385,22 @@ impl LiveDaemon {
         }
     }
 
-    fn of(&self, kind: &str) -> Vec<&serde_json::Value> {
+    /// The records of type `kind` read since `after`.
+    fn of(&self, kind: &str, after: Instant) -> Vec<&serde_json::Value> {
         self.records
             .iter()
+            .filter(|(t, r)| *t >= after && r["type"] == kind)
             .map(|(_, r)| r)
-            .filter(|r| r["type"] == kind)
             .collect()
     }
 
     /// SIGTERM; the summary record, the moment it was read, and stderr (after exit 0).
     fn stop(mut self) -> (serde_json::Value, Instant, String) {
-        let pid = self.child.id().to_string();
         // Taken before the signal: the summary can be read before `kill` has exited.
         let signalled = Instant::now();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
+        send_signal(self.child.id(), "TERM");
         let read = self.wait_for("summary", signalled, Duration::from_secs(5));
-        let summary = self.of("summary")[0].clone();
+        let summary = self.of("summary", signalled)[0].clone();
         let out = self.child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert_eq!(out.status.code(), Some(0), "{stderr}");
@@ -450,17 +433,15 @@ impl LiveDaemon {
             latency <= Duration::from_secs(3),
             "confirmed {latency:?} after the cry began"
         );
-        let after: Vec<&serde_json::Value> = self
-            .records
-            .iter()
-            .filter(|(t, _)| *t >= played)
-            .map(|(_, r)| r)
-            .collect();
-        let of = |kind: &str| after.iter().filter(|r| r["type"] == kind).count();
-        assert_eq!(of("episode_start"), 1, "{after:#?}");
-        assert_eq!(of("episode_end"), 1, "{after:#?}");
-        assert!(of("window") >= 1, "an 8 s cry has a 7 s reason window");
-        let end = after.iter().find(|r| r["type"] == "episode_end").unwrap();
+        let records = &self.records;
+        assert_eq!(self.of("episode_start", played).len(), 1, "{records:#?}");
+        let ends = self.of("episode_end", played);
+        assert_eq!(ends.len(), 1, "{records:#?}");
+        assert!(
+            !self.of("window", played).is_empty(),
+            "an 8 s cry has a 7 s reason window"
+        );
+        let end = ends[0];
         let duration = end["duration_s"].as_f64().unwrap();
         let cry = f64::from(CRY_SECONDS);
         assert!((cry - 1.5..=cry + 4.0).contains(&duration), "{end}");

@@ -349,7 +349,7 @@ impl Tag {
 /// sends only when they change: the link republishes them after every connect, and the
 /// daemon keeps its own copy to start the link of a reload from, whether or not the link
 /// it replaces answers (see [`super::MqttHandle::resume`]).
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default, Clone)]
 pub struct States {
     crying: bool,
     reason: Option<(String, f32)>,

@@ -14,6 +14,15 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Sends signal `name` (`0`, `TERM`, `HUP`) to `pid` with kill(1); asserts it was sent.
+pub fn send_signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
 /// Which output pipe [`run_with_closed`] closes.
 pub enum Closed {
     Stdout,
