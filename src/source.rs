@@ -34,7 +34,8 @@ pub struct AudioConfig {
     /// Capture rate to ask the device for, Hz; 0 = the device's default rate. A lower
     /// native rate (16000, 8000) makes the always-on conversion to 8 kHz cheaper.
     pub sample_rate: u32,
-    /// Seconds without audio (or with only digital silence) before the source is reported stalled.
+    /// Seconds without audio (or with only digital silence) before the source is reported
+    /// stalled; a just-opened device gets at least its retry wait for its first audio.
     pub stall_seconds: f64,
     /// Longest wait between attempts to reopen a lost device, seconds; also how long a
     /// reopened device must deliver audio before its next loss starts again from 1 s.
@@ -588,7 +589,7 @@ impl Capture {
                     continue;
                 }
             };
-            match self.stream(format) {
+            match self.stream(format, failures) {
                 Ok(done) => return Ok(done),
                 Err(e) if !e.retryable() => return Err(e),
                 Err(e) => {
@@ -616,7 +617,8 @@ impl Capture {
 
     /// Delivers an opened source until it ends (Ok(true)), the receiver is gone or a
     /// stop is asked (Ok(false) / Ok(true)), or it fails (Err: reopened when retryable).
-    fn stream(&mut self, format: StreamFormat) -> Result<bool, SourceError> {
+    /// `failures`: the opens before this one that brought no lasting audio.
+    fn stream(&mut self, format: StreamFormat, failures: u32) -> Result<bool, SourceError> {
         self.delivered = 0;
         let device = self.source.describe();
         // A conversion that fails mid-stream: reopened, as the device would be.
@@ -640,6 +642,11 @@ impl Capture {
         // `running` is reported with the first audio, not here: a device that opens and
         // fails at once is the same loss going on, not a recovery to report each time.
         let stall_time = Duration::from_secs_f64(self.options.stall_seconds);
+        // Before its first audio a device is given at least as long as the wait before it
+        // would be reopened, which grows with each open that brought none: one slower to
+        // start than `stall_seconds` (PulseAudio under load took over 1 s) would
+        // otherwise be closed before its first audio and reopened for ever.
+        let start_time = stall_time.max(self.options.retry.delay(failures));
         let mut buf = Vec::with_capacity(format.sample_rate as usize);
         let mut last_audio = Instant::now();
         let mut xruns = self.source.xruns();
@@ -668,7 +675,12 @@ impl Capture {
                     return Ok(true);
                 }
                 Pull::Idle => {
-                    if last_audio.elapsed() < stall_time {
+                    let allowed = if self.delivered == 0 {
+                        start_time
+                    } else {
+                        stall_time
+                    };
+                    if last_audio.elapsed() < allowed {
                         if !self.send(SourceEvent::Heartbeat) {
                             return Ok(false);
                         }
@@ -1307,6 +1319,90 @@ mod tests {
         assert!(waits[3] >= Duration::from_millis(80), "{waits:?}");
         assert!(waits[4] < waits[3], "{waits:?}");
         assert!(waits[5] >= Duration::from_millis(20), "{waits:?}");
+    }
+
+    /// An 8 kHz mono test microphone that, after each open, delivers nothing for
+    /// `start_up` (a device starting under load) and then audio for good.
+    struct SlowToStart {
+        start_up: Duration,
+        opened: Option<Instant>,
+        opens: Arc<Mutex<Vec<Instant>>>,
+    }
+
+    impl AudioSource for SlowToStart {
+        fn describe(&self) -> String {
+            "slow test microphone".into()
+        }
+
+        fn open(&mut self) -> Result<StreamFormat, SourceError> {
+            let now = Instant::now();
+            self.opened = Some(now);
+            self.opens.lock().unwrap().push(now);
+            Ok(StreamFormat {
+                sample_rate: 8000,
+                channels: 1,
+            })
+        }
+
+        fn pull(&mut self, buf: &mut Vec<f32>) -> Result<Pull, SourceError> {
+            std::thread::sleep(Duration::from_millis(10));
+            if self.opened.is_some_and(|t| t.elapsed() < self.start_up) {
+                return Ok(Pull::Idle);
+            }
+            buf.extend(std::iter::repeat_n(0.1, 80));
+            Ok(Pull::Audio)
+        }
+
+        fn reopen_when_stalled(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_device_slower_to_start_than_the_stall_time_is_given_longer_at_each_open() {
+        let opens = Arc::new(Mutex::new(Vec::new()));
+        let source = SlowToStart {
+            start_up: Duration::from_millis(300),
+            opened: None,
+            opens: Arc::clone(&opens),
+        };
+        let options = CaptureOptions {
+            target_rate: 8000,
+            stall_seconds: 0.05,
+            retry: RetryPolicy {
+                initial: Duration::from_millis(50),
+                max: Duration::from_millis(800),
+            },
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel(100_000);
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = spawn_capture(Box::new(source), options, tx, stop.clone()).unwrap();
+        let started = Instant::now();
+        let (mut running, mut audio) = (None, 0usize);
+        while started.elapsed() < Duration::from_secs(5) && audio < 8000 {
+            match rx.blocking_recv() {
+                Some(SourceEvent::State(AudioState::Running)) => {
+                    running.get_or_insert(started.elapsed());
+                }
+                Some(SourceEvent::Audio(samples)) => audio += samples.len(),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        drop(rx);
+        thread.join().unwrap();
+        let opens = opens.lock().unwrap().len();
+        // Waits for the first audio of 50, 50, 100, 200 and 400 ms: the fifth open lasts
+        // its 300 ms start-up, about 1.2 s after the first. With 50 ms at every open it
+        // was reopened every 100-150 ms and never delivered.
+        let running = running.unwrap_or_else(|| panic!("never running; {opens} opens"));
+        assert!(audio >= 8000, "{audio} samples in 5 s; {opens} opens");
+        assert!((2..=6).contains(&opens), "{opens} opens");
+        assert!(
+            running < Duration::from_secs(3),
+            "running after {running:?}"
+        );
     }
 
     #[test]
