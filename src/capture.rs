@@ -76,6 +76,46 @@ impl std::fmt::Debug for CpalSource {
 }
 
 impl CpalSource {
+    /// Finds the device and starts its stream into a new ring.
+    fn open_stream(&mut self) -> Result<StreamFormat, SourceError> {
+        self.close();
+        let device = self.find_device()?;
+        let supported = self.choose_config(&device)?;
+        let format = StreamFormat {
+            sample_rate: supported.sample_rate(),
+            channels: supported.channels(),
+        };
+        // Whole frames, so that the callback can fill it to the last sample.
+        let frames = (format.sample_rate as usize * RING_SECONDS).max(1024);
+        let capacity = frames * usize::from(format.channels.max(1));
+        let (producer, consumer) = HeapRb::<f32>::new(capacity).split();
+        self.shared.lost.store(false, Ordering::Release);
+        let config = supported.config();
+        let stream = match supported.sample_format() {
+            SampleFormat::I8 => self.build::<i8>(&device, config, producer),
+            SampleFormat::I16 => self.build::<i16>(&device, config, producer),
+            SampleFormat::I24 => self.build::<cpal::I24>(&device, config, producer),
+            SampleFormat::I32 => self.build::<i32>(&device, config, producer),
+            SampleFormat::U8 => self.build::<u8>(&device, config, producer),
+            SampleFormat::U16 => self.build::<u16>(&device, config, producer),
+            SampleFormat::F32 => self.build::<f32>(&device, config, producer),
+            SampleFormat::F64 => self.build::<f64>(&device, config, producer),
+            other => return Err(self.unavailable(format!("unsupported sample format {other}"))),
+        }
+        .map_err(|e| self.unavailable(e))?;
+        stream.play().map_err(|e| self.unavailable(e))?;
+        tracing::info!(
+            device = %self.describe(),
+            format = %supported.sample_format(),
+            rate = format.sample_rate,
+            channels = format.channels,
+            "capture started"
+        );
+        self.stream = Some(stream);
+        self.ring = Some(consumer);
+        Ok(format)
+    }
+
     /// `device`: a name or ALSA id as `babycryd devices` lists them; empty = the default.
     /// `sample_rate`: the capture rate to ask for, 0 for the device's default.
     pub fn new(device: &str, sample_rate: u32) -> Self {
@@ -200,6 +240,25 @@ impl CpalSource {
     }
 }
 
+/// Runs `f` with what alsa-lib prints on this thread kept from stderr and logged at debug
+/// level instead. A missing microphone behind the `default` PCM makes alsa-lib print
+/// eight lines at every attempt to open it, a journal full of them by morning, while the
+/// loss itself is reported once, at warn, by the capture thread. (Messages alsa-lib
+/// prints later on this thread wait in the buffer for the next call, which replaces it.)
+fn with_alsa_lib_messages_logged<T>(context: &str, f: impl FnOnce() -> T) -> T {
+    let buffer = alsa::Output::local_error_handler()
+        .inspect_err(|e| tracing::debug!("cannot take alsa-lib's messages from stderr: {e}"))
+        .ok();
+    let result = f();
+    if let Some(buffer) = buffer {
+        let text = buffer.borrow().to_string();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            tracing::debug!(source = context, "alsa-lib: {line}");
+        }
+    }
+    result
+}
+
 /// `device` as a cpal device id: "alsa:hw:1,0" as it is, a bare "hw:1,0" on `host`.
 fn device_id(host: cpal::HostId, device: &str) -> cpal::DeviceId {
     device
@@ -230,42 +289,8 @@ impl AudioSource for CpalSource {
     }
 
     fn open(&mut self) -> Result<StreamFormat, SourceError> {
-        self.close();
-        let device = self.find_device()?;
-        let supported = self.choose_config(&device)?;
-        let format = StreamFormat {
-            sample_rate: supported.sample_rate(),
-            channels: supported.channels(),
-        };
-        // Whole frames, so that the callback can fill it to the last sample.
-        let frames = (format.sample_rate as usize * RING_SECONDS).max(1024);
-        let capacity = frames * usize::from(format.channels.max(1));
-        let (producer, consumer) = HeapRb::<f32>::new(capacity).split();
-        self.shared.lost.store(false, Ordering::Release);
-        let config = supported.config();
-        let stream = match supported.sample_format() {
-            SampleFormat::I8 => self.build::<i8>(&device, config, producer),
-            SampleFormat::I16 => self.build::<i16>(&device, config, producer),
-            SampleFormat::I24 => self.build::<cpal::I24>(&device, config, producer),
-            SampleFormat::I32 => self.build::<i32>(&device, config, producer),
-            SampleFormat::U8 => self.build::<u8>(&device, config, producer),
-            SampleFormat::U16 => self.build::<u16>(&device, config, producer),
-            SampleFormat::F32 => self.build::<f32>(&device, config, producer),
-            SampleFormat::F64 => self.build::<f64>(&device, config, producer),
-            other => return Err(self.unavailable(format!("unsupported sample format {other}"))),
-        }
-        .map_err(|e| self.unavailable(e))?;
-        stream.play().map_err(|e| self.unavailable(e))?;
-        tracing::info!(
-            device = %self.describe(),
-            format = %supported.sample_format(),
-            rate = format.sample_rate,
-            channels = format.channels,
-            "capture started"
-        );
-        self.stream = Some(stream);
-        self.ring = Some(consumer);
-        Ok(format)
+        let source = self.describe();
+        with_alsa_lib_messages_logged(&source, || self.open_stream())
     }
 
     fn pull(&mut self, buf: &mut Vec<f32>) -> Result<Pull, SourceError> {
@@ -384,13 +409,16 @@ fn group_configs(configs: impl IntoIterator<Item = (String, u32, u32, u16)>) -> 
         .collect()
 }
 
-/// The input devices cpal sees.
+/// The input devices cpal sees. alsa-lib's messages on finding and probing them go to
+/// the debug log, under the id of the device probed.
 pub fn list_input_devices() -> Result<Vec<InputDevice>, cpal::Error> {
-    let host = cpal::default_host();
-    let default_id = host.default_input_device().and_then(|d| d.id().ok());
-    let mut out = Vec::new();
-    for d in host.input_devices()? {
-        let id = d.id().ok();
+    let (default_id, devices) = with_alsa_lib_messages_logged("devices", || {
+        let host = cpal::default_host();
+        let default_id = host.default_input_device().and_then(|d| d.id().ok());
+        host.input_devices()
+            .map(|devices| (default_id, devices.collect::<Vec<_>>()))
+    })?;
+    let probe = |d: &cpal::Device| {
         let default_format = d.default_input_config().ok().map(|c| {
             format!(
                 "{} ch, {} Hz, {}",
@@ -412,18 +440,26 @@ pub fn list_input_devices() -> Result<Vec<InputDevice>, cpal::Error> {
                 }))
             })
             .unwrap_or_default();
-        out.push(InputDevice {
-            name: d
-                .description()
-                .map(|x| x.name().to_string())
-                .unwrap_or_default(),
-            default: id.is_some() && id == default_id,
-            id: id.map(|i| i.to_string()).unwrap_or_default(),
-            default_format,
-            configs,
-        });
-    }
-    Ok(out)
+        (default_format, configs)
+    };
+    Ok(devices
+        .iter()
+        .map(|d| {
+            let id = d.id().ok();
+            let shown = id.as_ref().map(|i| i.to_string()).unwrap_or_default();
+            let (default_format, configs) = with_alsa_lib_messages_logged(&shown, || probe(d));
+            InputDevice {
+                name: d
+                    .description()
+                    .map(|x| x.name().to_string())
+                    .unwrap_or_default(),
+                default: id.is_some() && id == default_id,
+                id: shown,
+                default_format,
+                configs,
+            }
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -517,11 +517,17 @@ fn forward_signals(
 #[cfg(feature = "alsa")]
 fn devices() -> anyhow::Result<ExitCode> {
     let devices = crate::capture::list_input_devices().context("listing input devices")?;
+    // PCMs that ALSA defines but that cannot be opened now (a sound server that is not
+    // running, a plugin without its hardware) are named on one line at the end, not
+    // listed as devices without a format.
+    let (usable, closed): (Vec<_>, Vec<_>) = devices
+        .into_iter()
+        .partition(|d| d.default_format.is_some() || !d.configs.is_empty());
     let mut out = std::io::stdout().lock();
-    if devices.is_empty() {
+    if usable.is_empty() {
         writeln!(out, "no input devices found")?;
     }
-    for d in devices {
+    for d in usable {
         writeln!(
             out,
             "{}{}\n  id: {}\n  default format: {}",
@@ -533,6 +539,14 @@ fn devices() -> anyhow::Result<ExitCode> {
         for c in d.configs {
             writeln!(out, "  supports: {c}")?;
         }
+    }
+    if !closed.is_empty() {
+        let ids: Vec<&str> = closed.iter().map(|d| d.id.as_str()).collect();
+        writeln!(
+            out,
+            "defined but not openable now (RUST_LOG=debug says why): {}",
+            ids.join(", ")
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

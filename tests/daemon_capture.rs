@@ -14,13 +14,19 @@ use std::time::{Duration, Instant};
 
 use daemon_common::*;
 
-fn run_live_for(config_extra: &str, secs: u64) -> RunOutput {
+/// Runs the daemon for `secs` with `config_extra` and, unless empty, `asoundrc` as the
+/// ALSA configuration of its user (`HOME` is a fresh directory either way).
+fn run_live_for(config_extra: &str, asoundrc: &str, secs: u64) -> RunOutput {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), config_extra);
+    if !asoundrc.is_empty() {
+        std::fs::write(dir.path().join(".asoundrc"), asoundrc).unwrap();
+    }
     let child = Command::new(bin())
         .arg("--config")
         .arg(&config)
         .args(["run", "--no-mqtt"])
+        .env("HOME", dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -48,7 +54,11 @@ fn states(run: &RunOutput) -> Vec<String> {
 
 #[test]
 fn the_alsa_null_device_is_captured_and_reported_stalled() {
-    let run = run_live_for("[audio]\ndevice = \"alsa:null\"\nstall_seconds = 1.0\n", 3);
+    let run = run_live_for(
+        "[audio]\ndevice = \"alsa:null\"\nstall_seconds = 1.0\n",
+        "",
+        3,
+    );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(
         states(&run),
@@ -65,6 +75,7 @@ fn the_alsa_null_device_is_captured_and_reported_stalled() {
 fn the_configured_sample_rate_is_asked_of_the_device() {
     let run = run_live_for(
         "[audio]\ndevice = \"alsa:null\"\nsample_rate = 16000\nstall_seconds = 1.0\n",
+        "",
         3,
     );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
@@ -85,6 +96,7 @@ fn the_configured_sample_rate_is_asked_of_the_device() {
 fn a_missing_device_is_reported_once_and_retried_without_exiting() {
     let run = run_live_for(
         "[audio]\ndevice = \"no-such-microphone\"\n[logging]\nlevel = \"info,babycry::source=debug\"\n",
+        "",
         4,
     );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
@@ -104,17 +116,82 @@ fn a_missing_device_is_reported_once_and_retried_without_exiting() {
     assert_eq!(run.stderr.matches(" WARN ").count(), 1, "{}", run.stderr);
 }
 
+/// The default device missing (the usual setup, a USB microphone not yet plugged in):
+/// alsa-lib explains each failed open in lines of its own on stderr, which went to the
+/// journal at every retry all night (8 lines an attempt on this machine). They are logged
+/// at debug level, under the one warning for the loss.
+#[test]
+fn alsa_lib_messages_on_a_missing_default_device_go_to_the_debug_log() {
+    let asoundrc = "pcm.!default {\n  type plug\n  slave.pcm \"babycry_nowhere\"\n}\n";
+    let quiet = run_live_for("[audio]\ndevice = \"\"\n", asoundrc, 4);
+    assert_eq!(quiet.code, Some(0), "{}", quiet.stderr);
+    assert_eq!(states(&quiet), ["connecting", "lost"], "{}", quiet.stderr);
+    assert!(!quiet.stderr.contains("ALSA lib"), "{}", quiet.stderr);
+    assert!(
+        !quiet.stderr.contains("babycry_nowhere"),
+        "{}",
+        quiet.stderr
+    );
+    assert_eq!(
+        quiet.stderr.matches(" WARN ").count(),
+        1,
+        "{}",
+        quiet.stderr
+    );
+
+    let debug = run_live_for(
+        "[audio]\ndevice = \"\"\n[logging]\nlevel = \"info,babycry::source=debug,babycry::capture=debug\"\n",
+        asoundrc,
+        4,
+    );
+    let attempts = debug.stderr.matches(" attempt=").count();
+    let explained = debug
+        .stderr
+        .lines()
+        .filter(|l| {
+            l.contains(" DEBUG ") && l.contains("alsa-lib: ") && l.contains("babycry_nowhere")
+        })
+        .count();
+    // Every attempt (the first open and the retries after 1 s, 2 s...) is explained.
+    assert!(attempts >= 2, "{}", debug.stderr);
+    assert!(
+        explained >= attempts,
+        "{explained} for {attempts} attempts:\n{}",
+        debug.stderr
+    );
+    assert!(!debug.stderr.contains("ALSA lib"), "{}", debug.stderr);
+}
+
 #[test]
 fn devices_lists_input_devices_with_their_formats() {
-    let out = Command::new(bin()).arg("devices").output().unwrap();
+    // A PCM the user's ALSA configuration defines and that cannot be opened.
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(
+        home.path().join(".asoundrc"),
+        "pcm.babycry_broken {\n  type plug\n  slave.pcm \"babycry_nowhere\"\n  \
+         hint {\n    show on\n    description \"babycry broken test PCM\"\n  }\n}\n",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .arg("devices")
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
     assert!(text.contains("id: alsa:null"), "{text}");
     assert!(text.contains("default format: "), "{text}");
+    // Named once, on the last line, not listed as a device without a format; alsa-lib's
+    // reasons (an unknown slave PCM) only in the debug log.
+    assert!(!text.contains("default format: -"), "{text}");
+    assert!(!text.contains("babycry broken test PCM"), "{text}");
+    let last = text.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("defined but not openable now") && last.contains("alsa:babycry_broken"),
+        "{text}"
+    );
+    assert!(!stderr.contains("ALSA lib"), "{stderr}");
     assert!(text.contains(" Hz, "), "{text}");
     // The null PCM takes 1 to 64 channels in 13 formats: one line per format (832 when
     // every channel count had its own).
