@@ -76,46 +76,6 @@ impl std::fmt::Debug for CpalSource {
 }
 
 impl CpalSource {
-    /// Finds the device and starts its stream into a new ring.
-    fn open_stream(&mut self) -> Result<StreamFormat, SourceError> {
-        self.close();
-        let device = self.find_device()?;
-        let supported = self.choose_config(&device)?;
-        let format = StreamFormat {
-            sample_rate: supported.sample_rate(),
-            channels: supported.channels(),
-        };
-        // Whole frames, so that the callback can fill it to the last sample.
-        let frames = (format.sample_rate as usize * RING_SECONDS).max(1024);
-        let capacity = frames * usize::from(format.channels.max(1));
-        let (producer, consumer) = HeapRb::<f32>::new(capacity).split();
-        self.shared.lost.store(false, Ordering::Release);
-        let config = supported.config();
-        let stream = match supported.sample_format() {
-            SampleFormat::I8 => self.build::<i8>(&device, config, producer),
-            SampleFormat::I16 => self.build::<i16>(&device, config, producer),
-            SampleFormat::I24 => self.build::<cpal::I24>(&device, config, producer),
-            SampleFormat::I32 => self.build::<i32>(&device, config, producer),
-            SampleFormat::U8 => self.build::<u8>(&device, config, producer),
-            SampleFormat::U16 => self.build::<u16>(&device, config, producer),
-            SampleFormat::F32 => self.build::<f32>(&device, config, producer),
-            SampleFormat::F64 => self.build::<f64>(&device, config, producer),
-            other => return Err(self.unavailable(format!("unsupported sample format {other}"))),
-        }
-        .map_err(|e| self.unavailable(e))?;
-        stream.play().map_err(|e| self.unavailable(e))?;
-        tracing::info!(
-            device = %self.describe(),
-            format = %supported.sample_format(),
-            rate = format.sample_rate,
-            channels = format.channels,
-            "capture started"
-        );
-        self.stream = Some(stream);
-        self.ring = Some(consumer);
-        Ok(format)
-    }
-
     /// `device`: a name or ALSA id as `babycryd devices` lists them; empty = the default.
     /// `sample_rate`: the capture rate to ask for, 0 for the device's default.
     pub fn new(device: &str, sample_rate: u32) -> Self {
@@ -170,6 +130,46 @@ impl CpalSource {
             );
             default
         }))
+    }
+
+    /// Finds the device and starts its stream into a new ring.
+    fn open_stream(&mut self) -> Result<StreamFormat, SourceError> {
+        self.close();
+        let device = self.find_device()?;
+        let supported = self.choose_config(&device)?;
+        let format = StreamFormat {
+            sample_rate: supported.sample_rate(),
+            channels: supported.channels(),
+        };
+        // Whole frames, so that the callback can fill it to the last sample.
+        let frames = (format.sample_rate as usize * RING_SECONDS).max(1024);
+        let capacity = frames * usize::from(format.channels.max(1));
+        let (producer, consumer) = HeapRb::<f32>::new(capacity).split();
+        self.shared.lost.store(false, Ordering::Release);
+        let config = supported.config();
+        let stream = match supported.sample_format() {
+            SampleFormat::I8 => self.build::<i8>(&device, config, producer),
+            SampleFormat::I16 => self.build::<i16>(&device, config, producer),
+            SampleFormat::I24 => self.build::<cpal::I24>(&device, config, producer),
+            SampleFormat::I32 => self.build::<i32>(&device, config, producer),
+            SampleFormat::U8 => self.build::<u8>(&device, config, producer),
+            SampleFormat::U16 => self.build::<u16>(&device, config, producer),
+            SampleFormat::F32 => self.build::<f32>(&device, config, producer),
+            SampleFormat::F64 => self.build::<f64>(&device, config, producer),
+            other => return Err(self.unavailable(format!("unsupported sample format {other}"))),
+        }
+        .map_err(|e| self.unavailable(e))?;
+        stream.play().map_err(|e| self.unavailable(e))?;
+        tracing::info!(
+            device = %self.describe(),
+            format = %supported.sample_format(),
+            rate = format.sample_rate,
+            channels = format.channels,
+            "capture started"
+        );
+        self.stream = Some(stream);
+        self.ring = Some(consumer);
+        Ok(format)
     }
 
     fn find_device(&self) -> Result<cpal::Device, SourceError> {
