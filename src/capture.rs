@@ -245,7 +245,11 @@ impl CpalSource {
 /// eight lines at every attempt to open it, a journal full of them by morning, while the
 /// loss itself is reported once, at warn, by the capture thread. (Messages alsa-lib
 /// prints later on this thread wait in the buffer for the next call, which replaces it.)
+///
+/// libjack, which ALSA's `jack` plugin loads, is routed to the same log (once, for the
+/// rest of the process: see [`route_libjack_messages`]).
 fn with_alsa_lib_messages_logged<T>(context: &str, f: impl FnOnce() -> T) -> T {
+    route_libjack_messages();
     let buffer = alsa::Output::local_error_handler()
         .inspect_err(|e| tracing::debug!("cannot take alsa-lib's messages from stderr: {e}"))
         .ok();
@@ -258,6 +262,53 @@ fn with_alsa_lib_messages_logged<T>(context: &str, f: impl FnOnce() -> T) -> T {
     }
     result
 }
+
+/// Sends what libjack prints to the debug log: ALSA's `jack` plugin loads libjack, which
+/// prints five lines on stderr each time it finds no jack server running (`babycryd
+/// devices` probes every PCM ALSA defines, a daemon configured with a jack PCM retries
+/// it all night). libjack prints through a callback of its own, one
+/// for the process. It is loaded here first and kept loaded for good, so that the copy
+/// the plugin loads later is this one, with this callback. Without libjack there is
+/// nothing to route.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn route_libjack_messages() {
+    use std::ffi::{c_char, CStr};
+
+    extern "C" fn log_libjack_message(message: *const c_char) {
+        if message.is_null() {
+            return;
+        }
+        // SAFETY: libjack passes a NUL-terminated string, valid during the call.
+        let text = unsafe { CStr::from_ptr(message) }.to_string_lossy();
+        // A panic must not unwind into C (it would abort): a failing log is dropped.
+        let _ = std::panic::catch_unwind(|| tracing::debug!("libjack: {text}"));
+    }
+    type SetMessageFunction = unsafe extern "C" fn(extern "C" fn(*const c_char));
+
+    static ROUTED: std::sync::Once = std::sync::Once::new();
+    ROUTED.call_once(|| {
+        // SAFETY: dlopen and dlsym with NUL-terminated names; the handle is never closed,
+        // so the functions and the callback stay valid. Both symbols have libjack's
+        // signature `void (*)(void (*func)(const char *))` (jack/jack.h).
+        unsafe {
+            let lib = libc::dlopen(c"libjack.so.0".as_ptr(), libc::RTLD_LAZY);
+            if lib.is_null() {
+                return;
+            }
+            for name in [c"jack_set_error_function", c"jack_set_info_function"] {
+                let set = libc::dlsym(lib, name.as_ptr());
+                if !set.is_null() {
+                    let set: SetMessageFunction = std::mem::transmute(set);
+                    set(log_libjack_message);
+                }
+            }
+        }
+        tracing::debug!("libjack's messages go to the debug log");
+    });
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn route_libjack_messages() {}
 
 /// `device` as a cpal device id: "alsa:hw:1,0" as it is, a bare "hw:1,0" on `host`.
 fn device_id(host: cpal::HostId, device: &str) -> cpal::DeviceId {

@@ -192,6 +192,29 @@ fn devices_lists_input_devices_with_their_formats() {
         "{text}"
     );
     assert!(!stderr.contains("ALSA lib"), "{stderr}");
+    // ALSA's jack plugin (libasound2-plugins, which the live capture test installs) loads
+    // libjack, which printed five lines on stderr for each probe of a jack server that is
+    // not running (ten for `devices`): in the debug log now, beside alsa-lib's.
+    if last.contains("alsa:jack") {
+        for jack_line in ["jack server is not running", "Cannot connect to server"] {
+            assert!(!stderr.contains(jack_line), "{stderr}");
+        }
+        let debug = Command::new(bin())
+            .arg("devices")
+            .env("HOME", home.path())
+            .env("RUST_LOG", "debug")
+            .output()
+            .unwrap();
+        let debug_log = String::from_utf8_lossy(&debug.stderr);
+        assert!(
+            debug_log.lines().any(|l| l.contains(" DEBUG ")
+                && l.contains("libjack: ")
+                && l.contains("jack server is not running")),
+            "{debug_log}"
+        );
+    } else {
+        eprintln!("NOTE: no jack PCM defined here (libasound2-plugins missing): libjack's messages not checked");
+    }
     assert!(text.contains(" Hz, "), "{text}");
     // The null PCM takes 1 to 64 channels in 13 formats: one line per format (832 when
     // every channel count had its own).
@@ -207,16 +230,10 @@ fn devices_lists_input_devices_with_their_formats() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Nothing of babycryd's own (its errors start with its name); ALSA and its plugins
-    // (pulse and jack, which the live capture test needs) may report probing the PCMs
-    // they define.
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !stderr
-            .lines()
-            .any(|l| l.starts_with("babycryd") || l.contains("panicked")),
-        "{stderr}"
-    );
+    // Nothing on stderr: no error of babycryd's own, and what alsa-lib and libjack say
+    // of the PCMs they probe (pulse and jack, which the live capture test installs) is
+    // in the debug log.
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
 }
 
 /// Home Assistant's view of a live daemon through a real Mosquitto: with the microphone
