@@ -246,14 +246,15 @@ impl CpalSource {
 /// loss itself is reported once, at warn, by the capture thread. (Messages alsa-lib
 /// prints later on this thread wait in the buffer for the next call, which replaces it.)
 ///
-/// libjack, which ALSA's `jack` plugin loads, is routed to the same log (once, for the
-/// rest of the process: see [`route_libjack_messages`]).
+/// libjack, which ALSA's `jack` plugin loads, is routed to the same log once it is loaded
+/// (see [`route_libjack_messages`]).
 fn with_alsa_lib_messages_logged<T>(context: &str, f: impl FnOnce() -> T) -> T {
-    route_libjack_messages();
+    route_libjack_messages(Libjack::IfLoaded);
     let buffer = alsa::Output::local_error_handler()
         .inspect_err(|e| tracing::debug!("cannot take alsa-lib's messages from stderr: {e}"))
         .ok();
     let result = f();
+    route_libjack_messages(Libjack::IfLoaded);
     if let Some(buffer) = buffer {
         let text = buffer.borrow().to_string();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -263,16 +264,28 @@ fn with_alsa_lib_messages_logged<T>(context: &str, f: impl FnOnce() -> T) -> T {
     result
 }
 
+/// Whether [`route_libjack_messages`] may load libjack.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Libjack {
+    /// Load it: `babycryd devices` probes every PCM, the jack one too, and exits.
+    Load,
+    /// Only a copy already loaded (by the plugin): the daemon does not carry a library it
+    /// may never use (about 2 MB resident on x86_64, with libstdc++), so the first open of a jack PCM still
+    /// prints, its retries do not.
+    IfLoaded,
+}
+
 /// Sends what libjack prints to the debug log: ALSA's `jack` plugin loads libjack, which
 /// prints five lines on stderr each time it finds no jack server running (`babycryd
 /// devices` probes every PCM ALSA defines, a daemon configured with a jack PCM retries
-/// it all night). libjack prints through a callback of its own, one
-/// for the process. It is loaded here first and kept loaded for good, so that the copy
-/// the plugin loads later is this one, with this callback. Without libjack there is
-/// nothing to route.
+/// it all night). libjack prints through callbacks of its own, one each for the process,
+/// set here once. The library is kept loaded for good (one reference of ours), so the
+/// callbacks outlive the plugin being unloaded and loaded again. Without libjack there
+/// is nothing to route.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn route_libjack_messages() {
+fn route_libjack_messages(how: Libjack) {
     use std::ffi::{c_char, CStr};
+    use std::sync::atomic::AtomicBool;
 
     extern "C" fn log_libjack_message(message: *const c_char) {
         if message.is_null() {
@@ -285,30 +298,37 @@ fn route_libjack_messages() {
     }
     type SetMessageFunction = unsafe extern "C" fn(extern "C" fn(*const c_char));
 
-    static ROUTED: std::sync::Once = std::sync::Once::new();
-    ROUTED.call_once(|| {
-        // SAFETY: dlopen and dlsym with NUL-terminated names; the handle is never closed,
-        // so the functions and the callback stay valid. Both symbols have libjack's
-        // signature `void (*)(void (*func)(const char *))` (jack/jack.h).
-        unsafe {
-            let lib = libc::dlopen(c"libjack.so.0".as_ptr(), libc::RTLD_LAZY);
-            if lib.is_null() {
-                return;
-            }
-            for name in [c"jack_set_error_function", c"jack_set_info_function"] {
-                let set = libc::dlsym(lib, name.as_ptr());
-                if !set.is_null() {
-                    let set: SetMessageFunction = std::mem::transmute(set);
-                    set(log_libjack_message);
-                }
+    static ROUTED: AtomicBool = AtomicBool::new(false);
+    if ROUTED.load(Ordering::Acquire) {
+        return;
+    }
+    let flags = match how {
+        Libjack::Load => libc::RTLD_LAZY,
+        Libjack::IfLoaded => libc::RTLD_LAZY | libc::RTLD_NOLOAD,
+    };
+    // SAFETY: dlopen and dlsym with NUL-terminated names; the handle is never closed,
+    // so the functions and the callback stay valid. Both symbols have libjack's
+    // signature `void (*)(void (*func)(const char *))` (jack/jack.h). Two threads
+    // getting here at once set the same callback twice, which is harmless.
+    unsafe {
+        let lib = libc::dlopen(c"libjack.so.0".as_ptr(), flags);
+        if lib.is_null() {
+            return;
+        }
+        for name in [c"jack_set_error_function", c"jack_set_info_function"] {
+            let set = libc::dlsym(lib, name.as_ptr());
+            if !set.is_null() {
+                let set: SetMessageFunction = std::mem::transmute(set);
+                set(log_libjack_message);
             }
         }
-        tracing::debug!("libjack's messages go to the debug log");
-    });
+    }
+    ROUTED.store(true, Ordering::Release);
+    tracing::debug!("libjack's messages go to the debug log");
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn route_libjack_messages() {}
+fn route_libjack_messages(_how: Libjack) {}
 
 /// `device` as a cpal device id: "alsa:hw:1,0" as it is, a bare "hw:1,0" on `host`.
 fn device_id(host: cpal::HostId, device: &str) -> cpal::DeviceId {
@@ -463,6 +483,7 @@ fn group_configs(configs: impl IntoIterator<Item = (String, u32, u32, u16)>) -> 
 /// The input devices cpal sees. alsa-lib's messages on finding and probing them go to
 /// the debug log, under the id of the device probed.
 pub fn list_input_devices() -> Result<Vec<InputDevice>, cpal::Error> {
+    route_libjack_messages(Libjack::Load);
     let (default_id, devices) = with_alsa_lib_messages_logged("devices", || {
         let host = cpal::default_host();
         let default_id = host.default_input_device().and_then(|d| d.id().ok());

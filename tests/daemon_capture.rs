@@ -45,6 +45,28 @@ fn run_live_for(config_extra: &str, asoundrc: &str, secs: u64) -> RunOutput {
     }
 }
 
+/// Runs the daemon for 4 s on `device`, which cannot be opened, with `asoundrc` and the
+/// logging `level` (empty: the default). Asserts that it ran on and exited 0 on SIGTERM,
+/// the device reported lost once; returns its output and the attempts to open the device
+/// it logged (at debug: `babycry::source=debug`).
+fn run_on_a_missing_device(device: &str, asoundrc: &str, level: &str) -> (RunOutput, usize) {
+    let logging = if level.is_empty() {
+        String::new()
+    } else {
+        format!("[logging]\nlevel = \"{level}\"\n")
+    };
+    let config = format!("[audio]\ndevice = \"{device}\"\n{logging}");
+    let run = run_live_for(&config, asoundrc, 4);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(states(&run), ["connecting", "lost"], "{}", run.stderr);
+    let attempts = run.stderr.matches(" attempt=").count();
+    (run, attempts)
+}
+
+/// The log level that shows the attempts to open a device and what the sound libraries
+/// said of each.
+const CAPTURE_DEBUG: &str = "info,babycry::source=debug,babycry::capture=debug";
+
 fn states(run: &RunOutput) -> Vec<String> {
     run.of_type("audio_state")
         .iter()
@@ -94,19 +116,10 @@ fn the_configured_sample_rate_is_asked_of_the_device() {
 
 #[test]
 fn a_missing_device_is_reported_once_and_retried_without_exiting() {
-    let run = run_live_for(
-        "[audio]\ndevice = \"no-such-microphone\"\n[logging]\nlevel = \"info,babycry::source=debug\"\n",
-        "",
-        4,
-    );
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert_eq!(states(&run), ["connecting", "lost"], "{}", run.stderr);
+    let (run, attempts) =
+        run_on_a_missing_device("no-such-microphone", "", "info,babycry::source=debug");
     // Reopened after 1..2 s and again 2..4 s later: each attempt at debug, numbered.
-    assert!(
-        run.stderr.matches(" attempt=").count() >= 2,
-        "{}",
-        run.stderr
-    );
+    assert!(attempts >= 2, "{}", run.stderr);
     let lost = run.of_type("audio_state")[1];
     assert!(lost["detail"]
         .as_str()
@@ -123,9 +136,7 @@ fn a_missing_device_is_reported_once_and_retried_without_exiting() {
 #[test]
 fn alsa_lib_messages_on_a_missing_default_device_go_to_the_debug_log() {
     let asoundrc = "pcm.!default {\n  type plug\n  slave.pcm \"babycry_nowhere\"\n}\n";
-    let quiet = run_live_for("[audio]\ndevice = \"\"\n", asoundrc, 4);
-    assert_eq!(quiet.code, Some(0), "{}", quiet.stderr);
-    assert_eq!(states(&quiet), ["connecting", "lost"], "{}", quiet.stderr);
+    let (quiet, _) = run_on_a_missing_device("", asoundrc, "");
     assert!(!quiet.stderr.contains("ALSA lib"), "{}", quiet.stderr);
     assert!(
         !quiet.stderr.contains("babycry_nowhere"),
@@ -139,12 +150,7 @@ fn alsa_lib_messages_on_a_missing_default_device_go_to_the_debug_log() {
         quiet.stderr
     );
 
-    let debug = run_live_for(
-        "[audio]\ndevice = \"\"\n[logging]\nlevel = \"info,babycry::source=debug,babycry::capture=debug\"\n",
-        asoundrc,
-        4,
-    );
-    let attempts = debug.stderr.matches(" attempt=").count();
+    let (debug, attempts) = run_on_a_missing_device("", asoundrc, CAPTURE_DEBUG);
     let explained = debug
         .stderr
         .lines()
@@ -160,6 +166,34 @@ fn alsa_lib_messages_on_a_missing_default_device_go_to_the_debug_log() {
         debug.stderr
     );
     assert!(!debug.stderr.contains("ALSA lib"), "{}", debug.stderr);
+}
+
+/// A daemon configured with a jack PCM (ALSA's jack plugin) while no jack server runs:
+/// libjack printed five lines on stderr at every attempt to open it, all night. The first
+/// open, which loads libjack, still prints them (the daemon does not load ahead a library
+/// it may never use); each retry's are in the debug log.
+#[test]
+fn libjack_messages_on_retries_of_a_jack_device_go_to_the_debug_log() {
+    let (run, attempts) = run_on_a_missing_device("jack", "", CAPTURE_DEBUG);
+    let no_server = "jack server is not running";
+    let on_stderr = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains(no_server) && !l.contains("libjack: "))
+        .count();
+    let logged = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains(" DEBUG ") && l.contains("libjack: ") && l.contains(no_server))
+        .count();
+    assert!(attempts >= 2, "{}", run.stderr);
+    assert_eq!(
+        on_stderr, 1,
+        "libjack's lines of the first open only (the jack PCM is ALSA's jack plugin, in \
+         libasound2-plugins, which `scripts/deps.sh test` installs):\n{}",
+        run.stderr
+    );
+    assert!(logged >= 1, "{}", run.stderr);
 }
 
 #[test]
