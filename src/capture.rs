@@ -269,9 +269,9 @@ fn with_alsa_lib_messages_logged<T>(context: &str, f: impl FnOnce() -> T) -> T {
 enum Libjack {
     /// Load it: `babycryd devices` probes every PCM, the jack one too, and exits.
     Load,
-    /// Only a copy already loaded (by the plugin): the daemon does not carry a library it
-    /// may never use (about 2 MB resident on x86_64, with libstdc++), so the first open of a jack PCM still
-    /// prints, its retries do not.
+    /// Only a copy already loaded (by the plugin): the daemon does not carry a library
+    /// it may never use (about 2 MB resident on x86_64, with libstdc++), so the first
+    /// open of a jack PCM still prints, its retries do not.
     IfLoaded,
 }
 
