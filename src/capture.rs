@@ -246,10 +246,9 @@ impl CpalSource {
 /// loss itself is reported once, at warn, by the capture thread. (Messages alsa-lib
 /// prints later on this thread wait in the buffer for the next call, which replaces it.)
 ///
-/// libjack, which ALSA's `jack` plugin loads, is routed to the same log once it is loaded
-/// (see [`route_libjack_messages`]).
+/// libjack, which ALSA's `jack` plugin loads, is routed to the same log once `f` has
+/// loaded it (see [`route_libjack_messages`]).
 fn with_alsa_lib_messages_logged<T>(context: &str, f: impl FnOnce() -> T) -> T {
-    route_libjack_messages(Libjack::IfLoaded);
     let buffer = alsa::Output::local_error_handler()
         .inspect_err(|e| tracing::debug!("cannot take alsa-lib's messages from stderr: {e}"))
         .ok();
@@ -285,7 +284,6 @@ enum Libjack {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn route_libjack_messages(how: Libjack) {
     use std::ffi::{c_char, CStr};
-    use std::sync::atomic::AtomicBool;
 
     extern "C" fn log_libjack_message(message: *const c_char) {
         if message.is_null() {
