@@ -1,13 +1,17 @@
 //! The energy gate: the cheap first stage that keeps the models asleep in a quiet room.
 //!
 //! It owns measuring the level of ~32 ms frames (dBFS), the adaptive [`NoiseFloor`] that
-//! follows the room (fast when it gets quieter, slowly when it gets louder; it starts at
-//! the first frame heard and learns the room quickly for a few seconds), and the
+//! follows the room (fast when it gets quieter, slowly when it gets louder, and while a
+//! sound goes on only toward the quietest frame of the last seconds, never toward the
+//! sound; it starts at the median of the first frames heard and learns the room quickly
+//! for a few seconds), and the
 //! [`EnergyGate`] state machine: it opens when the level stays a margin above the floor
 //! (and above an absolute minimum) for a minimum duration, closes with hysteresis after
 //! a hangover, and reports where the opening starts including a pre-roll, so the start
 //! of a cry is kept. While the gate is closed nothing downstream runs: no FFT, no model
 //! (a detector window begun while it was open is finished, on the audio already held).
+
+use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
@@ -103,8 +107,14 @@ pub fn level_dbfs(frame: &[f32]) -> f64 {
     (10.0 * power.max(1e-12).log10()).max(SILENCE_DBFS)
 }
 
+/// How many frames of sound start a new floor: it begins at their median, so that one odd
+/// frame at the start (a device fading in, a click) does not become the room. A floor
+/// begun at a fade-in 50 dB under the room left the gate open, the models running and,
+/// without a detector, a false cry episode going, for two minutes.
+const START_FRAMES: usize = 8;
+
 /// How long a new floor learns the room, in seconds of frames it follows (digital silence
-/// and frames an open gate does not follow do not count): it starts at the first frame
+/// and frames an open gate does not follow do not count): it starts at the first frames
 /// heard, which may be a cry (a daemon restarted in the middle of one), and meanwhile
 /// falls to a quieter frame with [`LEARNING_FALL_SECONDS`], so that the first breath
 /// between two calls teaches it the room.
@@ -113,6 +123,12 @@ const LEARNING_SECONDS: f64 = 5.0;
 /// The fall time constant while learning, s: a breath (0.2-0.5 s) brings the floor most
 /// of the way down; one odd quiet frame does not.
 const LEARNING_FALL_SECONDS: f64 = 0.1;
+
+/// How far back a busy floor ([`NoiseFloor::follow_up`]) looks for the room, s: it rises
+/// only toward the quietest frame of this span. A crying baby breathes every few seconds,
+/// so during a cry that frame is a breath, the room; a fan or a white-noise machine
+/// switched on has no quieter frame, so the floor still rises to it.
+const BUSY_QUIETEST_SECONDS: f64 = 5.0;
 
 /// The room's noise floor: an exponential follower of frame levels in dB, quick to fall
 /// (a door closes) and slow to rise (a cry must not become the floor).
@@ -124,16 +140,26 @@ pub struct NoiseFloor {
     learning_fall: f64,
     /// Frames still to follow with `learning_fall`.
     learning_frames: u32,
+    /// Levels of the frames heard before the floor starts (at most [`START_FRAMES`]).
+    starting: Vec<f64>,
+    /// Levels of the last [`BUSY_QUIETEST_SECONDS`] of frames heard, digital silence
+    /// included (at [`SILENCE_DBFS`]): a muted breath keeps a busy floor from rising too.
+    recent: VecDeque<f64>,
+    recent_frames: usize,
 }
 
 impl NoiseFloor {
     pub fn new(config: &GateConfig, frame_seconds: f64) -> Self {
+        let recent_frames = (BUSY_QUIETEST_SECONDS / frame_seconds).ceil().max(1.0) as usize;
         let mut floor = Self {
             level_dbfs: None,
             rise: 0.0,
             fall: 0.0,
             learning_fall: 1.0 - (-frame_seconds / LEARNING_FALL_SECONDS).exp(),
             learning_frames: (LEARNING_SECONDS / frame_seconds).ceil() as u32,
+            starting: Vec::with_capacity(START_FRAMES),
+            recent: VecDeque::with_capacity(recent_frames + 1),
+            recent_frames,
         };
         floor.configure(config, frame_seconds);
         floor
@@ -145,39 +171,74 @@ impl NoiseFloor {
         self.fall = 1.0 - (-frame_seconds / config.floor_fall_seconds).exp();
     }
 
-    /// Follows one frame's level. Digital silence (exact zeros: a muted microphone, a
-    /// device starting up or resuming) says nothing about the room and is not followed:
-    /// a floor dragged down to it left the gate open, and the models running, for
-    /// minutes once the room's sound came back (the floor rises slowly while open).
-    pub fn update(&mut self, frame_dbfs: f64) {
-        if !frame_dbfs.is_finite() || frame_dbfs <= SILENCE_DBFS {
-            return;
+    /// Keeps one frame's level among the recent ones; false for a level that says nothing
+    /// about the room, which is not followed: digital silence (exact zeros: a muted
+    /// microphone, a device starting up or resuming; a floor dragged down to it left the
+    /// gate open, and the models running, for minutes once the room's sound came back,
+    /// as the floor rises slowly while open) and a level that is not a number.
+    fn hear(&mut self, frame_dbfs: f64) -> bool {
+        if frame_dbfs.is_nan() {
+            return false;
         }
-        let floor = self.level_dbfs.get_or_insert(frame_dbfs);
-        let coeff = match (frame_dbfs < *floor, self.learning_frames > 0) {
+        if self.recent.len() == self.recent_frames {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(frame_dbfs.max(SILENCE_DBFS));
+        frame_dbfs.is_finite() && frame_dbfs > SILENCE_DBFS
+    }
+
+    /// Moves the floor toward `target`, a level heard.
+    fn follow(&mut self, target: f64) {
+        let Some(floor) = self.level_dbfs.as_mut() else {
+            self.starting.push(target);
+            if self.starting.len() == START_FRAMES {
+                self.starting.sort_by(f64::total_cmp);
+                self.level_dbfs = Some(self.starting[START_FRAMES / 2]);
+            }
+            return;
+        };
+        let coeff = match (target < *floor, self.learning_frames > 0) {
             (true, true) => self.learning_fall,
             (true, false) => self.fall,
             (false, _) => self.rise,
         };
         self.learning_frames = self.learning_frames.saturating_sub(1);
-        *floor += coeff * (frame_dbfs - *floor);
+        *floor += coeff * (target - *floor);
     }
 
-    /// Follows a frame only if it is at or above the floor: while something is going on
-    /// (the gate open, a cry's hold) the floor may creep up but the pauses between cries
-    /// must not drag it down.
-    pub fn follow_up(&mut self, frame_dbfs: f64) {
-        if frame_dbfs >= self.dbfs() {
-            self.update(frame_dbfs);
+    /// Follows one frame's level (not digital silence, see `hear`).
+    pub fn update(&mut self, frame_dbfs: f64) {
+        if self.hear(frame_dbfs) {
+            self.follow(frame_dbfs);
         }
     }
 
-    /// Whether it has followed a frame yet.
+    /// Follows the room while something is going on (the gate open, a cry's hold): the
+    /// floor may rise, toward the quietest frame of the last [`BUSY_QUIETEST_SECONDS`],
+    /// but never toward the sound itself, and the pauses between cries must not drag it
+    /// down. Before, it rose toward every frame at or above it: a cry 11 dB above the
+    /// room became the floor within a minute, the gate closed in the middle of it, and
+    /// the cry was cut into episodes the cooldown then hid.
+    pub fn follow_up(&mut self, frame_dbfs: f64) {
+        if !self.hear(frame_dbfs) {
+            return;
+        }
+        if !self.has_heard() {
+            self.follow(frame_dbfs);
+            return;
+        }
+        let quietest = self.recent.iter().copied().fold(f64::INFINITY, f64::min);
+        if quietest >= self.dbfs() {
+            self.follow(quietest);
+        }
+    }
+
+    /// Whether it has started (heard its first [`START_FRAMES`] frames of sound).
     pub fn has_heard(&self) -> bool {
         self.level_dbfs.is_some()
     }
 
-    /// The floor, dBFS (silence until the first frame).
+    /// The floor, dBFS (silence until it starts).
     pub fn dbfs(&self) -> f64 {
         self.level_dbfs.unwrap_or(SILENCE_DBFS)
     }
@@ -247,10 +308,16 @@ impl EnergyGate {
         (s * f64::from(self.rate)).round() as u64
     }
 
+    /// The audio stopped coming: loud frames before the gap and after it are not one run
+    /// (3 loud frames, a gap, then a 32 ms click opened the gate).
+    pub fn interrupt(&mut self) {
+        self.loud_since = None;
+    }
+
     /// Feeds one frame that starts at stream sample `start`.
     pub fn push_frame(&mut self, frame: &[f32], start: u64) -> GateTransition {
         let level = level_dbfs(frame);
-        // The first frame heard starts the floor instead of being measured against none:
+        // The first frames heard start the floor instead of being measured against none:
         // any room above `min_level_dbfs` opened the gate at start (in no-detector mode,
         // a false cry episode at every start).
         if !self.floor.has_heard() {
@@ -260,8 +327,8 @@ impl EnergyGate {
         let opening = (self.floor.dbfs() + self.config.margin_db).max(self.config.min_level_dbfs);
         let end = start + frame.len() as u64;
         if self.open {
-            // The floor keeps rising slowly while open, so a room that became louder
-            // for good (a fan) closes the gate in the end.
+            // The floor keeps rising slowly while open, toward the room under the sound,
+            // so a room that became louder for good (a fan) closes the gate in the end.
             self.floor.follow_up(level);
             if level >= opening - self.config.hysteresis_db {
                 self.quiet_samples = 0;
@@ -364,12 +431,29 @@ mod tests {
         assert_eq!(level_dbfs(&[0.0; 256]), SILENCE_DBFS);
     }
 
+    /// A floor started at `level` (its first frames all there).
+    fn floor_at(level: f64) -> NoiseFloor {
+        let mut floor = NoiseFloor::new(&GateConfig::default(), 0.032);
+        for _ in 0..START_FRAMES {
+            assert!(!floor.has_heard());
+            floor.update(level);
+        }
+        assert_eq!(floor.dbfs(), level);
+        floor
+    }
+
+    #[test]
+    fn floor_starts_at_the_median_of_its_first_frames() {
+        let mut floor = NoiseFloor::new(&GateConfig::default(), 0.032);
+        for level in [-90.0, -41.0, -40.0, -39.0, -40.5, -20.0, -39.5, -40.2] {
+            floor.update(level);
+        }
+        assert_eq!(floor.dbfs(), -40.0);
+    }
+
     #[test]
     fn floor_falls_fast_and_rises_slowly() {
-        let config = GateConfig::default();
-        let mut floor = NoiseFloor::new(&config, 0.032);
-        floor.update(-40.0);
-        assert_eq!(floor.dbfs(), -40.0);
+        let mut floor = floor_at(-40.0);
         // 2 s at -60: the fast fall covers most of the way.
         for _ in 0..63 {
             floor.update(-60.0);
@@ -457,13 +541,102 @@ mod tests {
     /// frame made it NaN, which no level ever compares above, for the rest of the run.
     #[test]
     fn a_level_that_is_not_finite_is_not_followed() {
-        let mut floor = NoiseFloor::new(&GateConfig::default(), 0.032);
-        floor.update(-45.0);
+        let mut floor = floor_at(-45.0);
         for level in [f64::INFINITY, f64::NAN, f64::NEG_INFINITY] {
             floor.update(level);
             floor.follow_up(level);
             assert_eq!(floor.dbfs(), -45.0, "{level}");
         }
+    }
+
+    /// Room tone at about -41 dBFS and, from 10 s, 300 s of cry whose bursts are about
+    /// 12 dB above it, 10 dB over a burst and its breath (a cry across the room with a
+    /// white-noise machine on); and that 10 dB.
+    fn long_cry_a_little_above_the_room() -> (Vec<f32>, f64) {
+        let mut audio = synth::room_tone(RATE, 340.0, 0.02, 1);
+        let cry = synth::cry(RATE, 300.0, 0.107);
+        let room = level_dbfs(&audio[..RATE as usize]);
+        // A whole burst and its breath.
+        let burst = level_dbfs(&cry[..12000]);
+        synth::mix_into(&mut audio, &cry, 10 * RATE as usize);
+        (audio, burst - room)
+    }
+
+    /// The gate stays open through the whole cry, at its breaths too. Before, the floor
+    /// rose toward the cry while the gate was open, the gate closed after about 50 s of
+    /// crying, and it opened and closed three more times before the cry ended.
+    #[test]
+    fn a_long_cry_a_little_above_the_room_keeps_the_gate_open() {
+        let (audio, above) = long_cry_a_little_above_the_room();
+        assert!((9.5..10.5).contains(&above), "{above}");
+        let mut gate = EnergyGate::new(&GateConfig::default(), RATE);
+        let t = run(&mut gate, &audio, 0);
+        assert_eq!(t.len(), 2, "{t:?}");
+        let (GateTransition::Opened { from_sample }, GateTransition::Closed { at_sample }) =
+            (t[0], t[1])
+        else {
+            panic!("{t:?}")
+        };
+        let (opened, closed) = (
+            from_sample as f64 / f64::from(RATE),
+            at_sample as f64 / f64::from(RATE),
+        );
+        assert!((9.0..10.5).contains(&opened), "{opened}");
+        // The last burst ends at 10 + 298.7 s; the hangover is 1 s.
+        assert!((309.0..311.0).contains(&closed), "{closed}");
+    }
+
+    /// A fan switched on 15 dB above the room has no quieter frame: the floor still rises
+    /// to it, and the gate closes within about a minute and stays closed.
+    #[test]
+    fn a_room_louder_for_good_closes_the_gate() {
+        let mut audio = synth::room_tone(RATE, 190.0, 0.002, 1);
+        let fan = synth::room_tone(RATE, 180.0, 0.0112, 2);
+        synth::mix_into(&mut audio, &fan, 10 * RATE as usize);
+        let mut gate = EnergyGate::new(&GateConfig::default(), RATE);
+        let t = run(&mut gate, &audio, 0);
+        assert_eq!(t.len(), 2, "{t:?}");
+        let GateTransition::Closed { at_sample } = t[1] else {
+            panic!("{t:?}")
+        };
+        let closed = at_sample as f64 / f64::from(RATE);
+        assert!((40.0..80.0).contains(&closed), "{closed}");
+    }
+
+    /// One near-silent frame at the start (a device fading in) does not become the room.
+    /// Before, the floor began there, 50 dB under the room, and the room's own sound kept
+    /// the gate open for two minutes.
+    #[test]
+    fn one_quiet_frame_at_the_start_does_not_open_the_gate() {
+        let mut audio = synth::room_tone(RATE, 0.032, 0.00005, 3);
+        audio.extend(synth::room_tone(RATE, 200.0, 0.02, 3));
+        let mut gate = EnergyGate::new(&GateConfig::default(), RATE);
+        assert_eq!(run(&mut gate, &audio, 0), vec![]);
+        let floor = gate.noise_floor_dbfs();
+        assert!((-45.0..-38.0).contains(&floor), "{floor}");
+    }
+
+    /// Loud frames before a gap in the audio and after it are not one run: 3 loud frames
+    /// (96 ms, under the 100 ms that open the gate), the audio lost, then one 32 ms click
+    /// open nothing. Before, the run went on across the gap and the click opened the gate.
+    #[test]
+    fn a_loud_run_does_not_go_on_across_a_gap() {
+        let opens = |interrupted: bool| {
+            let mut gate = EnergyGate::new(&GateConfig::default(), RATE);
+            let room = synth::room_tone(RATE, 2.0, 0.002, 1);
+            run(&mut gate, &room, 0);
+            let mut at = room.len() as u64;
+            let loud = synth::room_tone(RATE, 0.096, 0.5, 2);
+            let mut t = run(&mut gate, &loud, at);
+            at += loud.len() as u64;
+            if interrupted {
+                gate.interrupt();
+            }
+            t.extend(run(&mut gate, &loud[..FRAME_SAMPLES], at));
+            t
+        };
+        assert_eq!(opens(true), vec![]);
+        assert_eq!(opens(false).len(), 1, "the run the gap must break");
     }
 
     #[test]

@@ -99,6 +99,8 @@ pub struct CryMonitor {
     /// Where the last cooldown began (an episode's end); its length is read from the
     /// settings each time, so a reload that shortens it applies to one running.
     cooldown_from: Option<u64>,
+    /// The cooldown (its `cooldown_from`) whose suppressed crying has been logged at info.
+    cooldown_logged: Option<u64>,
     summary: RunSummary,
     openings: VecDeque<u64>,
     last_inference_ms: f64,
@@ -153,6 +155,7 @@ impl CryMonitor {
             last_gate_close: 0,
             episode: None,
             cooldown_from: None,
+            cooldown_logged: None,
             summary: RunSummary::default(),
             openings: VecDeque::new(),
             last_inference_ms: 0.0,
@@ -422,10 +425,21 @@ impl CryMonitor {
         if self.framed < self.cooldown_until() {
             self.summary.suppressed_by_cooldown += 1;
             self.recent.clear();
-            tracing::info!(
-                at_s = self.seconds(start),
-                "crying confirmed during the cooldown: no new episode"
-            );
+            // Once per cooldown at info: crying that goes on is confirmed again every
+            // few windows, dozens of lines in one cooldown.
+            if self.cooldown_logged == self.cooldown_from {
+                tracing::debug!(
+                    at_s = self.seconds(start),
+                    "crying confirmed during the cooldown again: no new episode"
+                );
+            } else {
+                self.cooldown_logged = self.cooldown_from;
+                tracing::info!(
+                    at_s = self.seconds(start),
+                    cooldown_until_s = self.seconds(self.cooldown_until()),
+                    "crying confirmed during the cooldown: no new episode"
+                );
+            }
             return;
         }
         self.summary.episodes += 1;
@@ -538,7 +552,8 @@ impl CryMonitor {
 
     /// Classifies the crying no reason window has covered (an episode shorter than a
     /// window, the crying after the last whole one, a stream that ends in one): the last
-    /// window's worth of the episode, zero-padded where it is shorter. Whole windows
+    /// window's worth of the episode up to its last crying, zero-padded where it is
+    /// shorter. Whole windows
     /// after it, if the crying resumes, begin where it ends.
     fn classify_tail(&mut self, emit: &mut dyn FnMut(Update)) -> Result<(), ModelError> {
         let Some(ep) = &self.episode else {
@@ -560,7 +575,11 @@ impl CryMonitor {
             .saturating_sub(window)
             .max(ep.start_sample)
             .max(self.history_start);
-        self.classify_window(start, start + window, emit)?;
+        // Not past the crying: in an episode shorter than a window the rest was the quiet
+        // after it, classified as if it were crying (the model zero-pads a short window,
+        // as it does a short file).
+        let end = ep.last_cry_end.min(start + window);
+        self.classify_window(start, end, emit)?;
         if let Some(ep) = &mut self.episode {
             ep.next_reason_start = ep.next_reason_start.max(ep.classified_until);
         }
@@ -602,8 +621,9 @@ impl CryMonitor {
     /// The audio stopped coming (the microphone was lost, or stalled): a running episode
     /// ends now, at its last crying. Its quiet time is counted in audio, so without this
     /// it would stay open, `crying` ON, until audio came back, and then run on into it.
-    /// No cooldown follows: crying heard when the audio comes back may be the same cry
-    /// going on, and must be reported at once, not a cooldown of new audio later.
+    /// No cooldown follows, and none runs on: crying heard when the audio comes back may
+    /// be the same cry going on, and must be reported at once, not a cooldown of new
+    /// audio later.
     pub fn interrupt(&mut self, emit: &mut dyn FnMut(Update)) -> Result<(), ModelError> {
         // The audio after the gap does not continue the audio before it: no detector
         // window, confirmation or pre-roll reaches back across it (an episode after the
@@ -613,11 +633,11 @@ impl CryMonitor {
             *next = (*next).max(self.framed);
         }
         self.recent.clear();
-        if self.episode.is_none() {
-            // A cooldown already running goes on: no cry was cut short.
-            return Ok(());
-        }
+        self.gate.interrupt();
         self.end_episode(emit)?;
+        // A cooldown already running ends too: it is counted in audio, which stops with
+        // it, so its rest held back crying heard after a gap of any length (after a
+        // minute without audio, up to a minute more of crying reported as nothing).
         self.cooldown_from = None;
         Ok(())
     }

@@ -92,6 +92,82 @@ fn cry_at(onsets: &[f32], seconds: f32, total: f32) -> Vec<f32> {
     audio
 }
 
+/// Five minutes of crying across the room with a white-noise machine on (bursts about
+/// 12 dB above the room, 10 dB over a burst and its breath): one episode, from the cry's
+/// start to its end. Before, the noise floor rose toward the cry while the gate was open,
+/// the gate closed 50 s into it, the episode ended 10 s later and the cooldown hid the
+/// crying that went on: three more episodes and about 100 suppressed confirmations,
+/// `crying` OFF for more than half of the cry.
+#[test]
+fn a_long_cry_a_little_above_the_room_is_one_episode() {
+    let mut audio = synth::room_tone(RATE, 340.0, 0.02, 1);
+    synth::mix_into(
+        &mut audio,
+        &synth::cry(RATE, 300.0, 0.107),
+        10 * RATE as usize,
+    );
+    let mut m = monitor(|_| {}, true);
+    let events = kinds(&feed(&mut m, &audio, 4000));
+    let spans = episode_spans(&events);
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    let (start, end) = spans[0];
+    assert!((9.0..=13.0).contains(&start), "{start}");
+    // The last burst ends at 10 + 298.7 s.
+    assert!((306.0..=311.0).contains(&end), "{end}");
+    let summary = m.summary();
+    assert_eq!(summary.suppressed_by_cooldown, 0);
+    assert_eq!(summary.gate_openings, 1);
+}
+
+/// The audio stops (the microphone lost) during a cooldown and comes back with crying:
+/// an episode starts at once. Before, the cooldown, counted in audio, went on after the
+/// gap and held the crying back for the rest of its minute, however long the gap.
+#[test]
+fn a_gap_in_the_audio_ends_a_running_cooldown() {
+    let mut m = monitor(|_| {}, true);
+    let mut out = Vec::new();
+    let before = cry_at(&[2.0], 4.0, 20.0);
+    for piece in before.chunks(400) {
+        m.push(piece, &mut |u| out.push(u)).unwrap();
+    }
+    assert_eq!(m.summary().episodes, 1, "the first cry's episode");
+    assert!(
+        m.episode().is_none(),
+        "over before the gap, its cooldown running"
+    );
+    m.interrupt(&mut |u| out.push(u)).unwrap();
+    let after = cry_at(&[0.0], 4.0, 6.0);
+    for piece in after.chunks(400) {
+        m.push(piece, &mut |u| out.push(u)).unwrap();
+    }
+    let summary = m.summary();
+    assert_eq!(summary.episodes, 2, "{summary:?}");
+    assert_eq!(summary.suppressed_by_cooldown, 0);
+    let second = m.episode().expect("the crying after the gap").start_sample;
+    assert!(second >= 20 * u64::from(RATE), "{second}");
+}
+
+/// An episode shorter than a reason window is classified on its own crying: its one
+/// window ends with it, instead of running on into the quiet after it (before: 7 s from
+/// its start, 2.5 s of them quiet room).
+#[test]
+fn a_short_episode_is_classified_up_to_its_end() {
+    let mut m = monitor(|_| {}, true);
+    let audio = cry_at(&[5.0], 4.0, 30.0);
+    let events = kinds(&feed(&mut m, &audio, 400));
+    let &[(start, end)] = episode_spans(&events).as_slice() else {
+        panic!("one episode: {events:?}");
+    };
+    assert!(end - start < 6.0, "shorter than a window: {start}..{end}");
+    let windows = window_spans(&events);
+    assert_eq!(windows.len(), 1, "{windows:?}");
+    let (s, e) = windows[0];
+    assert!(
+        (s - start).abs() < 1e-9 && (e - end).abs() < 1e-9,
+        "window {s}..{e} in {start}..{end}"
+    );
+}
+
 #[test]
 fn an_episode_is_confirmed_within_3_s_and_ends_after_the_quiet_time() {
     let mut m = monitor(|c| c.episode.quiet_seconds = 4.0, true);
