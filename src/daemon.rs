@@ -352,6 +352,10 @@ pub async fn run(
                                 }
                                 monitor.apply(MonitorSettings::from_config(&new.config));
                                 let _ = out_tx.send(OutputMessage::Mqtt(MqttConfig::for_daemon(&new.config))).await;
+                                // A shorter interval counts from now, not from the old tick.
+                                next_diagnostics = next_diagnostics.min(
+                                    monitor.summary().audio_seconds + new.config.daemon.diagnostics_seconds,
+                                );
                                 settings = new;
                                 tracing::info!("configuration reloaded");
                             }

@@ -1606,6 +1606,47 @@ async fn sighup_moves_the_daemon_to_new_mqtt_settings_without_dropping_audio() {
     assert!(held.contains_key("homeassistant/binary_sensor/hupnew_crying/config"));
 }
 
+/// SIGHUP that shortens `[daemon] diagnostics_seconds` (3600 to 1) applies from the
+/// reload: diagnostics come every second of audio after it. Before, the next one waited
+/// for the old interval's tick, 3600 s of audio after the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_a_shorter_diagnostics_interval_applies_at_once() {
+    let broker = Broker::start();
+    let topic = "babycry/diag/diagnostics";
+    let sub = Subscriber::start(broker.port, &["babycry/diag/#"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let configure = |seconds: u32| {
+        let conf = daemon_config(dir.path(), broker.port, "diag");
+        let text = std::fs::read_to_string(&conf).unwrap().replacen(
+            "[daemon]\n",
+            &format!("[daemon]\ndiagnostics_seconds = {seconds}\n"),
+            1,
+        );
+        std::fs::write(&conf, text).unwrap();
+        conf
+    };
+    let mut daemon = StdinDaemon::start(&configure(3600));
+    sub.wait_for("babycry/diag/status", "online", Duration::from_secs(20))
+        .await;
+    daemon.feed(&babycry::synth::room_tone(8000, 3.0, 0.002, 1));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = sub.on(topic).len();
+    configure(1);
+    daemon.signal("HUP");
+    wait_until("the reload", Duration::from_secs(10), || {
+        daemon.log().contains("configuration reloaded")
+    })
+    .await;
+    daemon.feed(&babycry::synth::room_tone(8000, 5.0, 0.002, 2));
+    wait_until(
+        "diagnostics every second after the reload",
+        Duration::from_secs(10),
+        || sub.on(topic).len() >= before + 4,
+    )
+    .await;
+    daemon.finish();
+}
+
 /// SIGHUP with new MQTT settings in the middle of a cry: the new link starts from the
 /// states of the old one, so the new base says `crying` ON (retained, for a Home Assistant
 /// that comes later too) and the reason so far, not OFF until the next episode.
