@@ -67,15 +67,15 @@ pub struct RunArgs {
     /// Replay --input as fast as it can be analysed instead of in real time.
     #[arg(long, requires = "input")]
     pub fast: bool,
-    /// Sample format of raw PCM on stdin.
-    #[arg(long, value_enum, default_value = "s16le")]
-    pub format: PcmFormat,
-    /// Sample rate of raw PCM on stdin, Hz.
-    #[arg(long, default_value_t = 16000, value_parser = clap::value_parser!(u32).range(1000..=768_000))]
-    pub rate: u32,
-    /// Channels of raw PCM on stdin (interleaved).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=32))]
-    pub channels: u16,
+    /// Sample format of raw PCM on stdin (--input -) [default: s16le].
+    #[arg(long, value_enum)]
+    pub format: Option<PcmFormat>,
+    /// Sample rate of raw PCM on stdin (--input -), Hz [default: 16000].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1000..=768_000))]
+    pub rate: Option<u32>,
+    /// Channels of raw PCM on stdin (--input -), interleaved [default: 1].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub channels: Option<u16>,
     /// Write the JSON lines to this file (appending) instead of stdout.
     #[arg(long)]
     pub events: Option<PathBuf>,
@@ -94,7 +94,7 @@ pub struct ClassifyArgs {
     #[arg(required_unless_present = "demo")]
     pub files: Vec<PathBuf>,
     /// Classify a built-in synthetic cry-like signal instead of files.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "files")]
     pub demo: bool,
     /// How many labels to list in top_k.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -126,6 +126,33 @@ pub struct ModelArgs {
     /// Do not load a cry detector (classify: every file is assumed to be crying).
     #[arg(long)]
     pub no_detector: bool,
+}
+
+/// The command line, checked: clap's own rules, then those it cannot say (a usage error,
+/// exit 2, like clap's).
+pub fn parse() -> Cli {
+    use clap::{CommandFactory, Parser};
+    // An empty `BABYCRYD_CONFIG=` (a line left blank in an EnvironmentFile) means unset:
+    // clap would refuse it as a --config without a value, an exit 2 that systemd would
+    // restart every few seconds for ever. (Before any thread exists.)
+    if std::env::var_os("BABYCRYD_CONFIG").is_some_and(|v| v.is_empty()) {
+        std::env::remove_var("BABYCRYD_CONFIG");
+    }
+    let cli = Cli::parse();
+    if let Command::Run(args) = &cli.command {
+        let raw = args.format.is_some() || args.rate.is_some() || args.channels.is_some();
+        if raw && args.input.as_deref() != Some(Path::new("-")) {
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "--format, --rate and --channels describe raw PCM on stdin and need \
+                     --input -: a file says its own format, and the microphone's rate is \
+                     [audio] sample_rate in the config",
+                )
+                .exit();
+        }
+    }
+    cli
 }
 
 /// Loads the settings for `cli`; `uses_mqtt` as for [`load_settings`].
@@ -408,10 +435,10 @@ fn audio_source(args: &RunArgs, settings: &Settings) -> anyhow::Result<Box<dyn A
         Some(p) if p == Path::new("-") => Ok(Box::new(RawPcmSource::new(
             "stdin".into(),
             std::io::stdin(),
-            args.format,
+            args.format.unwrap_or(PcmFormat::S16le),
             StreamFormat {
-                sample_rate: args.rate,
-                channels: args.channels,
+                sample_rate: args.rate.unwrap_or(16000),
+                channels: args.channels.unwrap_or(1),
             },
         ))),
         Some(p) => Ok(Box::new(FileSource::new(p, !args.fast)?)),
@@ -572,12 +599,23 @@ pub fn configured_logging(cli: &Cli) -> (Option<String>, bool) {
 /// time), or JSON with `--log-json`. RUST_LOG wins over the config's `level`. The audio
 /// decoder's own log lines ("probe reach EOF", "ignoring unknown chunk") are dropped
 /// unless RUST_LOG asks for them: a bad file is reported once, as a decode error.
+///
+/// An empty RUST_LOG (`RUST_LOG=` left in an EnvironmentFile) counts as unset, and one
+/// that would log nothing it seems to ask for (a misspelt level) is ignored with a
+/// warning: either silenced every line before, errors included.
 pub fn init_logging(json: bool, level: Option<&str>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        let level = level.unwrap_or("info");
-        tracing_subscriber::EnvFilter::try_new(format!("{level},symphonia=off"))
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,symphonia=off"))
-    });
+    let env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let ignored = env
+        .as_deref()
+        .and_then(|v| crate::config::log_filter_problem(v).map(|p| (v.to_owned(), p)));
+    let spec = match (&env, &ignored) {
+        (Some(v), None) => v.clone(),
+        _ => format!("{},symphonia=off", level.unwrap_or("info")),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,symphonia=off"));
     // A log line that cannot be written (stderr closed) is dropped: tracing would
     // otherwise report it with `eprintln!`, which panics on a closed stderr and would
     // end the monitor in the middle of an episode.
@@ -591,4 +629,7 @@ pub fn init_logging(json: bool, level: Option<&str>) {
     } else {
         builder.try_init()
     };
+    if let Some((value, problem)) = ignored {
+        tracing::warn!("RUST_LOG = {value:?} ignored: {problem}");
+    }
 }

@@ -198,21 +198,10 @@ impl Config {
                 )));
             }
         }
-        if !matches!(self.logging.level.trim(), "") {
-            let level = &self.logging.level;
-            tracing_subscriber::EnvFilter::try_new(level)
-                .map_err(|e| invalid(format!("logging.level = {level:?}: {e}")))?;
-            // The filter syntax reads a bare word as a target name: a misspelt level
-            // ("inof") would be accepted and show only that target's (no) records, so the
-            // daemon would log nothing at all, lost microphone and refused password too.
-            if let Some(word) = level.split(',').map(str::trim).find(|d| {
-                !d.is_empty()
-                    && !d.contains(['=', '['])
-                    && d.parse::<tracing::level_filters::LevelFilter>().is_err()
-            }) {
-                return Err(invalid(format!(
-                    "logging.level = {level:?}: {word:?} is not a level (error, warn, info, debug, trace, off) or a target=level directive"
-                )));
+        let level = &self.logging.level;
+        if !level.trim().is_empty() {
+            if let Some(problem) = log_filter_problem(level) {
+                return Err(invalid(format!("logging.level = {level:?}: {problem}")));
             }
         }
         self.audio
@@ -227,6 +216,16 @@ impl Config {
         self.episode
             .validate()
             .map_err(|e| invalid(format!("episode.{e}")))?;
+        // The episode ends after quiet_seconds without a detector window saying cry, and
+        // windows come every hop_seconds: a quiet time under two hops ended it between
+        // two windows of one cry, a continuous cry cut into episodes.
+        if self.episode.quiet_seconds < 2.0 * self.detector.hop_seconds {
+            return Err(invalid(format!(
+                "episode.quiet_seconds = {} must be at least twice detector.hop_seconds = {}: \
+                 one cry would end its episode between two detector windows",
+                self.episode.quiet_seconds, self.detector.hop_seconds
+            )));
+        }
         self.mqtt
             .validate()
             .map_err(|e| invalid(format!("mqtt.{e}")))?;
@@ -264,11 +263,16 @@ impl Config {
         let find = |name: &str| -> Result<PathBuf, String> {
             let direct = Path::new(name);
             if direct.is_absolute() {
-                return Ok(direct.to_owned());
+                // `check-config` must not pass a model `run` then cannot load.
+                return if direct.is_file() {
+                    Ok(direct.to_owned())
+                } else {
+                    Err(format!("models: {name} is not a file"))
+                };
             }
             dirs.iter()
                 .map(|d| d.join(name))
-                .find(|p| p.exists())
+                .find(|p| p.is_file())
                 .ok_or_else(|| {
                     format!(
                         "models: {name} not found in {}",
@@ -290,6 +294,24 @@ impl Config {
         };
         Ok((detector, reason))
     }
+}
+
+/// Why `spec`, a `[logging] level` or RUST_LOG, would not log what it seems to ask for.
+pub fn log_filter_problem(spec: &str) -> Option<String> {
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(spec) {
+        return Some(e.to_string());
+    }
+    // The filter syntax reads a bare word as a target name: a misspelt level ("inof")
+    // would be accepted and show only that target's (no) records, so the daemon would
+    // log nothing at all, lost microphone and refused password too.
+    let word = spec.split(',').map(str::trim).find(|d| {
+        !d.is_empty()
+            && !d.contains(['=', '['])
+            && d.parse::<tracing::level_filters::LevelFilter>().is_err()
+    })?;
+    Some(format!(
+        "{word:?} is not a level (error, warn, info, debug, trace, off) or a target=level directive"
+    ))
 }
 
 /// Loads the settings: the explicit path, else the default places, else built-in defaults.

@@ -2,11 +2,9 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     babycry::cli::tune_allocator();
-    let cli = babycry::cli::Cli::parse();
+    let cli = babycry::cli::parse();
     let (level, json) = babycry::cli::configured_logging(&cli);
     babycry::cli::init_logging(cli.log_json || json, level.as_deref());
     match babycry::cli::execute(cli) {

@@ -122,6 +122,33 @@ fn cases() -> Vec<Case> {
             )
         },
         case("`--rate 0` for stdin PCM", "run --input - --rate 0"),
+        case(
+            "`--rate` for a file (raw PCM flags without `--input -`)",
+            "run --config $DIR/config.toml --input $DIR/silence.wav --rate 48000",
+        ),
+        case(
+            "`classify --demo` with files as well",
+            "classify --demo $DIR/silence.wav",
+        ),
+        Case {
+            env: &[("BABYCRYD_CONFIG", "")],
+            otherwise: Some("# effective settings from"),
+            ..case("Empty `BABYCRYD_CONFIG=` (means unset)", "check-config")
+        },
+        Case {
+            env: &[("RUST_LOG", "")],
+            ..case(
+                "Empty `RUST_LOG=` (means unset: the warnings still show)",
+                "run --config $DIR/config.toml --fast --input $DIR/silence12.wav",
+            )
+        },
+        Case {
+            env: &[("RUST_LOG", "inof")],
+            ..case(
+                "Misspelt `RUST_LOG=inof`",
+                "run --config $DIR/config.toml --fast --input $DIR/silence12.wav",
+            )
+        },
         case("Unknown `--format`", "run --input - --format u8"),
         case("Unknown flag", "classify --loud $DIR/silence.wav"),
         case("`--hop 0`", "classify --hop 0 $DIR/silence.wav"),
@@ -153,6 +180,26 @@ fn cases() -> Vec<Case> {
         case(
             "Threshold for a label the model does not have (`[thresholds] hungy`)",
             "check-config --config $DIR/label.toml",
+        ),
+        case(
+            "Quiet time shorter than two detector hops (`quiet_seconds = 3`, `hop_seconds = 2`)",
+            "check-config --config $DIR/quiet.toml",
+        ),
+        case(
+            "Model at an absolute path that does not exist",
+            "check-config --config $DIR/absent-model.toml",
+        ),
+        case(
+            "MQTT base topic `homeassistant` (Home Assistant's own status topic)",
+            "check-config --config $DIR/ha-base.toml",
+        ),
+        case(
+            "MQTT base topic under `$SYS` (the broker's own topics)",
+            "check-config --config $DIR/sys-base.toml",
+        ),
+        case(
+            "MQTT host with its port (`host = \"broker:1883\"`)",
+            "check-config --config $DIR/host-port.toml",
         ),
         case(
             "Configured model missing (`[models] dir` without models)",
@@ -287,6 +334,17 @@ fn prepare(dir: &Path, broker_port: u16, closed_port: u16) {
         b"[mqtt]\nusername = \"baby\"\npassword = 84736251\n",
     );
     config("label.toml", "[thresholds]\nhungy = 0.5\n");
+    config(
+        "quiet.toml",
+        "[detector]\nhop_seconds = 2\n[episode]\nquiet_seconds = 3\n",
+    );
+    write(
+        "absent-model.toml",
+        b"[models]\nreason = \"/nonexistent/cry-reason.onnx\"\n",
+    );
+    config("ha-base.toml", "[mqtt]\nbase_topic = \"homeassistant\"\n");
+    config("sys-base.toml", "[mqtt]\nbase_topic = \"$SYS/baby\"\n");
+    config("host-port.toml", "[mqtt]\nhost = \"broker:1883\"\n");
     write(
         "no-models.toml",
         format!("[models]\ndir = {:?}\n", dir.display()).as_bytes(),

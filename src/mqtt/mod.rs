@@ -157,6 +157,9 @@ impl Default for MqttConfig {
     }
 }
 
+/// The longest configured `node_id`: it begins the client id and every unique id.
+const MAX_NODE_ID_CHARS: usize = 64;
+
 /// Home Assistant ids allow only these characters.
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
@@ -165,8 +168,43 @@ pub fn valid_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-fn valid_topic_prefix(t: &str) -> bool {
-    !t.is_empty() && !t.contains(['+', '#', '\0']) && !t.starts_with('/') && !t.ends_with('/')
+/// The longest `base_topic` or `discovery_prefix`, bytes: the topics made from it (a
+/// discovery config's adds about 60) stay far inside MQTT's 65535, which a last will over
+/// it broke: the broker closed every connection as a protocol error, retried for ever.
+const MAX_TOPIC_PREFIX_BYTES: usize = 256;
+
+/// Why `t` cannot begin babycryd's topics, if it cannot.
+fn topic_prefix_problem(t: &str) -> Option<String> {
+    if t.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if t.contains(['+', '#']) {
+        return Some("no wildcards ('+', '#')".into());
+    }
+    if t.starts_with('/') || t.ends_with('/') {
+        return Some("no leading or trailing '/'".into());
+    }
+    // MQTT keeps topics beginning with '$' for the broker ($SYS): Mosquitto refuses a
+    // client's publish there but still acknowledges it, so every event would be lost.
+    if t.starts_with('$') {
+        return Some("must not begin with '$' (the broker's own topics)".into());
+    }
+    // Home Assistant refuses a discovery config or state topic with a control character
+    // or a non-character in it: the entities would never appear.
+    if t.chars().any(|c| {
+        c.is_control()
+            || (0xFDD0..=0xFDEF).contains(&u32::from(c))
+            || u32::from(c) & 0xFFFE == 0xFFFE
+    }) {
+        return Some("no control characters or Unicode non-characters".into());
+    }
+    if t.len() > MAX_TOPIC_PREFIX_BYTES {
+        return Some(format!(
+            "{} bytes: at most {MAX_TOPIC_PREFIX_BYTES}",
+            t.len()
+        ));
+    }
+    None
 }
 
 /// The state directory: `[daemon] state_dir`, else `$STATE_DIRECTORY` (systemd; the first
@@ -211,20 +249,48 @@ impl MqttConfig {
                 self.node_id
             ));
         }
-        if !self.client_id.is_empty() && self.client_id.len() > 64 {
-            return Err("client_id must be at most 64 characters".into());
-        }
-        if !self.base_topic.is_empty() && !valid_topic_prefix(&self.base_topic) {
+        if self.node_id.len() > MAX_NODE_ID_CHARS {
             return Err(format!(
-                "base_topic = {:?}: no wildcards, no leading or trailing '/'",
+                "node_id is {} characters long: at most {MAX_NODE_ID_CHARS}",
+                self.node_id.len()
+            ));
+        }
+        if !self.client_id.is_empty() && self.client_id.len() > 64 {
+            return Err("client_id must be at most 64 bytes (UTF-8)".into());
+        }
+        if !self.base_topic.is_empty() {
+            if let Some(problem) = topic_prefix_problem(&self.base_topic) {
+                return Err(format!("base_topic = {:?}: {problem}", self.base_topic));
+            }
+        }
+        if let Some(problem) = topic_prefix_problem(&self.discovery_prefix) {
+            return Err(format!(
+                "discovery_prefix = {:?}: {problem}",
+                self.discovery_prefix
+            ));
+        }
+        // babycryd's retained `online` there would be read as Home Assistant's birth (a
+        // rediscovery every second or two, by every integration that listens), and its
+        // last will would say Home Assistant is offline.
+        if self.topics().status == HA_STATUS_TOPIC {
+            return Err(format!(
+                "base_topic = {:?} would put babycryd's status on Home Assistant's own ({HA_STATUS_TOPIC})",
                 self.base_topic
             ));
         }
-        if !valid_topic_prefix(&self.discovery_prefix) {
+        if self.host.contains("://") {
             return Err(format!(
-                "discovery_prefix = {:?}: not empty, no wildcards, no leading or trailing '/'",
-                self.discovery_prefix
+                "host = {:?}: a host name or address, not a URL (set port, and tls = true for mqtts)",
+                self.host
             ));
+        }
+        if let Some((name, port)) = self.host.rsplit_once(':') {
+            if !name.contains(':') && port.parse::<u16>().is_ok() {
+                return Err(format!(
+                    "host = {:?}: the port goes in port = {port}, not in host",
+                    self.host
+                ));
+            }
         }
         if self.device_name.trim().is_empty() {
             return Err("device_name must not be empty".into());
@@ -575,12 +641,44 @@ mod tests {
                 "client_key",
             ),
             ("port = 0", "port"),
+            // Topics Home Assistant or the broker would not take, and one whose status
+            // is Home Assistant's own.
+            ("base_topic = \"homeassistant\"", "Home Assistant's own"),
+            ("base_topic = \"$SYS/baby\"", "'$'"),
+            ("discovery_prefix = \"$share\"", "'$'"),
+            ("base_topic = \"baby\\troom\"", "control characters"),
+            (
+                "discovery_prefix = \"home\\u0085assistant\"",
+                "control characters",
+            ),
+            ("base_topic = \"baby\\uFFFF\"", "non-characters"),
+            ("host = \"mqtt://broker\"", "not a URL"),
+            ("host = \"broker:1883\"", "port = 1883"),
         ];
         for (text, key) in bad {
             let e = parse(text).validate().unwrap_err();
             assert!(e.contains(key), "{text}: {e}");
         }
+        let long = format!(
+            "base_topic = \"{}\"",
+            "a".repeat(MAX_TOPIC_PREFIX_BYTES + 1)
+        );
+        let e = parse(&long).validate().unwrap_err();
+        assert!(e.contains("at most 256"), "{e}");
+        let long = format!("node_id = \"{}\"", "n".repeat(MAX_NODE_ID_CHARS + 1));
+        let e = parse(&long).validate().unwrap_err();
+        assert!(e.contains("node_id is 65 characters long"), "{e}");
         assert_eq!(MqttConfig::default().validate(), Ok(()));
+        // An IPv6 address is a host, not a host and a port; a topic below Home
+        // Assistant's prefix is allowed, only its status topic is not.
+        for good in [
+            "host = \"fe80::1\"",
+            "host = \"::1\"",
+            "base_topic = \"homeassistant/baby\"",
+            "base_topic = \"kinderzimmer/überwachung\"",
+        ] {
+            assert_eq!(parse(good).validate(), Ok(()), "{good}");
+        }
     }
 
     #[test]
