@@ -105,14 +105,19 @@ impl AudioStream {
             path: path.to_owned(),
             source,
         })?;
-        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+        let metadata = file.metadata().ok();
+        if metadata.as_ref().is_some_and(|m| m.is_dir()) {
             return Err(DecodeError::Open {
                 path: path.to_owned(),
                 source: std::io::Error::new(ErrorKind::InvalidInput, "is a directory"),
             });
         }
-        if len == 0 {
+        // Only a regular file knows its length: a pipe (`/dev/stdin`, `<(...)`, a FIFO)
+        // says 0 however much it carries.
+        if metadata
+            .as_ref()
+            .is_some_and(|m| m.is_file() && m.len() == 0)
+        {
             return Err(DecodeError::EmptyFile {
                 path: path.to_owned(),
             });

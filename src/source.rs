@@ -758,14 +758,17 @@ enum Replay {
 }
 
 impl FileSource {
-    /// Opens `path` for a replay. The whole file is decoded once now without keeping its
+    /// Opens `path` for a replay. A regular file is decoded once now without keeping its
     /// samples, so a bad or truncated recording fails before the daemon starts; the replay
-    /// then decodes it again, packet by packet.
+    /// then decodes it again, packet by packet. A pipe (`/dev/stdin`, `<(...)`, a FIFO)
+    /// can be read once: it is decoded as it is replayed.
     pub fn new(path: &Path, realtime: bool) -> Result<Self, DecodeError> {
-        let mut check = AudioStream::open(path)?;
-        let mut scratch = Vec::new();
-        while check.next_into(&mut scratch)? {
-            scratch.clear();
+        if std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+            let mut check = AudioStream::open(path)?;
+            let mut scratch = Vec::new();
+            while check.next_into(&mut scratch)? {
+                scratch.clear();
+            }
         }
         let stream = AudioStream::open(path)?;
         Ok(Self {

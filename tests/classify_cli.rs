@@ -294,6 +294,39 @@ fn a_broken_model_is_refused_before_any_file() {
     assert_eq!(old[0]["all_probs"].as_object().unwrap().len(), 8);
 }
 
+/// A recording through a pipe (`cat x.wav | babycryd classify /dev/stdin`, `<(...)`, a
+/// FIFO), classified and monitored like the file itself. Before, a pipe's length (0) was
+/// taken for an empty file: "the file is empty", exit 1.
+#[test]
+fn a_recording_through_a_pipe_is_classified_and_monitored() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = cry_wav(dir.path(), "cry.wav", 8000, 4.0);
+    let bytes = std::fs::read(&wav).unwrap();
+    let through_a_pipe = |args: &[&str]| {
+        let out = common::output_with_stdin(
+            Command::new(env!("CARGO_BIN_EXE_babycryd"))
+                .args(args)
+                .env_remove("BABYCRYD_CONFIG")
+                .env_remove("CONFIGURATION_DIRECTORY"),
+            bytes.clone(),
+        );
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        json_lines(&out)
+    };
+    let piped = through_a_pipe(&["classify", "--json", "/dev/stdin"]);
+    let direct = answers(&["classify", "--json", wav.to_str().unwrap()]);
+    assert_eq!(piped[0]["duration_s"], 4.0);
+    assert_eq!(piped[0]["all_probs"], direct[0]["all_probs"]);
+    let run = through_a_pipe(&["run", "--no-mqtt", "--fast", "--input", "/dev/stdin"]);
+    let summary = run.last().unwrap();
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["audio_seconds"], 4.0);
+}
+
 #[test]
 fn the_demo_runs_with_no_config_and_no_files() {
     let a = &answers(&["classify", "--demo", "--json"])[0];

@@ -9,7 +9,6 @@
 mod common;
 mod daemon_common;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 
 use babycry::synth;
@@ -182,10 +181,8 @@ fn raw_pcm_on_stdin_is_downmixed_and_resampled() {
             [v.to_le_bytes(), v.to_le_bytes()].concat()
         })
         .collect();
-    let mut child = Command::new(bin())
-        .arg("--config")
-        .arg(&config)
-        .args([
+    let out = common::output_with_stdin(
+        Command::new(bin()).arg("--config").arg(&config).args([
             "run",
             "--no-mqtt",
             "--input",
@@ -196,16 +193,9 @@ fn raw_pcm_on_stdin_is_downmixed_and_resampled() {
             "16000",
             "--channels",
             "2",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || stdin.write_all(&bytes));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
+        ]),
+        bytes,
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let run = RunOutput {

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 
 /// The shipped reason model's labels, in its output order (models/cry-reason.toml).
 pub const REASON_LABELS: [&str; 8] = [
@@ -14,6 +15,23 @@ pub const REASON_LABELS: [&str; 8] = [
     "scared",
     "tired",
 ];
+
+/// Runs `command` with `bytes` written to its stdin (from a thread, so that a full
+/// stdout pipe cannot stall the writer) and returns what it printed.
+pub fn output_with_stdin(command: &mut Command, bytes: Vec<u8>) -> Output {
+    use std::io::Write;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn babycryd");
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&bytes));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    out
+}
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
