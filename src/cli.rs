@@ -207,13 +207,14 @@ pub(crate) fn model_paths(
     Ok((settings, reason_path, detector_path))
 }
 
-/// `--hop`: seconds within (0, 60]; anything else is a usage error (exit 2) before any
-/// model loads.
+/// `--hop`: seconds within [0.05, 60] (the detector's own range starts there too; a hop
+/// of a millisecond was 7000 windows for every 7 s, minutes for a short file); anything
+/// else is a usage error (exit 2) before any model loads.
 fn hop_seconds(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
-        Ok(h) if h > 0.0 && h <= 60.0 => Ok(h),
+        Ok(h) if (0.05..=60.0).contains(&h) => Ok(h),
         _ => Err(format!(
-            "{text:?} is not a number of seconds within (0, 60]"
+            "{text:?} is not a number of seconds within 0.05..=60"
         )),
     }
 }
@@ -375,11 +376,19 @@ pub fn is_closed_stdout(err: &anyhow::Error) -> bool {
     })
 }
 
-/// Prints `babycryd: <text>` on stderr. A closed stderr (`babycryd ... 2>&1 | head`, a
-/// log reader that went away) is not an error of ours: `eprintln!` would panic there and
-/// turn the exit code into 101.
+/// Whether the log is JSON lines ([`init_logging`]): then an error that ends a command
+/// is one of them too, not a plain line a JSON reader would choke on.
+static LOG_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Prints `babycryd: <text>` on stderr, or logs it at error level when the log is JSON. A
+/// closed stderr (`babycryd ... 2>&1 | head`, a log reader that went away) is not an
+/// error of ours: `eprintln!` would panic there and turn the exit code into 101.
 pub fn report_error(text: &str) {
     use std::io::Write;
+    if LOG_JSON.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::error!("{text}");
+        return;
+    }
     let _ = writeln!(std::io::stderr().lock(), "babycryd: {text}");
 }
 
@@ -629,6 +638,7 @@ pub fn init_logging(json: bool, level: Option<&str>) {
     } else {
         builder.try_init()
     };
+    LOG_JSON.store(json, std::sync::atomic::Ordering::Relaxed);
     if let Some((value, problem)) = ignored {
         tracing::warn!("RUST_LOG = {value:?} ignored: {problem}");
     }

@@ -130,15 +130,17 @@ fn status_line(state: &AudioState, monitor: &CryMonitor) -> String {
     let crying = monitor.episode().map_or("quiet".to_string(), |e| {
         format!("crying (episode {})", e.number)
     });
+    let floor = monitor
+        .noise_floor_dbfs()
+        .map_or("not yet heard".into(), |f| format!("{f:.0} dBFS"));
     format!(
-        "audio {}{}; {crying}; noise floor {:.0} dBFS",
+        "audio {}{}; {crying}; noise floor {floor}",
         state.name(),
         if state.detail().is_empty() {
             String::new()
         } else {
             format!(" ({})", state.detail())
         },
-        monitor.noise_floor_dbfs()
     )
 }
 
@@ -252,7 +254,10 @@ async fn output_task(
             }
             OutputMessage::Mqtt(config) => {
                 if config != current {
-                    tracing::info!(enabled = config.enabled, host = %config.host, "MQTT settings or credentials changed");
+                    // (Under --no-mqtt the new settings are kept, for nothing: no word.)
+                    if mqtt_allowed {
+                        tracing::info!(enabled = config.enabled, host = %config.host, "MQTT settings or credentials changed");
+                    }
                     // The new task goes on from the states (`crying` ON in the middle
                     // of an episode) and the old one's undelivered events.
                     let mut handover = Handover::default();
@@ -538,7 +543,7 @@ fn reloaded(
 
 fn diagnostics(monitor: &CryMonitor, state: &AudioState) -> Diagnostics {
     Diagnostics {
-        noise_floor_dbfs: monitor.noise_floor_dbfs() as f32,
+        noise_floor_dbfs: monitor.noise_floor_dbfs().map(|f| f as f32),
         audio_state: state.name().into(),
         last_inference_ms: monitor.last_inference_ms(),
         gate_openings_per_hour: monitor.gate_openings_last_hour() as f64,

@@ -207,12 +207,15 @@ mod tests {
 /// Health figures the daemon reports (MQTT diagnostics, logs, `STATUS=`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Diagnostics {
-    /// The gate's current noise floor, dBFS.
-    pub noise_floor_dbfs: f32,
+    /// The gate's current noise floor, dBFS; null until it has heard the room. (A
+    /// placeholder value, -120 at every start, would be a dip in Home Assistant's history
+    /// and statistics; null renders "None", which it shows as unknown.)
+    pub noise_floor_dbfs: Option<f32>,
     /// `running`, `connecting`, `lost`, `stalled` or `ended`.
     pub audio_state: String,
-    /// Milliseconds the last inference took (detector + reason, front ends included).
-    pub last_inference_ms: f64,
+    /// Milliseconds the last inference took (detector + reason, front ends included);
+    /// null until the first.
+    pub last_inference_ms: Option<f64>,
     /// Gate openings over the last hour.
     pub gate_openings_per_hour: f64,
 }

@@ -304,6 +304,11 @@ impl EnergyGate {
         self.floor.dbfs()
     }
 
+    /// Whether the floor has started (see [`NoiseFloor::has_heard`]).
+    pub fn has_heard(&self) -> bool {
+        self.floor.has_heard()
+    }
+
     fn seconds(&self, s: f64) -> u64 {
         (s * f64::from(self.rate)).round() as u64
     }

@@ -103,7 +103,7 @@ pub struct CryMonitor {
     cooldown_logged: Option<u64>,
     summary: RunSummary,
     openings: VecDeque<u64>,
-    last_inference_ms: f64,
+    last_inference_ms: Option<f64>,
     push_started: Option<Instant>,
 }
 
@@ -158,7 +158,7 @@ impl CryMonitor {
             cooldown_logged: None,
             summary: RunSummary::default(),
             openings: VecDeque::new(),
-            last_inference_ms: 0.0,
+            last_inference_ms: None,
             push_started: None,
         })
     }
@@ -198,11 +198,13 @@ impl CryMonitor {
         &self.settings
     }
 
-    pub fn noise_floor_dbfs(&self) -> f64 {
-        self.gate.noise_floor_dbfs()
+    /// The room's noise floor, dBFS, once the gate has heard the room.
+    pub fn noise_floor_dbfs(&self) -> Option<f64> {
+        self.gate.has_heard().then(|| self.gate.noise_floor_dbfs())
     }
 
-    pub fn last_inference_ms(&self) -> f64 {
+    /// How long the last inference took, once one has run.
+    pub fn last_inference_ms(&self) -> Option<f64> {
         self.last_inference_ms
     }
 
@@ -381,7 +383,7 @@ impl CryMonitor {
             let to = (end - self.history_start) as usize;
             let detector = self.detector.as_mut().expect("checked above");
             let p = detector.predict(&self.history[from..to])?.probabilities[self.positive];
-            self.last_inference_ms = t0.elapsed().as_secs_f64() * 1000.0;
+            self.last_inference_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
             self.summary.detector_inferences += 1;
             tracing::trace!(start_s = self.seconds(start), p, "detector window");
             // The last n windows of the last n hops: windows of an earlier gate opening
@@ -511,7 +513,7 @@ impl CryMonitor {
         let from = (start.max(self.history_start) - self.history_start) as usize;
         let to = (end.min(self.framed).max(self.history_start) - self.history_start) as usize;
         let pred = self.reason.predict(&self.history[from..to.max(from)])?;
-        self.last_inference_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        self.last_inference_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
         self.summary.reason_inferences += 1;
         let (reason, confidence) =
             reason_decision(&pred, self.reason.sidecar(), &self.settings.thresholds);

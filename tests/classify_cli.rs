@@ -327,6 +327,30 @@ fn a_recording_through_a_pipe_is_classified_and_monitored() {
     assert_eq!(summary["audio_seconds"], 4.0);
 }
 
+/// With `--log-json` the error that ends a command is a JSON log line too, as every
+/// other line on stderr (before, a plain `babycryd: ...` line among them).
+#[test]
+fn with_json_logs_the_error_that_ends_a_command_is_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let out = babycryd(&[
+        "--log-json",
+        "check-config",
+        "--config",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    let last = lines.last().expect("the error");
+    assert_eq!(last["level"], "ERROR");
+    let message = last["fields"]["message"].as_str().unwrap();
+    assert!(message.contains("missing.toml"), "{message}");
+}
+
 #[test]
 fn the_demo_runs_with_no_config_and_no_files() {
     let a = &answers(&["classify", "--demo", "--json"])[0];

@@ -164,11 +164,18 @@ fn sighup_applies_a_valid_config_and_keeps_the_old_one_on_an_invalid_one() {
     });
     stdin.write_all(&bytes).unwrap();
     wait_for(30, "the second cry to pass", closed(2));
-    // 3: a valid config with a lower threshold: the same cry is now an episode.
-    write_config(
+    // 3: a valid config with a lower threshold: the same cry is now an episode. (Its
+    // other MQTT host is nothing to say under --no-mqtt.)
+    let valid = write_config(
         dir.path(),
         "[detector]\nthreshold = 0.8\n[episode]\nquiet_seconds = 2.0\ncooldown_seconds = 0.0\n",
     );
+    let text = std::fs::read_to_string(&valid).unwrap().replacen(
+        "enabled = false\n",
+        "enabled = false\nhost = \"elsewhere.invalid\"\n",
+        1,
+    );
+    std::fs::write(&valid, text).unwrap();
     signal(&child, "HUP");
     wait_for(10, "the reload", || {
         stderr.lock().unwrap().contains("configuration reloaded")
@@ -178,6 +185,7 @@ fn sighup_applies_a_valid_config_and_keeps_the_old_one_on_an_invalid_one() {
     let out = child.wait_with_output().unwrap();
     let log = stderr.lock().unwrap().clone();
     assert!(out.status.success(), "{log}");
+    assert!(!log.contains("MQTT settings"), "{log}");
     let events = parse_events(&String::from_utf8_lossy(&out.stdout));
     let starts = episode_starts(&events);
     // Only the third segment makes an episode; nothing was dropped, so its cry starts

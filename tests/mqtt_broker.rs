@@ -75,9 +75,9 @@ fn episode_end(episode: u64) -> Event {
 
 fn diagnostics() -> Diagnostics {
     Diagnostics {
-        noise_floor_dbfs: -62.5,
+        noise_floor_dbfs: Some(-62.5),
         audio_state: "running".into(),
-        last_inference_ms: 41.0,
+        last_inference_ms: Some(41.0),
         gate_openings_per_hour: 3.0,
     }
 }
@@ -1608,7 +1608,9 @@ async fn sighup_moves_the_daemon_to_new_mqtt_settings_without_dropping_audio() {
 
 /// SIGHUP that shortens `[daemon] diagnostics_seconds` (3600 to 1) applies from the
 /// reload: diagnostics come every second of audio after it. Before, the next one waited
-/// for the old interval's tick, 3600 s of audio after the start.
+/// for the old interval's tick, 3600 s of audio after the start. And the diagnostics
+/// sent before the room was heard say null for the noise floor and the inference time,
+/// not a placeholder (-120 dBFS, 0 ms) Home Assistant would record as a measurement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_with_a_shorter_diagnostics_interval_applies_at_once() {
     let broker = Broker::start();
@@ -1628,6 +1630,13 @@ async fn sighup_with_a_shorter_diagnostics_interval_applies_at_once() {
     let mut daemon = StdinDaemon::start(&configure(3600));
     sub.wait_for("babycry/diag/status", "online", Duration::from_secs(20))
         .await;
+    wait_until("the first diagnostics", Duration::from_secs(10), || {
+        !sub.on(topic).is_empty()
+    })
+    .await;
+    let first: Value = serde_json::from_str(&sub.on(topic)[0].payload).unwrap();
+    assert!(first["noise_floor_dbfs"].is_null(), "{first}");
+    assert!(first["last_inference_ms"].is_null(), "{first}");
     daemon.feed(&babycry::synth::room_tone(8000, 3.0, 0.002, 1));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = sub.on(topic).len();
@@ -1644,6 +1653,9 @@ async fn sighup_with_a_shorter_diagnostics_interval_applies_at_once() {
         || sub.on(topic).len() >= before + 4,
     )
     .await;
+    let last: Value = serde_json::from_str(&sub.on(topic).last().unwrap().payload).unwrap();
+    let floor = last["noise_floor_dbfs"].as_f64().expect("the room heard");
+    assert!((-70.0..-45.0).contains(&floor), "{last}");
     daemon.finish();
 }
 
