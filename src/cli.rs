@@ -327,7 +327,9 @@ fn mqtt_remove(cli: &Cli) -> anyhow::Result<ExitCode> {
         Some(p) => crate::config::Config::load(p)?,
         None => crate::config::Config::default(),
     };
-    let mqtt = config.mqtt;
+    let mqtt = config
+        .mqtt
+        .with_state_dir(crate::mqtt::resolve_state_dir(&config.daemon.state_dir));
     mqtt.validate()
         .map_err(|reason| crate::error::ConfigError::Invalid {
             path: path.unwrap_or_else(|| "<defaults>".into()),
@@ -342,11 +344,18 @@ fn mqtt_remove(cli: &Cli) -> anyhow::Result<ExitCode> {
     ))?;
     writeln!(
         std::io::stdout(),
-        "removed {removed} Home Assistant entities of node {} from {}:{}",
+        "removed {} Home Assistant entities of node {} from {}:{}",
+        removed.entities,
         mqtt.node_id(),
         mqtt.host,
         mqtt.port
     )?;
+    if let Some(node) = removed.previous_node {
+        writeln!(
+            std::io::stdout(),
+            "removed the device announced before as node {node} too"
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

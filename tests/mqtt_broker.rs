@@ -1015,8 +1015,9 @@ async fn mqtt_remove_makes_the_device_disappear() {
     std::fs::write(
         &conf,
         format!(
-            "[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nnode_id = \"testnode\"\n",
-            broker.port
+            "[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nnode_id = \"testnode\"\n[daemon]\nstate_dir = {:?}\n",
+            broker.port,
+            dir.path()
         ),
     )
     .unwrap();
@@ -1080,6 +1081,58 @@ async fn mqtt_remove_makes_the_device_disappear() {
         "no last will after a failed removal: {:?}",
         last.all()
     );
+}
+
+/// `mqtt-remove` after the node id changed (a renamed host that the default node id
+/// follows) and no daemon ran since: the device recorded in the state directory goes too,
+/// and its record. Before, its configs and states stayed retained: an unavailable device
+/// left in Home Assistant after the documented uninstall.
+#[tokio::test]
+async fn mqtt_remove_also_removes_the_device_recorded_before() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("mqtt-device.json");
+    let old = config(broker.port, "oldnode").with_state_dir(dir.path().to_owned());
+    let (handle, _task) = MqttHandle::spawn(&old, device());
+    handle.send(Update::Crying(true));
+    wait_until("recorded", Duration::from_secs(10), || {
+        handle.status().discoveries == 1 && record.exists()
+    })
+    .await;
+    handle.shutdown(Duration::from_secs(5)).await;
+    let filters = ["homeassistant/#", "babycry/#"];
+    let held = retained(broker.port, &filters).await;
+    assert!(held.keys().any(|t| t.contains("oldnode")), "{held:#?}");
+
+    let conf = dir.path().join("config.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nnode_id = \"newnode\"\n[daemon]\nstate_dir = {:?}\n",
+            broker.port,
+            dir.path()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_babycryd"))
+        .arg("--config")
+        .arg(&conf)
+        .arg("mqtt-remove")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("removed the device announced before as node oldnode too"),
+        "{stdout}"
+    );
+    let held = retained(broker.port, &filters).await;
+    assert!(held.is_empty(), "nothing retained is left: {held:#?}");
+    assert!(!record.exists());
 }
 
 /// What a broker holds retained under `filters`, by topic (an empty payload is no

@@ -74,6 +74,27 @@ pub(crate) fn retirement(old: &Topics, new: &Topics) -> Vec<String> {
         .collect()
 }
 
+/// For `babycryd mqtt-remove`: the device recorded in `state_dir` when it is not
+/// `current` (a node id or host name changed, and no daemon ran since to clear it), as
+/// its retained topics `current` does not cover and its node id.
+pub(crate) fn recorded_other(state_dir: &Path, current: &Topics) -> Option<(Vec<String>, String)> {
+    let old = load(&state_dir.join(DEVICE_FILE))?;
+    let topics = retirement(&old, current);
+    (!topics.is_empty()).then_some((topics, old.node_id))
+}
+
+/// Forgets the recorded device (removed from Home Assistant: nothing left to clear).
+pub(crate) fn forget(state_dir: &Path) {
+    let path = state_dir.join(DEVICE_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(record = %path.display(), "cannot remove the record of the device announced: {e}")
+        }
+    }
+}
+
 /// The link's side of it: what is owed to the broker for the old device, and the record
 /// of the new one, written once the old one is cleared (so a connection lost before that
 /// clears it again on the next one).

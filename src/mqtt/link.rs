@@ -870,18 +870,38 @@ impl Link {
     }
 }
 
+/// What `babycryd mqtt-remove` removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removed {
+    /// Entities of the configured device.
+    pub entities: usize,
+    /// The node id of another device recorded in the state directory, removed too.
+    pub previous_node: Option<String>,
+}
+
 /// `babycryd mqtt-remove`: connects (as `<client_id>-remove`, without a last will),
 /// publishes empty retained configs (Home Assistant removes the entities) and clears the
-/// retained states; returns how many entities were removed.
-pub async fn remove_device(cfg: &MqttConfig, timeout: Duration) -> Result<usize, MqttError> {
+/// retained states, of the configured device and of another one recorded in the state
+/// directory, whose record it then removes.
+pub async fn remove_device(cfg: &MqttConfig, timeout: Duration) -> Result<Removed, MqttError> {
     let topics = cfg.topics();
+    // The device recorded in the state directory goes too when it is another one: a
+    // renamed host (the default node id follows it) with no daemon run since to clear it
+    // would otherwise stay in Home Assistant, unavailable.
+    let previous = cfg
+        .state_dir
+        .as_deref()
+        .and_then(|d| super::announced::recorded_other(d, &topics));
     // No last will: this client gives up without DISCONNECT on a timeout or error, and
     // the daemon's will would then put a retained `offline` back on the status it clears.
     let opts = base_options(cfg, format!("{}-remove", cfg.client_id()))?;
     let (client, mut eventloop) = AsyncClient::new(opts, CHANNEL);
     // The retained states go too, so nothing of the device is left on the broker.
-    let clear = retained_topics(&topics);
+    let mut clear = retained_topics(&topics);
     let entities = clear.len() - state_topics(&topics).len();
+    if let Some((old, _)) = &previous {
+        clear.extend(old.iter().cloned());
+    }
     let work = async {
         let mut pending = 0usize;
         loop {
@@ -902,7 +922,7 @@ pub async fn remove_device(cfg: &MqttConfig, timeout: Duration) -> Result<usize,
                             .map_err(|e| MqttError::Broker(e.to_string()))?;
                     }
                 }
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(entities),
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => return Ok(()),
                 Ok(_) => {}
                 Err(e) => return Err(MqttError::Broker(describe(&e, cfg))),
             }
@@ -913,7 +933,14 @@ pub async fn remove_device(cfg: &MqttConfig, timeout: Duration) -> Result<usize,
             "no answer from {}:{} within {timeout:?}",
             cfg.host, cfg.port
         ))
-    })?
+    })??;
+    if let Some(dir) = cfg.state_dir.as_deref() {
+        super::announced::forget(dir);
+    }
+    Ok(Removed {
+        entities,
+        previous_node: previous.map(|(_, node)| node),
+    })
 }
 
 #[cfg(test)]

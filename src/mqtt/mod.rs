@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::events::{ModelVersion, Update};
 
 pub use discovery::discovery_messages;
-pub use link::{incoming, remove_device, Ignored, IncomingAction, LinkStatus, States};
+pub use link::{incoming, remove_device, Ignored, IncomingAction, LinkStatus, Removed, States};
 
 /// The environment variable holding the MQTT password when neither `[mqtt] password` nor
 /// `password_file` is set (e.g. `Environment=`/`EnvironmentFile=` in a systemd drop-in).
