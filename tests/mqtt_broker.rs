@@ -994,6 +994,36 @@ async fn tls_with_a_ca_made_at_test_time() {
     assert!(err.contains("TLS"), "{err}");
 }
 
+/// The real `babycryd mqtt-remove` with a config for `node` on the broker at `port`,
+/// its state directory `dir`.
+fn mqtt_remove(port: u16, node: &str, dir: &Path) -> std::process::Output {
+    let conf = dir.join("config.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nnode_id = \"{node}\"\n[daemon]\nstate_dir = {dir:?}\n"
+        ),
+    )
+    .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_babycryd"))
+        .arg("--config")
+        .arg(&conf)
+        .arg("mqtt-remove")
+        .output()
+        .unwrap()
+}
+
+/// What a successful `mqtt-remove` printed.
+fn removed(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 #[tokio::test]
 async fn mqtt_remove_makes_the_device_disappear() {
     let broker = Broker::start();
@@ -1011,31 +1041,9 @@ async fn mqtt_remove_makes_the_device_disappear() {
     .await;
 
     let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("config.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nnode_id = \"testnode\"\n[daemon]\nstate_dir = {:?}\n",
-            broker.port,
-            dir.path()
-        ),
-    )
-    .unwrap();
-    let remove = || {
-        Command::new(env!("CARGO_BIN_EXE_babycryd"))
-            .arg("--config")
-            .arg(&conf)
-            .arg("mqtt-remove")
-            .output()
-            .unwrap()
-    };
+    let remove = || mqtt_remove(broker.port, "testnode", dir.path());
     let out = remove();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = removed(&out);
     assert!(
         stdout.contains("removed 10 Home Assistant entities of node testnode"),
         "{stdout}"
@@ -1104,28 +1112,7 @@ async fn mqtt_remove_also_removes_the_device_recorded_before() {
     let held = retained(broker.port, &filters).await;
     assert!(held.keys().any(|t| t.contains("oldnode")), "{held:#?}");
 
-    let conf = dir.path().join("config.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nnode_id = \"newnode\"\n[daemon]\nstate_dir = {:?}\n",
-            broker.port,
-            dir.path()
-        ),
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_babycryd"))
-        .arg("--config")
-        .arg(&conf)
-        .arg("mqtt-remove")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = removed(&mqtt_remove(broker.port, "newnode", dir.path()));
     assert!(
         stdout.contains("removed the device announced before as node oldnode too"),
         "{stdout}"
