@@ -116,6 +116,13 @@ pub enum DaemonError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Event records the run could not write (its other outputs, MQTT, may have had them).
+    #[error("{target}: {count} event record(s) could not be written: {source}")]
+    EventsLost {
+        target: String,
+        count: u64,
+        source: std::io::Error,
+    },
     #[error("cannot start the capture thread: {0}")]
     Thread(std::io::Error),
 }
@@ -154,12 +161,16 @@ enum OutputMessage {
 
 /// The JSON lines' destination. A write that fails (disk full, a reader gone) is logged
 /// once and tried again with the next event, so the output comes back by itself; a
-/// file is opened again at its path on SIGHUP, as logrotate expects.
+/// file is opened again at its path on SIGHUP, as logrotate expects. The records that
+/// could not be written are counted: the run then ends with an error instead of 0.
 struct EventsOut {
     /// The file, opened again on SIGHUP; None for stdout and for no output.
     path: Option<PathBuf>,
     writer: Option<Box<dyn Write + Send>>,
     failing: bool,
+    /// Records not written, and the first error.
+    unwritten: u64,
+    first_error: Option<std::io::Error>,
 }
 
 impl EventsOut {
@@ -173,6 +184,8 @@ impl EventsOut {
             path,
             writer,
             failing: false,
+            unwritten: 0,
+            first_error: None,
         })
     }
 
@@ -203,12 +216,27 @@ impl EventsOut {
                 tracing::info!("events are written again");
             }
             Ok(()) => {}
-            Err(e) if !self.failing => {
-                self.failing = true;
-                tracing::error!("cannot write an event (trying again with the next one): {e}");
+            Err(e) => {
+                self.unwritten += 1;
+                if !self.failing {
+                    self.failing = true;
+                    tracing::error!("cannot write an event (trying again with the next one): {e}");
+                }
+                self.first_error.get_or_insert(e);
             }
-            Err(_) => {}
         }
+    }
+
+    /// What was lost, once the output is over.
+    fn lost(self) -> Option<DaemonError> {
+        let source = self.first_error?;
+        Some(DaemonError::EventsLost {
+            target: self
+                .path
+                .map_or("stdout".into(), |p| p.display().to_string()),
+            count: self.unwritten,
+            source,
+        })
     }
 
     fn reopen(&mut self) {
@@ -222,14 +250,15 @@ impl EventsOut {
     }
 }
 
-/// Writes JSON lines and forwards to MQTT; ends when the channel closes.
+/// Writes JSON lines and forwards to MQTT; ends when the channel closes, with the
+/// records it could not write.
 async fn output_task(
     mut rx: mpsc::Receiver<OutputMessage>,
     mut events: EventsOut,
     mqtt_allowed: bool,
     mqtt_config: MqttConfig,
     device: DeviceInfo,
-) {
+) -> Option<DaemonError> {
     // Also with `enabled = false`: that task keeps undelivered events handed over for a
     // reload that turns MQTT on again.
     let spawn = |config: &MqttConfig, states: &States, handover| {
@@ -275,6 +304,7 @@ async fn output_task(
         handle.shutdown(Duration::from_secs(2)).await;
         task.abort();
     }
+    events.lost()
 }
 
 /// Runs the daemon until the source ends or [`Control::Shutdown`]; returns the counters,
@@ -477,12 +507,17 @@ pub async fn run(
         let _ = out_tx.send(OutputMessage::Update(u)).await;
     }
     drop(out_tx);
-    if tokio::time::timeout(Duration::from_secs(4), output)
-        .await
-        .is_err()
-    {
-        tracing::warn!("outputs did not finish in time");
-    }
+    let lost = match tokio::time::timeout(Duration::from_secs(4), output).await {
+        Ok(Ok(lost)) => lost,
+        Ok(Err(e)) => {
+            tracing::warn!("the output task failed: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("outputs did not finish in time");
+            None
+        }
+    };
     tracing::info!(
         audio_seconds = format!("{:.1}", summary.audio_seconds),
         gate_openings = summary.gate_openings,
@@ -500,6 +535,9 @@ pub async fn run(
         return Err(e.into());
     }
     finished?;
+    if let Some(e) = lost {
+        return Err(e);
+    }
     Ok(summary)
 }
 
@@ -641,6 +679,8 @@ mod tests {
                 failed: false,
             })),
             failing: false,
+            unwritten: 0,
+            first_error: None,
         };
         for n in 1..=4 {
             out.write(&event(n));
@@ -653,5 +693,11 @@ mod tests {
             .collect();
         assert_eq!(episodes, [1, 3, 4], "{text}");
         assert!(!out.failing);
+        // The torn record is counted as lost, for the run's exit.
+        let lost = out.lost().expect("one record lost").to_string();
+        assert!(
+            lost.starts_with("stdout: 1 event record(s) could not be written"),
+            "{lost}"
+        );
     }
 }

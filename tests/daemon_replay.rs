@@ -235,6 +235,30 @@ fn events_go_to_a_file_with_dash_dash_events() {
     assert_eq!(lines.last().unwrap()["detector_inferences"], 0);
 }
 
+/// Event records that could not be written (a full disk) make the run end with an error
+/// that counts them, after it has gone on trying; before, it ended with 0 as if they had
+/// all been written.
+#[test]
+fn events_that_could_not_be_written_end_the_run_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = write_wav(
+        dir.path(),
+        "quiet.wav",
+        &synth::room_tone(RATE, 3.0, 0.002, 8),
+    );
+    let config = write_config(dir.path(), "");
+    let run = run_fast(&config, &wav, &["--events", "/dev/full"]);
+    assert_eq!(run.code, Some(5), "{}", run.stderr);
+    // connecting, running, ended and the summary: four records, the error logged once.
+    assert!(
+        run.stderr
+            .contains("babycryd: /dev/full: 4 event record(s) could not be written"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.matches("cannot write an event").count(), 1);
+}
+
 /// Real crying from ../shared/data (the first three verified donateacry recordings) with
 /// the default thresholds, each followed by a real non-cry recording (speech, music,
 /// household noise, baby laughter from negatives/) and quiet: episodes start within 3 s
