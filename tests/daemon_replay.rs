@@ -211,17 +211,20 @@ fn raw_pcm_on_stdin_is_downmixed_and_resampled() {
     assert!((f64_of(run.summary(), "audio_seconds") - 60.0).abs() < 0.5);
 }
 
+/// 3 s of quiet room replayed with `--events <events>` (`dir`'s `events.jsonl` when None).
+fn quiet_run_with_events(dir: &std::path::Path, events: Option<&str>) -> RunOutput {
+    let wav = write_wav(dir, "quiet.wav", &synth::room_tone(RATE, 3.0, 0.002, 8));
+    let config = write_config(dir, "");
+    let file = dir.join("events.jsonl");
+    let events = events.unwrap_or_else(|| file.to_str().unwrap());
+    run_fast(&config, &wav, &["--events", events])
+}
+
 #[test]
 fn events_go_to_a_file_with_dash_dash_events() {
     let dir = tempfile::tempdir().unwrap();
-    let wav = write_wav(
-        dir.path(),
-        "quiet.wav",
-        &synth::room_tone(RATE, 3.0, 0.002, 8),
-    );
-    let config = write_config(dir.path(), "");
+    let run = quiet_run_with_events(dir.path(), None);
     let events = dir.path().join("events.jsonl");
-    let run = run_fast(&config, &wav, &["--events", events.to_str().unwrap()]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert!(
         run.events.is_empty(),
@@ -241,13 +244,7 @@ fn events_go_to_a_file_with_dash_dash_events() {
 #[test]
 fn events_that_could_not_be_written_end_the_run_with_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    let wav = write_wav(
-        dir.path(),
-        "quiet.wav",
-        &synth::room_tone(RATE, 3.0, 0.002, 8),
-    );
-    let config = write_config(dir.path(), "");
-    let run = run_fast(&config, &wav, &["--events", "/dev/full"]);
+    let run = quiet_run_with_events(dir.path(), Some("/dev/full"));
     assert_eq!(run.code, Some(5), "{}", run.stderr);
     // connecting, running, ended and the summary: four records, the error logged once.
     assert!(
