@@ -130,3 +130,60 @@ fn systemd_analyze_security_scores_ok_or_better() {
     assert!(score < 2.0, "{last}");
     assert!(last.contains("OK") || last.contains("SAFE"), "{last}");
 }
+
+/// Enabled as the package enables it (a `multi-user.target.wants` link), the unit does not
+/// hold back the boot: multi-user.target is not ordered after it. Before (the default
+/// dependencies), it was, and since READY=1 waits for a microphone, a Pi booted without
+/// one never finished booting (graphical.target, after it, neither). Read from systemd's
+/// own dump of the boot transaction (`systemd --test`), which refuses to run as root: it
+/// runs as nobody then.
+#[test]
+fn the_boot_does_not_wait_for_a_microphone() {
+    use std::os::unix::fs::PermissionsExt;
+    if systemd_analyze().is_none() {
+        return;
+    }
+    let systemd = ["/lib/systemd/systemd", "/usr/lib/systemd/systemd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("systemd is installed with systemd-analyze");
+    let dir = tempfile::tempdir().unwrap();
+    let wants = dir.path().join("multi-user.target.wants");
+    std::fs::create_dir(&wants).unwrap();
+    let unit = testable_unit(dir.path());
+    std::os::unix::fs::symlink(&unit, wants.join("babycryd.service")).unwrap();
+    for path in [dir.path(), &wants] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&unit, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let unit_path = format!("SYSTEMD_UNIT_PATH={}:", dir.path().display());
+    let test = [systemd, "--test", "--system", "--unit=multi-user.target"];
+    // SAFETY: geteuid only reads the process's effective user id.
+    let out = if unsafe { libc::geteuid() } == 0 {
+        Command::new("runuser")
+            .args(["-u", "nobody", "--", "env", &unit_path])
+            .args(test)
+            .output()
+    } else {
+        Command::new("env").arg(&unit_path).args(test).output()
+    }
+    .unwrap();
+    let dump = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{dump}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let target = dump
+        .split("-> Unit ")
+        .find(|u| u.starts_with("multi-user.target:"))
+        .expect("multi-user.target in the dump");
+    assert!(
+        target.contains("Wants: babycryd.service"),
+        "the unit is enabled in the test: {target}"
+    );
+    assert!(
+        !target.contains("After: babycryd.service"),
+        "multi-user.target waits for babycryd: {target}"
+    );
+}
