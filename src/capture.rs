@@ -10,7 +10,7 @@
 //! [`StreamTrouble`]).
 //! It also lists input devices for `babycryd devices`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,8 @@ use crate::source::{AudioSource, Pull, SourceError, StreamFormat};
 /// Seconds of audio the ring buffer holds between the callback and the capture thread.
 const RING_SECONDS: usize = 2;
 
-/// What the callbacks share with the capture thread.
+/// What one stream's callbacks share with the capture thread. Each stream has its own:
+/// a stream being closed (on its own thread, see `close`) cannot mark the next one lost.
 #[derive(Debug, Default)]
 struct Shared {
     lost: AtomicBool,
@@ -33,6 +34,46 @@ struct Shared {
     /// Callbacks whose frames did not all fit in the ring buffer (the capture thread
     /// fell behind): counted with the xruns.
     overflows: AtomicU64,
+    /// Errors since the last audio callback (see [`FAILING_ERRORS`]).
+    errors_since_audio: AtomicU32,
+}
+
+/// Errors in a row without audio after which a stream is lost, whatever their kind. A
+/// plugin PCM whose sound server lost its source (a PulseAudio or PipeWire device
+/// unplugged) fails every poll with an error cpal reports as a backend error and retries
+/// at once: hundreds of thousands a second, a whole core busy and millions of xruns
+/// counted until the stall time ran out. A real overrun comes with audio around it.
+const FAILING_ERRORS: u32 = 64;
+
+impl Shared {
+    /// The data callback delivered audio.
+    fn heard_audio(&self) {
+        self.errors_since_audio.store(0, Ordering::Relaxed);
+    }
+
+    /// What the error callback does with `err` (cpal's worker thread, not the audio one).
+    fn stream_error(&self, kind: cpal::ErrorKind, err: &dyn std::fmt::Display) {
+        let in_a_row = self.errors_since_audio.fetch_add(1, Ordering::Relaxed) + 1;
+        match StreamTrouble::of(kind) {
+            StreamTrouble::Counted if in_a_row < FAILING_ERRORS => {
+                self.xruns.fetch_add(1, Ordering::Relaxed);
+            }
+            StreamTrouble::Counted => self.lose(format_args!(
+                "{err} ({in_a_row} errors in a row without audio)"
+            )),
+            StreamTrouble::Lost => self.lose(err),
+        }
+    }
+
+    fn lose(&self, reason: impl std::fmt::Display) {
+        if self.lost.load(Ordering::Acquire) {
+            return;
+        }
+        if let Ok(mut r) = self.reason.try_lock() {
+            *r = reason.to_string();
+        }
+        self.lost.store(true, Ordering::Release);
+    }
 }
 
 /// What a stream error means for the capture.
@@ -41,7 +82,8 @@ enum StreamTrouble {
     /// An overrun (samples dropped), or an error after which cpal's worker goes on (a
     /// failed poll, a rerouted default device, real-time priority refused): counted with
     /// the xruns. Reopening for it would warn of a lost microphone that still delivers; a
-    /// stream that does stop after it is reported stalled and reopened.
+    /// stream that does stop after it is reported stalled and reopened, and one that only
+    /// fails ([`FAILING_ERRORS`] in a row without audio) is lost.
     Counted,
     /// The stream is gone (device unplugged, stream invalidated, access withdrawn) or the
     /// error cannot be judged: reopened with backoff.
@@ -66,6 +108,8 @@ pub struct CpalSource {
     stream: Option<cpal::Stream>,
     ring: Option<ringbuf::HeapCons<f32>>,
     shared: Arc<Shared>,
+    /// The xruns of the streams before this one.
+    past_xruns: u64,
     chunk: Vec<f32>,
 }
 
@@ -85,6 +129,7 @@ impl CpalSource {
             stream: None,
             ring: None,
             shared: Arc::new(Shared::default()),
+            past_xruns: 0,
             chunk: vec![0.0; 4096],
         }
     }
@@ -145,7 +190,8 @@ impl CpalSource {
         let frames = (format.sample_rate as usize * RING_SECONDS).max(1024);
         let capacity = frames * usize::from(format.channels.max(1));
         let (producer, consumer) = HeapRb::<f32>::new(capacity).split();
-        self.shared.lost.store(false, Ordering::Release);
+        self.past_xruns = self.xruns();
+        self.shared = Arc::new(Shared::default());
         let config = supported.config();
         let stream = match supported.sample_format() {
             SampleFormat::I8 => self.build::<i8>(&device, config, producer),
@@ -220,21 +266,12 @@ impl CpalSource {
             config,
             move |data: &[T], _: &cpal::InputCallbackInfo| {
                 // Real-time context: no allocation, no lock, no blocking.
+                data_shared.heard_audio();
                 if !push_frames(&mut producer, data, channels) {
                     data_shared.overflows.fetch_add(1, Ordering::Relaxed);
                 }
             },
-            move |err: cpal::Error| match StreamTrouble::of(err.kind()) {
-                StreamTrouble::Counted => {
-                    error_shared.xruns.fetch_add(1, Ordering::Relaxed);
-                }
-                StreamTrouble::Lost => {
-                    if let Ok(mut r) = error_shared.reason.try_lock() {
-                        *r = err.to_string();
-                    }
-                    error_shared.lost.store(true, Ordering::Release);
-                }
-            },
+            move |err: cpal::Error| error_shared.stream_error(err.kind(), &err),
             None,
         )
     }
@@ -416,7 +453,9 @@ impl AudioSource for CpalSource {
     }
 
     fn xruns(&self) -> u64 {
-        self.shared.xruns.load(Ordering::Relaxed) + self.shared.overflows.load(Ordering::Relaxed)
+        self.past_xruns
+            + self.shared.xruns.load(Ordering::Relaxed)
+            + self.shared.overflows.load(Ordering::Relaxed)
     }
 
     /// A stream can hang without reporting an error (a suspended or replugged device
@@ -558,6 +597,35 @@ mod tests {
         ] {
             assert_eq!(StreamTrouble::of(kind), StreamTrouble::Lost, "{kind:?}");
         }
+    }
+
+    /// Errors with audio between them are counted as xruns; [`FAILING_ERRORS`] in a row
+    /// without audio (a plugin PCM whose source vanished fails every poll) lose the
+    /// stream, with the error as the reason, and stop the count.
+    #[test]
+    fn a_stream_that_only_fails_is_lost_and_one_with_audio_between_is_not() {
+        use cpal::ErrorKind as K;
+        let shared = Shared::default();
+        for _ in 0..3 {
+            for _ in 1..FAILING_ERRORS {
+                shared.stream_error(K::BackendError, &"poll failed");
+            }
+            shared.heard_audio();
+        }
+        let counted = u64::from(3 * (FAILING_ERRORS - 1));
+        assert!(!shared.lost.load(Ordering::Acquire));
+        assert_eq!(shared.xruns.load(Ordering::Relaxed), counted);
+        for _ in 0..2 * FAILING_ERRORS {
+            shared.stream_error(K::BackendError, &"Input/output error");
+        }
+        assert!(shared.lost.load(Ordering::Acquire));
+        let reason = shared.reason.lock().unwrap().clone();
+        assert_eq!(
+            reason,
+            format!("Input/output error ({FAILING_ERRORS} errors in a row without audio)")
+        );
+        let xruns = shared.xruns.load(Ordering::Relaxed);
+        assert_eq!(xruns, counted + u64::from(FAILING_ERRORS - 1));
     }
 
     /// What is asked of cpal's lookup, which spells "hw:1,0" the way its list does.

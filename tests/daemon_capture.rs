@@ -397,6 +397,23 @@ impl PulseServer {
         self.child = Self::spawn(&self.dir);
     }
 
+    /// `pactl <args>` on this server.
+    fn pactl(&self, args: &[&str]) {
+        let out = Command::new("pactl")
+            .arg(format!(
+                "--server=unix:{}",
+                self.dir.join("native").display()
+            ))
+            .args(args)
+            .output()
+            .expect("pactl (pulseaudio-utils; the test command installs it)");
+        assert!(
+            out.status.success(),
+            "pactl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Plays interleaved f32 stereo at 48 kHz into the sink, in real time.
     fn play(&self, frames: &[f32]) -> std::process::Child {
         let bytes: Vec<u8> = frames.iter().flat_map(|s| s.to_le_bytes()).collect();
@@ -625,4 +642,34 @@ fn a_live_device_whose_server_died_is_reopened_when_it_returns() {
     let latency = daemon.hears_the_cry(&pulse);
     eprintln!("after the sound server came back: a cry confirmed {latency:?} after it began");
     daemon.stop();
+}
+
+/// The sink the microphone's PCM reads is removed under a running stream (`pactl
+/// unload-module`: a USB microphone unplugged behind PulseAudio or PipeWire). ALSA's pulse
+/// plugin then fails every poll, which cpal reports as a backend error and retries at
+/// once. The device is reported lost within seconds and reopened when the sink is back.
+/// Before, each error was counted as an xrun and nothing else happened until the stall
+/// time (here 10 s) ran out: a core busy and millions of xruns for every such loss.
+#[test]
+fn a_live_device_whose_source_vanished_is_lost_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let pulse = PulseServer::start(dir.path());
+    let mut daemon = LiveDaemon::start(dir.path(), "stall_seconds = 10.0");
+    daemon.wait_for("running", Instant::now(), Duration::from_secs(15));
+    let unloaded = Instant::now();
+    pulse.pactl(&["unload-module", "module-null-sink"]);
+    let lost = daemon.wait_for("lost", unloaded, Duration::from_secs(5));
+    eprintln!("source removed: lost after {:?}", lost - unloaded);
+    pulse.pactl(&[
+        "load-module",
+        "module-null-sink",
+        "sink_name=babycry",
+        "rate=48000",
+        "channels=2",
+    ]);
+    daemon.wait_for("running", lost, Duration::from_secs(20));
+    let (summary, _, stderr) = daemon.stop();
+    let xruns = summary["xruns"].as_u64().unwrap();
+    assert!(xruns < 1000, "{summary}");
+    assert!(stderr.contains("errors in a row without audio"), "{stderr}");
 }
