@@ -613,8 +613,62 @@ pub fn configured_logging(cli: &Cli) -> (Option<String>, bool) {
     }
 }
 
-/// Logging through tracing on stderr: plain lines without colour (journald adds the
-/// time), or JSON with `--log-json`. RUST_LOG wins over the config's `level`. The audio
+/// Whether stderr is systemd's journal: `$JOURNAL_STREAM` names its device and inode
+/// (set for a service whose output goes to the journal, and inherited by anything it
+/// starts, whose stderr may be elsewhere).
+fn stderr_is_the_journal() -> bool {
+    let Some((dev, ino)) = std::env::var("JOURNAL_STREAM").ok().and_then(|v| {
+        v.split_once(':')
+            .map(|(d, i)| (d.parse::<u64>(), i.parse::<u64>()))
+    }) else {
+        return false;
+    };
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes a stat for the open descriptor 2 into `stat`, read only when
+    // it succeeded.
+    if unsafe { libc::fstat(2, stat.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: fstat succeeded, so it filled `stat`.
+    let stat = unsafe { stat.assume_init() };
+    // (Casts: ino_t is 32 bits on 32-bit ARM.)
+    #[allow(clippy::unnecessary_cast)]
+    let (st_dev, st_ino) = (stat.st_dev as u64, stat.st_ino as u64);
+    dev == Ok(st_dev) && ino == Ok(st_ino)
+}
+
+/// A plain log line for the journal: its syslog priority first (`<3>` error, `<4>`
+/// warning, `<6>` info, `<7>` debug and trace), which journald takes as the entry's
+/// priority and strips, so `journalctl -p warning -u babycryd` finds the warnings (every
+/// line was at journald's default priority before); no time, which journald adds.
+struct JournalPriority<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for JournalPriority<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
+/// Logging through tracing on stderr: plain lines without colour (in the journal with
+/// their priority and without the time, see [`JournalPriority`]), or JSON with
+/// `--log-json`. RUST_LOG wins over the config's `level`. The audio
 /// decoder's own log lines ("probe reach EOF", "ignoring unknown chunk") are dropped
 /// unless RUST_LOG asks for them: a bad file is reported once, as a decode error.
 ///
@@ -644,6 +698,12 @@ pub fn init_logging(json: bool, level: Option<&str>) {
         .log_internal_errors(false);
     let _ = if json {
         builder.json().try_init()
+    } else if stderr_is_the_journal() {
+        builder
+            .event_format(JournalPriority(
+                tracing_subscriber::fmt::format().without_time(),
+            ))
+            .try_init()
     } else {
         builder.try_init()
     };

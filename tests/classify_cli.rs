@@ -351,6 +351,58 @@ fn with_json_logs_the_error_that_ends_a_command_is_json() {
     assert!(message.contains("missing.toml"), "{message}");
 }
 
+/// With stderr the journal (systemd names it in $JOURNAL_STREAM), each log line begins
+/// with its syslog priority, which journald takes and strips: `journalctl -p warning`
+/// then finds the warnings (before, every line had journald's default priority). With
+/// $JOURNAL_STREAM naming something else (inherited by a child whose stderr was
+/// redirected), lines stay as they are.
+#[test]
+fn log_lines_in_the_journal_carry_their_priority() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("silence.wav");
+    write_wav_i16(&wav, &vec![0.0; 12 * 8000], 8000).unwrap();
+    let err = dir.path().join("stderr");
+    let stderr_of = |journal: &str| {
+        // `exec 2>` first: the stat then sees the file the daemon writes to.
+        let script = format!(
+            "exec 2>{}; JOURNAL_STREAM={journal} exec {} run --no-mqtt --fast --input {} >/dev/null",
+            err.display(),
+            env!("CARGO_BIN_EXE_babycryd"),
+            wav.display()
+        );
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .env_remove("BABYCRYD_CONFIG")
+            .env_remove("CONFIGURATION_DIRECTORY")
+            .env_remove("RUST_LOG")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::fs::read_to_string(&err).unwrap()
+    };
+    let journal = stderr_of("$(stat -L -c %d:%i /proc/self/fd/2)");
+    assert!(
+        journal
+            .lines()
+            .any(|l| l.starts_with("<6> INFO babycry::source")),
+        "{journal}"
+    );
+    assert!(
+        journal
+            .lines()
+            .any(|l| l.starts_with("<4> WARN") && l.contains("only digital silence")),
+        "{journal}"
+    );
+    assert!(journal.lines().all(|l| l.starts_with('<')), "{journal}");
+    let elsewhere = stderr_of("1:2");
+    assert!(elsewhere.contains(" WARN "), "{elsewhere}");
+    assert!(
+        !elsewhere.lines().any(|l| l.starts_with('<')),
+        "{elsewhere}"
+    );
+}
+
 #[test]
 fn the_demo_runs_with_no_config_and_no_files() {
     let a = &answers(&["classify", "--demo", "--json"])[0];
