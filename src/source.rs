@@ -413,7 +413,22 @@ impl RetryPolicy {
         let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
         self.initial.saturating_mul(factor).min(self.max)
     }
+
+    /// How long a device opened after `failures` opens that brought no audio waits for
+    /// its first: the retry delay, doubling past `max` up to [`START_GRACE_MAX`]. Capped
+    /// at `max` (`retry_max_seconds` = 1 s), a device slower to start than both it and
+    /// the stall time was closed before its first audio at every open, for ever.
+    pub fn start_grace(&self, failures: u32) -> Duration {
+        let uncapped = Self {
+            initial: self.initial,
+            max: self.max.max(START_GRACE_MAX),
+        };
+        uncapped.delay(failures)
+    }
 }
+
+/// The longest a device is given for its first audio after opens that brought none.
+const START_GRACE_MAX: Duration = Duration::from_secs(60);
 
 /// Settings of the capture thread.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -646,7 +661,7 @@ impl Capture {
         // would be reopened, which grows with each open that brought none: one slower to
         // start than `stall_seconds` (PulseAudio under load took over 1 s) would
         // otherwise be closed before its first audio and reopened for ever.
-        let start_time = stall_time.max(self.options.retry.delay(failures));
+        let start_time = stall_time.max(self.options.retry.start_grace(failures));
         let mut buf = Vec::with_capacity(format.sample_rate as usize);
         let mut last_audio = Instant::now();
         let mut xruns = self.source.xruns();
@@ -1363,6 +1378,13 @@ mod tests {
 
     #[test]
     fn a_device_slower_to_start_than_the_stall_time_is_given_longer_at_each_open() {
+        slower_to_start_than_the_stall_time_comes_up(Duration::from_millis(800));
+        // Also with the retry delay capped below the start-up time: before, the wait for
+        // the first audio stopped growing at that cap and the device never came up.
+        slower_to_start_than_the_stall_time_comes_up(Duration::from_millis(100));
+    }
+
+    fn slower_to_start_than_the_stall_time_comes_up(retry_max: Duration) {
         let opens = Arc::new(Mutex::new(Vec::new()));
         let source = SlowToStart {
             start_up: Duration::from_millis(300),
@@ -1374,7 +1396,7 @@ mod tests {
             stall_seconds: 0.05,
             retry: RetryPolicy {
                 initial: Duration::from_millis(50),
-                max: Duration::from_millis(800),
+                max: retry_max,
             },
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel(100_000);
