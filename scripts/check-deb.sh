@@ -5,7 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked --quiet
-deb=$(cargo deb 2>/dev/null | tail -n 1)
+# cargo deb's progress is kept out of the way, and shown when the build fails.
+log=$(mktemp)
+deb=$(cargo deb 2>"$log" | tail -n 1) || { cat "$log" >&2; rm -f "$log"; exit 1; }
+rm -f "$log"
 [ -f "$deb" ] || deb=$(ls -t target/debian/*.deb | head -n 1)
 echo "package: $deb"
 contents=$(dpkg-deb --contents "$deb")

@@ -21,7 +21,8 @@ pub mod exit {
     pub const INPUT_FAILED: u8 = 1;
     /// Bad command line (clap's own code).
     pub const USAGE: u8 = 2;
-    /// The configuration file is missing, unreadable or invalid.
+    /// The configuration file is missing, unreadable or invalid (or the `--events` file
+    /// cannot be opened).
     pub const CONFIG: u8 = 3;
     /// A model or its sidecar cannot be loaded, or the two models cannot work together.
     pub const MODEL: u8 = 4;
@@ -404,7 +405,14 @@ pub fn report_error(text: &str) {
 /// The exit code for an error that ended the program.
 pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
-        if cause.is::<crate::error::ConfigError>() {
+        // An --events file that cannot be opened (its directory missing or read-only)
+        // is a setting a restart cannot mend, as a bad config is: systemd does not
+        // restart for it (RestartPreventExitStatus) every few seconds for ever.
+        if cause.is::<crate::error::ConfigError>()
+            || cause
+                .downcast_ref::<crate::daemon::DaemonError>()
+                .is_some_and(|e| matches!(e, crate::daemon::DaemonError::Events { .. }))
+        {
             return exit::CONFIG;
         }
         if cause.is::<crate::error::ModelError>() || cause.is::<crate::monitor::MonitorError>() {

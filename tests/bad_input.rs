@@ -127,6 +127,10 @@ fn cases() -> Vec<Case> {
             "run --config $DIR/config.toml --input $DIR/silence.wav --rate 48000",
         ),
         case(
+            "`--events` in a directory that does not exist",
+            "run --config $DIR/config.toml --fast --input $DIR/silence.wav --events $DIR/missing/events.jsonl",
+        ),
+        case(
             "`--events` on a full disk (`/dev/full`)",
             "run --config $DIR/config.toml --fast --input $DIR/silence.wav --events /dev/full",
         ),
