@@ -325,7 +325,30 @@ pub fn load_settings(explicit: Option<&Path>, uses_mqtt: bool) -> Result<Setting
         None => Config::default(),
     };
     config.mqtt.enabled &= uses_mqtt;
+    if let Some(p) = path.as_deref().filter(|_| {
+        config.mqtt.enabled && !config.mqtt.password.expose().is_empty()
+    }) {
+        warn_if_readable_by_everyone(p);
+    }
     config.validate(path)
+}
+
+/// The packaged config is readable by everyone (mode 644), and a password written in it
+/// is then every local user's: said once at each load (a password_file readable by
+/// everyone is refused; this one is kept, so that an upgrade does not stop the monitor).
+fn warn_if_readable_by_everyone(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(mode) = std::fs::metadata(path).map(|m| m.permissions().mode()) else {
+        return;
+    };
+    if mode & 0o004 != 0 {
+        tracing::warn!(
+            "{}: holds the MQTT password and is readable by everyone (mode {:o}): put it in \
+             password_file (chmod 600) or in BABYCRYD_MQTT_PASSWORD (/etc/babycryd/mqtt.env)",
+            path.display(),
+            mode & 0o777
+        );
+    }
 }
 
 #[cfg(test)]

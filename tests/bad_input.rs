@@ -190,6 +190,10 @@ fn cases() -> Vec<Case> {
             "check-config --config $DIR/label.toml",
         ),
         case(
+            "MQTT password written in a config readable by everyone (mode 644)",
+            "check-config --config $DIR/inline-password.toml",
+        ),
+        case(
             "Quiet time shorter than two detector hops (`quiet_seconds = 3`, `hop_seconds = 2`)",
             "check-config --config $DIR/quiet.toml",
         ),
@@ -351,6 +355,15 @@ fn prepare(dir: &Path, broker_port: u16, closed_port: u16) {
         b"[models]\nreason = \"/nonexistent/cry-reason.onnx\"\n",
     );
     config("ha-base.toml", "[mqtt]\nbase_topic = \"homeassistant\"\n");
+    config(
+        "inline-password.toml",
+        "[mqtt]\nusername = \"baby\"\npassword = \"hunter2\"\n",
+    );
+    std::fs::set_permissions(
+        dir.join("inline-password.toml"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
     config("sys-base.toml", "[mqtt]\nbase_topic = \"$SYS/baby\"\n");
     config("host-port.toml", "[mqtt]\nhost = \"broker:1883\"\n");
     write(
