@@ -205,7 +205,12 @@ impl CpalSource {
             other => return Err(self.unavailable(format!("unsupported sample format {other}"))),
         }
         .map_err(|e| self.unavailable(e))?;
-        stream.play().map_err(|e| self.unavailable(e))?;
+        if let Err(e) = stream.play() {
+            // Dropped on the close thread, as any stream: a plugin's worker may hang.
+            self.stream = Some(stream);
+            self.close();
+            return Err(self.unavailable(e));
+        }
         tracing::info!(
             device = %self.describe(),
             format = %supported.sample_format(),
