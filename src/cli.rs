@@ -314,6 +314,24 @@ fn check_config(cli: &Cli) -> anyhow::Result<ExitCode> {
         Some(p) => writeln!(out, "# detector model: {}", p.display())?,
         None => writeln!(out, "# detector model: none")?,
     }
+    // What the empty defaults below resolve to on this machine.
+    let mqtt = crate::mqtt::MqttConfig::for_daemon(&settings.config);
+    if mqtt.enabled {
+        let topics = mqtt.topics();
+        writeln!(
+            out,
+            "# mqtt: node id {}, client id {}, status topic {}, discovery under {}/, password from {}",
+            topics.node_id,
+            mqtt.client_id(),
+            topics.status,
+            topics.discovery_prefix,
+            mqtt.password_source()
+        )?;
+    } else {
+        writeln!(out, "# mqtt: off")?;
+    }
+    let state = crate::mqtt::resolve_state_dir(&settings.config.daemon.state_dir);
+    writeln!(out, "# state directory: {}", state.display())?;
     write!(out, "{effective}")?;
     Ok(ExitCode::SUCCESS)
 }

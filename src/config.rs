@@ -325,9 +325,10 @@ pub fn load_settings(explicit: Option<&Path>, uses_mqtt: bool) -> Result<Setting
         None => Config::default(),
     };
     config.mqtt.enabled &= uses_mqtt;
-    if let Some(p) = path.as_deref().filter(|_| {
-        config.mqtt.enabled && !config.mqtt.password.expose().is_empty()
-    }) {
+    if let Some(p) = path
+        .as_deref()
+        .filter(|_| config.mqtt.enabled && !config.mqtt.password.expose().is_empty())
+    {
         warn_if_readable_by_everyone(p);
     }
     config.validate(path)

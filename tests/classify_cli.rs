@@ -527,6 +527,45 @@ fn classify_memory_does_not_grow_with_the_length_of_the_recording() {
     );
 }
 
+/// `check-config` says what the empty defaults resolve to on this machine (node id,
+/// client id, status topic, discovery prefix, the state directory) and where the MQTT
+/// password comes from, never the password. Before, `node_id = ""` and `password = ""`
+/// were all it said, though the password came from the environment.
+#[test]
+fn check_config_says_what_the_defaults_resolve_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[models]\ndir = {:?}\n[mqtt]\nusername = \"baby\"\nnode_id = \"nursery\"\n[daemon]\nstate_dir = {:?}\n",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("models"),
+            dir.path()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_babycryd"))
+        .arg("--config")
+        .arg(&config)
+        .arg("check-config")
+        .env("BABYCRYD_MQTT_PASSWORD", "s3cret-env")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "# mqtt: node id nursery, client id babycryd-nursery, status topic \
+             babycry/nursery/status, discovery under homeassistant/, password from \
+             $BABYCRYD_MQTT_PASSWORD\n"
+        ),
+        "{stdout}"
+    );
+    let state = format!("# state directory: {}\n", dir.path().display());
+    assert!(stdout.contains(&state), "{stdout}");
+    assert!(!stdout.contains("s3cret-env"), "{stdout}");
+}
+
 /// Commands that do not talk to the broker do not read its password file: another user
 /// running `babycryd classify` with the system config (whose password file only the
 /// daemon's user can read) got exit 3 for a file it never needed. (Tests run as root, who

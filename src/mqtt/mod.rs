@@ -410,6 +410,19 @@ impl MqttConfig {
 
     /// The password: inline, else the first line of `password_file` (refused when the
     /// file is readable by everyone), else `$BABYCRYD_MQTT_PASSWORD` when set and not empty.
+    /// Where [`Self::password`] takes the password from, for `check-config`.
+    pub fn password_source(&self) -> String {
+        if !self.password.0.is_empty() {
+            "password (in the config)".into()
+        } else if !self.password_file.is_empty() {
+            format!("password_file {}", self.password_file)
+        } else if std::env::var(PASSWORD_ENV).is_ok_and(|p| !p.is_empty()) {
+            format!("${PASSWORD_ENV}")
+        } else {
+            "none".into()
+        }
+    }
+
     pub fn password(&self) -> Result<Option<String>, MqttError> {
         if !self.password.0.is_empty() {
             return Ok(Some(self.password.0.clone()));
