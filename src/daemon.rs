@@ -216,6 +216,13 @@ impl EventsOut {
                 tracing::info!("events are written again");
             }
             Ok(()) => {}
+            // The reader of stdout went away (`babycryd run --demo | head`): what it
+            // wanted it had, and no record can reach it any more; not an error to log.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe && self.path.is_none() => {
+                tracing::debug!("stdout closed by its reader: no more event records there");
+                self.writer = None;
+                self.first_error.get_or_insert(e);
+            }
             Err(e) => {
                 self.unwritten += 1;
                 if !self.failing {

@@ -459,6 +459,20 @@ fn a_44k1_or_48_khz_recording_is_analysed_to_its_last_sample() {
 /// A closed stderr (`babycryd run 2>&1 | head`, a log reader that went away) costs the
 /// log lines, not the monitor: the whole demo night is still analysed and the run exits
 /// 0 (a panic in tracing's fallback `eprintln!` made it 101, mid-night).
+/// A closed stdout (`babycryd run --demo | head`): its reader had what it wanted, so the
+/// run ends with 0 and no error (before: `ERROR ... cannot write an event: Broken pipe`).
+#[test]
+fn a_closed_stdout_ends_the_run_quietly() {
+    let out = run_with_closed(&["run", "--demo"], Closed::Stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+    assert!(
+        stderr.contains("stopped"),
+        "the night was analysed: {stderr}"
+    );
+}
+
 #[test]
 fn a_closed_stderr_does_not_stop_the_monitor() {
     let out = run_with_closed(&["run", "--demo"], Closed::Stderr);
