@@ -221,7 +221,6 @@ impl EventsOut {
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe && self.path.is_none() => {
                 tracing::debug!("stdout closed by its reader: no more event records there");
                 self.writer = None;
-                self.first_error.get_or_insert(e);
             }
             Err(e) => {
                 self.unwritten += 1;

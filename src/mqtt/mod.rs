@@ -410,28 +410,46 @@ impl MqttConfig {
 
     /// The password: inline, else the first line of `password_file` (refused when the
     /// file is readable by everyone), else `$BABYCRYD_MQTT_PASSWORD` when set and not empty.
+    /// Where the password comes from, in [`Self::password`]'s order.
+    fn password_from(&self) -> PasswordFrom<'_> {
+        if !self.password.0.is_empty() {
+            PasswordFrom::Config(&self.password.0)
+        } else if !self.password_file.is_empty() {
+            PasswordFrom::File(&self.password_file)
+        } else {
+            match std::env::var(PASSWORD_ENV) {
+                Ok(p) if !p.is_empty() => PasswordFrom::Env(p),
+                _ => PasswordFrom::Nowhere,
+            }
+        }
+    }
+
     /// Where [`Self::password`] takes the password from, for `check-config`.
     pub fn password_source(&self) -> String {
-        if !self.password.0.is_empty() {
-            "password (in the config)".into()
-        } else if !self.password_file.is_empty() {
-            format!("password_file {}", self.password_file)
-        } else if std::env::var(PASSWORD_ENV).is_ok_and(|p| !p.is_empty()) {
-            format!("${PASSWORD_ENV}")
-        } else {
-            "none".into()
+        match self.password_from() {
+            PasswordFrom::Config(_) => "password (in the config)".into(),
+            PasswordFrom::File(path) => format!("password_file {path}"),
+            PasswordFrom::Env(_) => format!("${PASSWORD_ENV}"),
+            PasswordFrom::Nowhere => "none".into(),
         }
     }
 
     pub fn password(&self) -> Result<Option<String>, MqttError> {
-        if !self.password.0.is_empty() {
-            return Ok(Some(self.password.0.clone()));
+        match self.password_from() {
+            PasswordFrom::Config(p) => Ok(Some(p.to_owned())),
+            PasswordFrom::File(path) => read_password_file(Path::new(path)).map(Some),
+            PasswordFrom::Env(p) => Ok(Some(p)),
+            PasswordFrom::Nowhere => Ok(None),
         }
-        if !self.password_file.is_empty() {
-            return read_password_file(Path::new(&self.password_file)).map(Some);
-        }
-        Ok(std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty()))
     }
+}
+
+/// The password's place: inline, a file, the environment, or none.
+enum PasswordFrom<'a> {
+    Config(&'a str),
+    File(&'a str),
+    Env(String),
+    Nowhere,
 }
 
 /// An [`MqttError`] as a reason inside `[mqtt]` (the caller prefixes `mqtt.`).
