@@ -331,6 +331,13 @@ pub fn load_settings(explicit: Option<&Path>, uses_mqtt: bool) -> Result<Setting
     {
         warn_if_readable_by_everyone(p);
     }
+    if let Some(warning) = config
+        .mqtt
+        .unused_password_warning()
+        .filter(|_| config.mqtt.enabled)
+    {
+        tracing::warn!("{warning}");
+    }
     config.validate(path)
 }
 

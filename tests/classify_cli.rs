@@ -527,20 +527,16 @@ fn classify_memory_does_not_grow_with_the_length_of_the_recording() {
     );
 }
 
-/// `check-config` says what the empty defaults resolve to on this machine (node id,
-/// client id, status topic, discovery prefix, the state directory) and where the MQTT
-/// password comes from, never the password. Before, `node_id = ""` and `password = ""`
-/// were all it said, though the password came from the environment.
-#[test]
-fn check_config_says_what_the_defaults_resolve_to() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.toml");
+/// `check-config`'s stdout and stderr for node id "nursery", the state directory `dir`,
+/// [mqtt] `username` and `s3cret-env` in `$BABYCRYD_MQTT_PASSWORD`; it must succeed.
+fn check_config_with_a_password_in_the_environment(dir: &Path, username: &str) -> (String, String) {
+    let config = dir.join("config.toml");
     std::fs::write(
         &config,
         format!(
-            "[models]\ndir = {:?}\n[mqtt]\nusername = \"baby\"\nnode_id = \"nursery\"\n[daemon]\nstate_dir = {:?}\n",
+            "[models]\ndir = {:?}\n[mqtt]\nusername = {username:?}\nnode_id = \"nursery\"\n[daemon]\nstate_dir = {:?}\n",
             Path::new(env!("CARGO_MANIFEST_DIR")).join("models"),
-            dir.path()
+            dir
         ),
     )
     .unwrap();
@@ -551,8 +547,21 @@ fn check_config_says_what_the_defaults_resolve_to() {
         .env("BABYCRYD_MQTT_PASSWORD", "s3cret-env")
         .output()
         .unwrap();
-    assert!(out.status.success());
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `check-config` says what the empty defaults resolve to on this machine (node id,
+/// client id, status topic, discovery prefix, the state directory) and where the MQTT
+/// password comes from, never the password. Before, `node_id = ""` and `password = ""`
+/// were all it said, though the password came from the environment.
+#[test]
+fn check_config_says_what_the_defaults_resolve_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stdout, _) = check_config_with_a_password_in_the_environment(dir.path(), "baby");
     assert!(
         stdout.contains(
             "# mqtt: node id nursery, client id babycryd-nursery, status topic \
@@ -564,6 +573,27 @@ fn check_config_says_what_the_defaults_resolve_to() {
     let state = format!("# state directory: {}\n", dir.path().display());
     assert!(stdout.contains(&state), "{stdout}");
     assert!(!stdout.contains("s3cret-env"), "{stdout}");
+}
+
+/// `$BABYCRYD_MQTT_PASSWORD` without a username is never sent (MQTT sends a password
+/// only with a username): said on stderr, and `check-config` does not claim it is used.
+/// Before, it said "password from $BABYCRYD_MQTT_PASSWORD" while the daemon connected
+/// anonymously, which a broker allowing anonymous clients accepted without a word.
+#[test]
+fn a_password_in_the_environment_without_a_username_is_said_to_be_unused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (stdout, stderr) = check_config_with_a_password_in_the_environment(dir.path(), "");
+    assert!(
+        stdout.contains(
+            "password from none ($BABYCRYD_MQTT_PASSWORD is set but ignored: no username)\n"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("$BABYCRYD_MQTT_PASSWORD is set but [mqtt] username is empty"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("s3cret-env") && !stderr.contains("s3cret-env"));
 }
 
 /// Commands that do not talk to the broker do not read its password file: another user

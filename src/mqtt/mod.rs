@@ -410,7 +410,9 @@ impl MqttConfig {
 
     /// The password: inline, else the first line of `password_file` (refused when the
     /// file is readable by everyone), else `$BABYCRYD_MQTT_PASSWORD` when set and not empty.
-    /// Where the password comes from, in [`Self::password`]'s order.
+    /// Where the password comes from, in [`Self::password`]'s order. Without a username
+    /// there is none: MQTT sends a password only with a username (an inline one or a
+    /// password_file is then refused by [`Self::validate`]).
     fn password_from(&self) -> PasswordFrom<'_> {
         if !self.password.0.is_empty() {
             PasswordFrom::Config(&self.password.0)
@@ -418,10 +420,24 @@ impl MqttConfig {
             PasswordFrom::File(&self.password_file)
         } else {
             match std::env::var(PASSWORD_ENV) {
-                Ok(p) if !p.is_empty() => PasswordFrom::Env(p),
-                _ => PasswordFrom::Nowhere,
+                Ok(p) if p.is_empty() => PasswordFrom::Nowhere,
+                Ok(_) if self.username.is_empty() => PasswordFrom::EnvWithoutUsername,
+                Ok(p) => PasswordFrom::Env(p),
+                Err(_) => PasswordFrom::Nowhere,
             }
         }
+    }
+
+    /// A warning for a `$BABYCRYD_MQTT_PASSWORD` that is set but cannot be used: without
+    /// a username the connection is anonymous, which a broker that allows it accepts, so
+    /// nothing else would say that the password was never sent.
+    pub fn unused_password_warning(&self) -> Option<String> {
+        matches!(self.password_from(), PasswordFrom::EnvWithoutUsername).then(|| {
+            format!(
+                "${PASSWORD_ENV} is set but [mqtt] username is empty: connecting without \
+                 credentials (set username to use the password)"
+            )
+        })
     }
 
     /// Where [`Self::password`] takes the password from, for `check-config`.
@@ -430,6 +446,9 @@ impl MqttConfig {
             PasswordFrom::Config(_) => "password (in the config)".into(),
             PasswordFrom::File(path) => format!("password_file {path}"),
             PasswordFrom::Env(_) => format!("${PASSWORD_ENV}"),
+            PasswordFrom::EnvWithoutUsername => {
+                format!("none (${PASSWORD_ENV} is set but ignored: no username)")
+            }
             PasswordFrom::Nowhere => "none".into(),
         }
     }
@@ -439,7 +458,7 @@ impl MqttConfig {
             PasswordFrom::Config(p) => Ok(Some(p.to_owned())),
             PasswordFrom::File(path) => read_password_file(Path::new(path)).map(Some),
             PasswordFrom::Env(p) => Ok(Some(p)),
-            PasswordFrom::Nowhere => Ok(None),
+            PasswordFrom::EnvWithoutUsername | PasswordFrom::Nowhere => Ok(None),
         }
     }
 }
@@ -449,6 +468,8 @@ enum PasswordFrom<'a> {
     Config(&'a str),
     File(&'a str),
     Env(String),
+    /// `$BABYCRYD_MQTT_PASSWORD` is set, but there is no username to send it with.
+    EnvWithoutUsername,
     Nowhere,
 }
 
