@@ -249,6 +249,13 @@ fn cases() -> Vec<Case> {
             )
         },
         Case {
+            env: &[("BABYCRYD_MQTT_PASSWORD", "s3cret")],
+            ..case(
+                "MQTT password in the environment without `[mqtt] username` (never sent)",
+                "check-config --config $DIR/unreachable.toml",
+            )
+        },
+        Case {
             ends: Ends::Term,
             ..case(
                 "Microphone unplugged or misnamed (`[audio] device = \"no-such-mic\"`)",
