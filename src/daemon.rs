@@ -453,7 +453,7 @@ pub async fn run(
             }
             SourceEvent::State(new) => {
                 state = new;
-                if state.is_trouble() {
+                if state.is_gap() {
                     if let Err(e) = monitor.interrupt(&mut |u| updates.push(u)) {
                         failure = Some(e);
                         break;

@@ -620,7 +620,8 @@ impl CryMonitor {
         Ok(())
     }
 
-    /// The audio stopped coming (the microphone was lost, or stalled): a running episode
+    /// The audio stopped coming (the microphone was lost, or stalled without audio; digital
+    /// silence is audio and goes through the gate as such): a running episode
     /// ends now, at its last crying. Its quiet time is counted in audio, so without this
     /// it would stay open, `crying` ON, until audio came back, and then run on into it.
     /// No cooldown follows, and none runs on: crying heard when the audio comes back may

@@ -165,7 +165,11 @@ pub enum AudioState {
     Connecting,
     Running,
     Lost(String),
+    /// No audio comes (a hung stream, a quiet pipe).
     Stalled(String),
+    /// Audio comes, but only digital silence (a muted microphone): reported as stalled
+    /// too, but the audio time goes on.
+    Silent(String),
     Ended,
 }
 
@@ -175,20 +179,26 @@ impl AudioState {
             Self::Connecting => "connecting",
             Self::Running => "running",
             Self::Lost(_) => "lost",
-            Self::Stalled(_) => "stalled",
+            Self::Stalled(_) | Self::Silent(_) => "stalled",
             Self::Ended => "ended",
         }
     }
 
     pub fn detail(&self) -> &str {
         match self {
-            Self::Lost(d) | Self::Stalled(d) => d,
+            Self::Lost(d) | Self::Stalled(d) | Self::Silent(d) => d,
             _ => "",
         }
     }
 
     /// Lost or stalled: no audio, which a parent must hear about.
     pub fn is_trouble(&self) -> bool {
+        matches!(self, Self::Lost(_) | Self::Stalled(_) | Self::Silent(_))
+    }
+
+    /// Trouble in which no audio comes: what is counted in audio (an episode's quiet
+    /// time, a cooldown) stops with it. Digital silence goes on being audio.
+    pub fn is_gap(&self) -> bool {
         matches!(self, Self::Lost(_) | Self::Stalled(_))
     }
 
@@ -530,10 +540,17 @@ impl Capture {
             || self.set_state(AudioState::Stalled(detail()))
     }
 
+    /// Reports digital silence once, when it begins (see [`Self::stall`]).
+    fn silent(&mut self, detail: impl FnOnce() -> String) -> bool {
+        matches!(self.state, Some(AudioState::Silent(_)))
+            || self.set_state(AudioState::Silent(detail()))
+    }
+
     fn set_state(&mut self, state: AudioState) -> bool {
         // One report per state: a loss that keeps failing for other reasons, or a
-        // stall that lasts longer, is not news.
-        if self.state.as_ref().map(AudioState::name) == Some(state.name()) {
+        // stall that lasts longer, is not news. (Digital silence that turns into no
+        // audio at all is: both are "stalled", but only the second stops the audio.)
+        if self.state.as_ref().map(std::mem::discriminant) == Some(std::mem::discriminant(&state)) {
             return true;
         }
         let (source, name) = (self.source.describe(), state.name());
@@ -727,7 +744,7 @@ impl Capture {
                     let out = converter.convert(&buf).map_err(lost)?;
                     let silent = converter.silent_seconds();
                     let reported = if silent >= self.options.stall_seconds {
-                        self.stall(|| format!("only digital silence for {silent:.0} s"))
+                        self.silent(|| format!("only digital silence for {silent:.0} s"))
                     } else {
                         self.set_state(AudioState::Running)
                     };

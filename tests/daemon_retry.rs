@@ -336,6 +336,32 @@ async fn a_cry_going_on_after_a_microphone_drop_out_is_reported_at_once() {
     assert_eq!(summary["suppressed_by_cooldown"], 0, "{summary}");
 }
 
+/// A microphone that delivers only digital silence for a while (muted, or a USB
+/// microphone that gates a quiet room to zero) is reported stalled, but its zeros are
+/// audio: a cooldown running goes on through them, and crying heard after them inside
+/// it starts no new episode. Before, the stall ended the cooldown as a real gap does:
+/// a second alert for one crying bout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digital_silence_does_not_end_a_running_cooldown() {
+    let settings = settings(|c| c.detector.threshold = Some(0.8));
+    assert_eq!(settings.config.episode.cooldown_seconds, 60.0);
+    assert_eq!(settings.config.audio.stall_seconds, 10.0);
+    // A cry at 2..8 s (its episode ends near 18 s, its cooldown near 78 s), 12 s of zeros
+    // from 30 s, then crying again at 47..55 s, inside the cooldown.
+    let mut audio = crying(30.0, 6.0, 2.0, 5);
+    audio.extend(std::iter::repeat_n(0.0, 12 * RATE as usize));
+    audio.extend(crying(25.0, 8.0, 5.0, 6));
+    let source = FlakySource::new([Step::Deliver(audio, After::End)]);
+    let (summary, lines) = replay(settings, source).await;
+    assert_eq!(
+        audio_states(&lines),
+        ["connecting", "running", "stalled", "running", "ended"],
+        "{lines:?}"
+    );
+    assert_eq!(episode_starts(&lines).len(), 1, "{lines:?}");
+    assert!(summary.suppressed_by_cooldown >= 1, "{summary:?}");
+}
+
 /// A live stream that hangs (no audio, no error: a suspended device behind a plugin PCM)
 /// is reported stalled, then reopened like a lost one, and the audio of the reopened
 /// device is analysed. Before, it stayed stalled until the daemon was restarted: this
