@@ -256,6 +256,51 @@ fn events_that_could_not_be_written_end_the_run_with_an_error() {
     assert_eq!(run.stderr.matches("cannot write an event").count(), 1);
 }
 
+/// `--events` on a named pipe whose reader went away: the records lost there end the run
+/// with exit 5 and the count, as on a full disk. Before, the broken pipe was taken for a
+/// closed stdout (`| head`) and the run ended with 0 and no word at the end.
+#[test]
+fn events_lost_to_a_pipe_whose_reader_left_end_the_run_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("events.fifo");
+    let status = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(status.success());
+    let config = write_config(dir.path(), "");
+    let mut child = Command::new(bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--input", "-", "--rate", "8000", "--events"])
+        .arg(&fifo)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader opens the pipe (the daemon's open waits for one) and leaves at once.
+    drop(std::fs::File::open(&fifo).unwrap());
+    // The audio, and with it every record after the first, comes after that.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let pcm: Vec<u8> = synth::room_tone(RATE, 3.0, 0.002, 8)
+        .iter()
+        .flat_map(|&x| ((x * 32767.0) as i16).to_le_bytes())
+        .collect();
+    use std::io::Write;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&pcm).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    let fifo = fifo.display().to_string();
+    let end = stderr.lines().last().unwrap_or_default();
+    assert!(
+        end.starts_with(&format!("babycryd: {fifo}: "))
+            && end.contains("event record(s) could not be written")
+            && end.contains("Broken pipe"),
+        "{stderr}"
+    );
+}
+
 /// Real crying from ../shared/data (the first three verified donateacry recordings) with
 /// the default thresholds, each followed by a real non-cry recording (speech, music,
 /// household noise, baby laughter from negatives/) and quiet: episodes start within 3 s
