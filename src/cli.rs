@@ -417,6 +417,11 @@ pub fn is_closed_stdout(err: &anyhow::Error) -> bool {
 /// is one of them too, not a plain line a JSON reader would choke on.
 static LOG_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Whether the plain log goes to the journal with priorities ([`JournalPriority`]): then
+/// the error that ends a command carries its priority too, or `journalctl -p warning`
+/// would show every warning but the reason the monitor stopped.
+static LOG_JOURNAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Prints `babycryd: <text>` on stderr, or logs it at error level when the log is JSON. A
 /// closed stderr (`babycryd ... 2>&1 | head`, a log reader that went away) is not an
 /// error of ours: `eprintln!` would panic there and turn the exit code into 101.
@@ -426,7 +431,12 @@ pub fn report_error(text: &str) {
         tracing::error!("{text}");
         return;
     }
-    let _ = writeln!(std::io::stderr().lock(), "babycryd: {text}");
+    let priority = if LOG_JOURNAL.load(std::sync::atomic::Ordering::Relaxed) {
+        "<3>"
+    } else {
+        ""
+    };
+    let _ = writeln!(std::io::stderr().lock(), "{priority}babycryd: {text}");
 }
 
 /// The exit code for an error that ended the program.
@@ -731,9 +741,10 @@ pub fn init_logging(json: bool, level: Option<&str>) {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .log_internal_errors(false);
+    let journal = !json && stderr_is_the_journal();
     let _ = if json {
         builder.json().try_init()
-    } else if stderr_is_the_journal() {
+    } else if journal {
         builder
             .event_format(JournalPriority(
                 tracing_subscriber::fmt::format().without_time(),
@@ -743,6 +754,7 @@ pub fn init_logging(json: bool, level: Option<&str>) {
         builder.try_init()
     };
     LOG_JSON.store(json, std::sync::atomic::Ordering::Relaxed);
+    LOG_JOURNAL.store(journal, std::sync::atomic::Ordering::Relaxed);
     if let Some((value, problem)) = ignored {
         tracing::warn!("RUST_LOG = {value:?} ignored: {problem}");
     }

@@ -362,13 +362,13 @@ fn log_lines_in_the_journal_carry_their_priority() {
     let wav = dir.path().join("silence.wav");
     write_wav_i16(&wav, &vec![0.0; 12 * 8000], 8000).unwrap();
     let err = dir.path().join("stderr");
-    let stderr_of = |journal: &str| {
+    let stderr_of_run = |journal: &str, input: &Path| {
         // `exec 2>` first: the stat then sees the file the daemon writes to.
         let script = format!(
             "exec 2>{}; JOURNAL_STREAM={journal} exec {} run --no-mqtt --fast --input {} >/dev/null",
             err.display(),
             env!("CARGO_BIN_EXE_babycryd"),
-            wav.display()
+            input.display()
         );
         let status = Command::new("sh")
             .arg("-c")
@@ -378,8 +378,12 @@ fn log_lines_in_the_journal_carry_their_priority() {
             .env_remove("RUST_LOG")
             .status()
             .unwrap();
-        assert!(status.success());
-        std::fs::read_to_string(&err).unwrap()
+        (status, std::fs::read_to_string(&err).unwrap())
+    };
+    let stderr_of = |journal: &str| {
+        let (status, text) = stderr_of_run(journal, &wav);
+        assert!(status.success(), "{text}");
+        text
     };
     let journal = stderr_of("$(stat -L -c %d:%i /proc/self/fd/2)");
     assert!(
@@ -399,6 +403,20 @@ fn log_lines_in_the_journal_carry_their_priority() {
     assert!(elsewhere.contains(" WARN "), "{elsewhere}");
     assert!(
         !elsewhere.lines().any(|l| l.starts_with('<')),
+        "{elsewhere}"
+    );
+    // The error that ends the run is an error in the journal too.
+    let missing = dir.path().join("missing.wav");
+    let (status, ended) = stderr_of_run("$(stat -L -c %d:%i /proc/self/fd/2)", &missing);
+    assert_eq!(status.code(), Some(1), "{ended}");
+    let last = ended.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!("<3>babycryd: {}", missing.display())),
+        "{ended}"
+    );
+    let (_, elsewhere) = stderr_of_run("1:2", &missing);
+    assert!(
+        elsewhere.starts_with(&format!("babycryd: {}", missing.display())),
         "{elsewhere}"
     );
 }
