@@ -186,4 +186,15 @@ fn the_boot_does_not_wait_for_a_microphone() {
         !target.contains("After: babycryd.service"),
         "multi-user.target waits for babycryd: {target}"
     );
+    // Stopped before the network at shutdown, so that its last events and `offline`
+    // reach the broker; network.target waits for no connection at boot.
+    let service = dump
+        .split("-> Unit ")
+        .find(|u| u.starts_with("babycryd.service:"))
+        .expect("babycryd.service in the dump");
+    assert!(service.contains("After: network.target"), "{service}");
+    assert!(
+        !service.contains("After: network-online.target"),
+        "{service}"
+    );
 }
