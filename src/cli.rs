@@ -369,10 +369,10 @@ fn mqtt_remove(cli: &Cli) -> anyhow::Result<ExitCode> {
         mqtt.host,
         mqtt.port
     )?;
-    if let Some(node) = removed.previous_node {
+    if let Some(what) = removed.previous {
         writeln!(
             std::io::stdout(),
-            "removed the device announced before as node {node} too"
+            "removed the device announced before ({what}) too"
         )?;
     }
     Ok(ExitCode::SUCCESS)

@@ -1124,7 +1124,9 @@ async fn mqtt_remove_also_removes_the_device_recorded_before() {
 
     let stdout = removed(&mqtt_remove(broker.port, "newnode", dir.path()));
     assert!(
-        stdout.contains("removed the device announced before as node oldnode too"),
+        stdout.contains(
+            "removed the device announced before (node oldnode, base topic babycry/oldnode) too"
+        ),
         "{stdout}"
     );
     let held = retained(broker.port, &filters).await;

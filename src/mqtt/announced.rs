@@ -75,12 +75,23 @@ pub(crate) fn retirement(old: &Topics, new: &Topics) -> Vec<String> {
 }
 
 /// For `babycryd mqtt-remove`: the device recorded in `state_dir` when it is not
-/// `current` (a node id or host name changed, and no daemon ran since to clear it), as
-/// its retained topics `current` does not cover and its node id.
+/// `current` (a node id, host name, base topic or discovery prefix changed, and no
+/// daemon ran since to clear it), as its retained topics `current` does not cover and
+/// what tells it apart from `current`, for the user.
 pub(crate) fn recorded_other(state_dir: &Path, current: &Topics) -> Option<(Vec<String>, String)> {
     let old = load(&state_dir.join(DEVICE_FILE))?;
     let topics = retirement(&old, current);
-    (!topics.is_empty()).then_some((topics, old.node_id))
+    let mut differs = Vec::new();
+    if old.node_id != current.node_id {
+        differs.push(format!("node {}", old.node_id));
+    }
+    if old.base != current.base {
+        differs.push(format!("base topic {}", old.base));
+    }
+    if old.discovery_prefix != current.discovery_prefix {
+        differs.push(format!("discovery prefix {}", old.discovery_prefix));
+    }
+    (!topics.is_empty()).then(|| (topics, differs.join(", ")))
 }
 
 /// Forgets the recorded device (removed from Home Assistant: nothing left to clear).
@@ -210,6 +221,28 @@ mod tests {
         assert_eq!(cleared.len(), retained_topics(&old).len());
         assert!(cleared.iter().all(|t| !t.contains("cot")));
         assert!(cleared.contains(&"homeassistant/binary_sensor/nursery_crying/config".to_string()));
+    }
+
+    /// `mqtt-remove` says which device it removed besides the configured one: what
+    /// differs (before, "node nursery" for a device whose node id had not changed).
+    #[test]
+    fn the_device_recorded_before_is_told_by_what_differs() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Topics::new("babycry/nursery", "homeassistant", "nursery");
+        Retirement::new(Some(dir.path()), &old).submitted(0);
+        assert!(recorded_other(dir.path(), &old).is_none());
+        let moved = Topics::new("home/baby", "homeassistant", "nursery");
+        let (topics, what) = recorded_other(dir.path(), &moved).unwrap();
+        assert_eq!(
+            (topics.len(), what.as_str()),
+            (5, "base topic babycry/nursery")
+        );
+        let elsewhere = Topics::new("babycry/cot", "ha", "cot");
+        let (_, what) = recorded_other(dir.path(), &elsewhere).unwrap();
+        assert_eq!(
+            what,
+            "node nursery, base topic babycry/nursery, discovery prefix homeassistant"
+        );
     }
 
     #[test]

@@ -875,8 +875,9 @@ impl Link {
 pub struct Removed {
     /// Entities of the configured device.
     pub entities: usize,
-    /// The node id of another device recorded in the state directory, removed too.
-    pub previous_node: Option<String>,
+    /// Another device recorded in the state directory, removed too: what differs from
+    /// the configured one ("node old, base topic babycry/old").
+    pub previous: Option<String>,
 }
 
 /// `babycryd mqtt-remove`: connects (as `<client_id>-remove`, without a last will),
@@ -939,7 +940,7 @@ pub async fn remove_device(cfg: &MqttConfig, timeout: Duration) -> Result<Remove
     }
     Ok(Removed {
         entities,
-        previous_node: previous.map(|(_, node)| node),
+        previous: previous.map(|(_, what)| what),
     })
 }
 
