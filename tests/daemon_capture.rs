@@ -549,12 +549,12 @@ impl LiveDaemon {
         (summary, read, stderr)
     }
 
-    /// Plays the cry and checks it is one episode confirmed within 3 s of its start;
-    /// returns that latency. The daemon must be `stalled` on the sink's digital silence:
+    /// Plays the cry and checks it is one episode confirmed within `limit` of its start
+    /// (wall time, read here); returns that latency. The daemon must be `stalled` on the sink's digital silence:
     /// the room tone before the cry then makes it say `running` as it reaches the
     /// analysis, the moment the cry's start is counted from (not when pacat was started,
     /// which under load can be some way before its sound flows).
-    fn hears_the_cry(&mut self, pulse: &PulseServer) -> Duration {
+    fn hears_the_cry(&mut self, pulse: &PulseServer, limit: Duration) -> Duration {
         let played = Instant::now();
         let mut pacat = pulse.play(&cry_in_room_tone_48k_stereo());
         let heard = self.wait_for("running", played, Duration::from_secs(10));
@@ -572,8 +572,8 @@ impl LiveDaemon {
                 )
             });
         assert!(
-            latency <= Duration::from_secs(3),
-            "confirmed {latency:?} after the cry began"
+            latency <= limit,
+            "confirmed {latency:?} after the cry began (limit {limit:?})"
         );
         let records = &self.records;
         assert_eq!(self.of("episode_start", played).len(), 1, "{records:#?}");
@@ -603,7 +603,7 @@ fn a_cry_captured_live_is_reported_within_3_seconds() {
     let mut daemon = LiveDaemon::start(dir.path(), "stall_seconds = 3.0");
     let started = daemon.wait_for("running", Instant::now(), Duration::from_secs(15));
     daemon.wait_for("stalled", started, Duration::from_secs(10));
-    let latency = daemon.hears_the_cry(&pulse);
+    let latency = daemon.hears_the_cry(&pulse, Duration::from_secs(3));
     eprintln!("live capture: episode confirmed {latency:?} after the cry reached the sink");
     let (summary, stopped, stderr) = daemon.stop();
     let heard = summary["audio_seconds"].as_f64().unwrap();
@@ -639,7 +639,10 @@ fn a_live_device_whose_server_died_is_reopened_when_it_returns() {
     pulse.start_again();
     let reopened = daemon.wait_for("running", back, Duration::from_secs(15));
     daemon.wait_for("stalled", reopened, Duration::from_secs(10));
-    let latency = daemon.hears_the_cry(&pulse);
+    // What this test is about is that a cry is heard again at all; its latency is the
+    // test above's (here, with a sound server restarted beside it, a loaded machine can
+    // add a second of wall time).
+    let latency = daemon.hears_the_cry(&pulse, Duration::from_secs(6));
     eprintln!("after the sound server came back: a cry confirmed {latency:?} after it began");
     daemon.stop();
 }
