@@ -233,6 +233,12 @@ impl NoiseFloor {
         }
     }
 
+    /// Keeps the frame among the recent ones but does not move the floor: the room is
+    /// known to be under a sound that is not the room (see [`EnergyGate::hold_floor`]).
+    pub fn hold(&mut self, frame_dbfs: f64) {
+        self.hear(frame_dbfs);
+    }
+
     /// Whether it has started (heard its first [`START_FRAMES`] frames of sound).
     pub fn has_heard(&self) -> bool {
         self.level_dbfs.is_some()
@@ -269,6 +275,8 @@ pub struct EnergyGate {
     loud_since: Option<u64>,
     /// Quiet samples since the level fell below the closing level (open gate).
     quiet_samples: u64,
+    /// The floor stays where it is: the detector hears crying (see [`Self::hold_floor`]).
+    floor_held: bool,
 }
 
 impl EnergyGate {
@@ -280,7 +288,20 @@ impl EnergyGate {
             open: false,
             loud_since: None,
             quiet_samples: 0,
+            floor_held: false,
         }
+    }
+
+    /// Holds the noise floor where it is while `crying` (the cry detector hears crying),
+    /// until called with false. Energy alone cannot tell a cry that goes on for minutes
+    /// from a fan switched on, and the floor rises under both, toward the quietest frame
+    /// of the last seconds: with sobbing between the bursts instead of a breath at the
+    /// room's level, that frame is the cry's own, and the gate closed about three minutes
+    /// into a loud cry and never opened again (the closed gate's floor then followed the
+    /// cry itself): most of a ten-minute cry unreported. The detector can tell them
+    /// apart, so what it calls crying is never the room.
+    pub fn hold_floor(&mut self, crying: bool) {
+        self.floor_held = crying;
     }
 
     /// Takes a new configuration without forgetting the room or closing the gate.
@@ -334,7 +355,11 @@ impl EnergyGate {
         if self.open {
             // The floor keeps rising slowly while open, toward the room under the sound,
             // so a room that became louder for good (a fan) closes the gate in the end.
-            self.floor.follow_up(level);
+            if self.floor_held {
+                self.floor.hold(level);
+            } else {
+                self.floor.follow_up(level);
+            }
             if level >= opening - self.config.hysteresis_db {
                 self.quiet_samples = 0;
             } else {
@@ -358,7 +383,11 @@ impl EnergyGate {
             }
         } else {
             self.loud_since = None;
-            self.floor.update(level);
+            if self.floor_held {
+                self.floor.hold(level);
+            } else {
+                self.floor.update(level);
+            }
         }
         GateTransition::None
     }

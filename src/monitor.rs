@@ -24,6 +24,12 @@ use crate::model::{Model, Prediction};
 /// that look further back keep more ([`CryMonitor::history_samples`]).
 const HISTORY_SECONDS: f64 = 40.0;
 
+/// How long after the end of a detector window that said cry the room's noise floor is
+/// held (see [`EnergyGate::hold_floor`]), seconds: across the windows of one cry that
+/// miss it, not across the crying's end, so that a false episode in a louder room still
+/// lets the floor rise to the room and the gate close.
+const CRYING_HOLDS_THE_FLOOR_SECONDS: f64 = 5.0;
+
 /// The settings the monitor uses, all replaceable at run time (SIGHUP).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MonitorSettings {
@@ -277,6 +283,14 @@ impl CryMonitor {
     fn frame(&mut self, start: u64, emit: &mut dyn FnMut(Update)) -> Result<(), ModelError> {
         let end = start + FRAME_SAMPLES as u64;
         let from = (start - self.history_start) as usize;
+        // While the detector hears crying the room's floor stays where it was: a cry of
+        // many minutes must not become the room (without a detector, the sound is all
+        // there is, and a fan must still close the gate).
+        let crying = self.detector.is_some()
+            && self.episode.as_ref().is_some_and(|ep| {
+                start < ep.last_cry_end + self.samples(CRYING_HOLDS_THE_FLOOR_SECONDS)
+            });
+        self.gate.hold_floor(crying);
         let transition = self
             .gate
             .push_frame(&self.history[from..from + FRAME_SAMPLES], start);

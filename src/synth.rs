@@ -25,12 +25,19 @@ impl Noise {
 /// A cry-like sound: f0 around 450 Hz with 5 Hz vibrato, six harmonics, in bursts of
 /// about 1.2 s separated by 0.3 s breaths, at `amplitude` peak.
 pub fn cry(rate: u32, seconds: f32, amplitude: f32) -> Vec<f32> {
+    sobbing_cry(rate, seconds, amplitude, 0.0)
+}
+
+/// [`cry`] whose breaths are sobbed: the voice goes on through them at `sob` times the
+/// peak (0: silent breaths). With sobs, no frame of the cry is as quiet as the room.
+pub fn sobbing_cry(rate: u32, seconds: f32, amplitude: f32, sob: f32) -> Vec<f32> {
     let n = (rate as f32 * seconds) as usize;
     let mut phase = 0.0f32;
     (0..n)
         .map(|i| {
             let t = i as f32 / rate as f32;
             let f0 = 450.0 + 40.0 * (2.0 * PI * 5.0 * t).sin();
+            // (An f32 phase: beyond about five minutes the voice loses its tone.)
             phase += 2.0 * PI * f0 / rate as f32;
             let cycle = t % 1.5;
             let envelope = if cycle < 1.2 {
@@ -39,7 +46,7 @@ pub fn cry(rate: u32, seconds: f32, amplitude: f32) -> Vec<f32> {
                 0.0
             };
             let voice: f32 = (1..=6).map(|h| (h as f32 * phase).sin() / h as f32).sum();
-            amplitude * envelope * voice / 2.45
+            amplitude * envelope.max(sob) * voice / 2.45
         })
         .collect()
 }

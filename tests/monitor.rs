@@ -119,6 +119,26 @@ fn a_long_cry_a_little_above_the_room_is_one_episode() {
     assert_eq!(summary.gate_openings, 1);
 }
 
+/// Minutes of loud crying with sobbing instead of quiet breaths between the bursts (the
+/// quietest frame of any 5 s is the cry's own, about 6 dB under a burst): one episode,
+/// to the cry's end. Before, the floor rose toward the sobs while the gate was open, the
+/// gate closed about three minutes in and never opened again (the closed gate's floor
+/// then followed the cry): the episode ended and the rest of the cry was never reported.
+#[test]
+fn a_long_cry_without_a_quiet_breath_is_one_episode() {
+    let mut audio = synth::room_tone(RATE, 350.0, 0.002, 2);
+    let sobbing = synth::sobbing_cry(RATE, 330.0, 0.3, 0.5);
+    synth::mix_into(&mut audio, &sobbing, 10 * RATE as usize);
+    let mut m = monitor(|_| {}, true);
+    let events = kinds(&feed(&mut m, &audio, 4000));
+    let spans = episode_spans(&events);
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    let (start, end) = spans[0];
+    assert!((9.0..=13.0).contains(&start), "{spans:?}");
+    assert!((335.0..=341.0).contains(&end), "{spans:?}");
+    assert_eq!(m.summary().gate_openings, 1);
+}
+
 /// The audio stops (the microphone lost) during a cooldown and comes back with crying:
 /// an episode starts at once. Before, the cooldown, counted in audio, went on after the
 /// gap and held the crying back for the rest of its minute, however long the gap.
