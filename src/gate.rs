@@ -94,16 +94,21 @@ impl GateConfig {
 }
 
 /// The level of a frame, dBFS (a full-scale square wave is 0 dBFS), never below
-/// [`SILENCE_DBFS`].
+/// [`SILENCE_DBFS`]. Its DC offset does not count (the power around the frame's mean):
+/// cheap USB and I2S microphones often have one, and it is no sound. Counted, an offset
+/// of 1 % of full scale was a room at -40 dBFS, and a cry 20 dB above the real room
+/// never opened the gate.
 pub fn level_dbfs(frame: &[f32]) -> f64 {
     if frame.is_empty() {
         return SILENCE_DBFS;
     }
+    let n = frame.len() as f64;
+    let mean = frame.iter().map(|&s| f64::from(s)).sum::<f64>() / n;
     let power = frame
         .iter()
-        .map(|&s| f64::from(s) * f64::from(s))
+        .map(|&s| (f64::from(s) - mean).powi(2))
         .sum::<f64>()
-        / frame.len() as f64;
+        / n;
     (10.0 * power.max(1e-12).log10()).max(SILENCE_DBFS)
 }
 
@@ -460,9 +465,15 @@ mod tests {
 
     #[test]
     fn levels_are_dbfs() {
-        assert!((level_dbfs(&[1.0; 256]) - 0.0).abs() < 1e-9);
-        assert!((level_dbfs(&[0.1; 256]) + 20.0).abs() < 1e-6);
+        let square =
+            |a: f32| -> Vec<f32> { (0..256).map(|i| if i % 2 == 0 { a } else { -a }).collect() };
+        assert!((level_dbfs(&square(1.0)) - 0.0).abs() < 1e-9);
+        assert!((level_dbfs(&square(0.1)) + 20.0).abs() < 1e-6);
         assert_eq!(level_dbfs(&[0.0; 256]), SILENCE_DBFS);
+        // An offset is no sound, and does not change the level of one.
+        assert_eq!(level_dbfs(&[0.1; 256]), SILENCE_DBFS);
+        let offset: Vec<f32> = square(0.1).iter().map(|s| s + 0.01).collect();
+        assert!((level_dbfs(&offset) + 20.0).abs() < 1e-6);
     }
 
     /// A floor started at `level` (its first frames all there).
@@ -538,6 +549,26 @@ mod tests {
             3 * RATE as usize,
         );
         assert_eq!(run(&mut gate, &audio, 0), vec![]);
+    }
+
+    /// A microphone with a DC offset of 1 % of full scale: a cry 20 dB above the room
+    /// (not above the offset) opens the gate. Before, the offset was the room.
+    #[test]
+    fn a_dc_offset_is_not_the_room() {
+        let mut gate = EnergyGate::new(&GateConfig::default(), RATE);
+        let mut audio = synth::room_tone(RATE, 30.0, 0.002, 4);
+        synth::mix_into(&mut audio, &synth::cry(RATE, 5.0, 0.05), 20 * RATE as usize);
+        audio.iter_mut().for_each(|s| *s += 0.01);
+        let opened = run(&mut gate, &audio, 0);
+        assert!(
+            matches!(opened.first(), Some(GateTransition::Opened { from_sample }) if (19 * RATE as u64..21 * RATE as u64).contains(from_sample)),
+            "{opened:?}"
+        );
+        assert!(
+            gate.noise_floor_dbfs() < -55.0,
+            "{}",
+            gate.noise_floor_dbfs()
+        );
     }
 
     #[test]
