@@ -83,7 +83,9 @@ pub struct RunSummary {
     /// Cry-reason windows run.
     pub reason_inferences: u64,
     pub episodes: u64,
-    /// Confirmed crying that started no episode because of the cooldown.
+    /// Confirmations of crying that started no episode because of the cooldown: one per
+    /// detector hop that confirms (k of the last n windows say cry), so about two a
+    /// second of crying held back by the default settings, not one per bout.
     pub suppressed_by_cooldown: u64,
     /// Capture overruns counted by the source.
     pub xruns: u64,
