@@ -84,8 +84,8 @@ pub struct RunSummary {
     pub reason_inferences: u64,
     pub episodes: u64,
     /// Confirmations of crying that started no episode because of the cooldown: one per
-    /// detector hop that confirms (k of the last n windows say cry), so about two a
-    /// second of crying held back by the default settings, not one per bout.
+    /// detector hop that confirms (k of the last n windows say cry), so with the default
+    /// settings up to two for each second of crying held back, not one per bout.
     pub suppressed_by_cooldown: u64,
     /// Capture overruns counted by the source.
     pub xruns: u64,
