@@ -26,8 +26,8 @@ const HISTORY_SECONDS: f64 = 40.0;
 
 /// How long after the end of a detector window that said cry the room's noise floor is
 /// held (see [`EnergyGate::hold_floor`]), seconds: across the windows of one cry that
-/// miss it, not across the crying's end, so that a false episode in a louder room still
-/// lets the floor rise to the room and the gate close.
+/// miss it (in an episode or held back by a cooldown), not across the crying's end, so
+/// that a room that stays louder after a cry still has its floor rise to it.
 const CRYING_HOLDS_THE_FLOOR_SECONDS: f64 = 5.0;
 
 /// The settings the monitor uses, all replaceable at run time (SIGHUP).
@@ -101,6 +101,9 @@ pub struct CryMonitor {
     recent: VecDeque<(u64, f32)>,
     gate_open_from: Option<u64>,
     last_gate_close: u64,
+    /// End of the last detector window that said cry (an episode's, or one a cooldown
+    /// held back), stream sample.
+    last_crying: u64,
     episode: Option<CryEpisode>,
     /// Where the last cooldown began (an episode's end); its length is read from the
     /// settings each time, so a reload that shortens it applies to one running.
@@ -159,6 +162,7 @@ impl CryMonitor {
             recent: VecDeque::new(),
             gate_open_from: None,
             last_gate_close: 0,
+            last_crying: 0,
             episode: None,
             cooldown_from: None,
             cooldown_logged: None,
@@ -285,11 +289,11 @@ impl CryMonitor {
         let from = (start - self.history_start) as usize;
         // While the detector hears crying the room's floor stays where it was: a cry of
         // many minutes must not become the room (without a detector, the sound is all
-        // there is, and a fan must still close the gate).
+        // there is, and a fan must still close the gate). (`last_crying` is 0 until a
+        // window said cry: the stream's first sample is no window's end.)
         let crying = self.detector.is_some()
-            && self.episode.as_ref().is_some_and(|ep| {
-                start < ep.last_cry_end + self.samples(CRYING_HOLDS_THE_FLOOR_SECONDS)
-            });
+            && self.last_crying > 0
+            && start < self.last_crying + self.samples(CRYING_HOLDS_THE_FLOOR_SECONDS);
         self.gate.hold_floor(crying);
         let transition = self
             .gate
@@ -410,6 +414,9 @@ impl CryMonitor {
                 self.recent.pop_front();
             }
             self.recent.push_back((start, p));
+            if p >= threshold {
+                self.last_crying = self.last_crying.max(end);
+            }
             if let Some(ep) = &mut self.episode {
                 ep.detector.push((start, p));
                 if p >= threshold {

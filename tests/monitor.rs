@@ -139,6 +139,24 @@ fn a_long_cry_without_a_quiet_breath_is_one_episode() {
     assert_eq!(m.summary().gate_openings, 1);
 }
 
+/// The same cry heard inside a long cooldown: when the cooldown is over the crying that
+/// goes on starts its episode. The floor is held for crying the cooldown holds back too;
+/// held only in an episode, it rose toward the sobs and the gate closed before then.
+#[test]
+fn a_long_cry_without_a_quiet_breath_outlasts_a_long_cooldown() {
+    let mut audio = synth::room_tone(RATE, 400.0, 0.002, 3);
+    synth::mix_into(&mut audio, &synth::cry(RATE, 5.0, 0.3), 2 * RATE as usize);
+    let sobbing = synth::sobbing_cry(RATE, 330.0, 0.3, 0.5);
+    synth::mix_into(&mut audio, &sobbing, 30 * RATE as usize);
+    let mut m = monitor(|c| c.episode.cooldown_seconds = 300.0, true);
+    let events = kinds(&feed(&mut m, &audio, 4000));
+    let spans = episode_spans(&events);
+    // The first cry ends 7.5 s in, its episode 10 s later, its cooldown 300 s after that.
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    assert!((314.0..=321.0).contains(&spans[1].0), "{spans:?}");
+    assert!((359.0..=365.0).contains(&spans[1].1), "{spans:?}");
+}
+
 /// The audio stops (the microphone lost) during a cooldown and comes back with crying:
 /// an episode starts at once. Before, the cooldown, counted in audio, went on after the
 /// gap and held the crying back for the rest of its minute, however long the gap.
