@@ -3,8 +3,8 @@
 //! It owns measuring the level of ~32 ms frames (dBFS), the adaptive [`NoiseFloor`] that
 //! follows the room (fast when it gets quieter, slowly when it gets louder, and while a
 //! sound goes on only toward the quietest frame of the last seconds, never toward the
-//! sound; it starts at the median of the first frames heard and learns the room quickly
-//! for a few seconds), and the
+//! sound, and not at all while the detector hears crying; it starts at the median of the
+//! first frames heard and learns the room quickly for a few seconds), and the
 //! [`EnergyGate`] state machine: it opens when the level stays a margin above the floor
 //! (and above an absolute minimum) for a minimum duration, closes with hysteresis after
 //! a hangover, and reports where the opening starts including a pre-roll, so the start
