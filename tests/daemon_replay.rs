@@ -276,10 +276,34 @@ fn events_lost_to_a_pipe_whose_reader_left_end_the_run_with_an_error() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The reader opens the pipe (the daemon's open waits for one) and leaves at once.
-    drop(std::fs::File::open(&fifo).unwrap());
-    // The audio, and with it every record after the first, comes after that.
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The reader opens the pipe without waiting for a writer (a daemon that never opened
+    // it must fail this test, not hang it), reads until the daemon's first record is in,
+    // and leaves. The audio, and with it every record after the first, comes after that.
+    {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut first = Vec::new();
+        while !first.contains(&b'\n') {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no record on the pipe: {:?}",
+                child.try_wait()
+            );
+            let mut buf = [0u8; 4096];
+            match reader.read(&mut buf) {
+                Ok(n) => first.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
     let pcm: Vec<u8> = synth::room_tone(RATE, 3.0, 0.002, 8)
         .iter()
         .flat_map(|&x| ((x * 32767.0) as i16).to_le_bytes())
