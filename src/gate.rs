@@ -151,6 +151,8 @@ pub struct NoiseFloor {
     /// included (at [`SILENCE_DBFS`]): a muted breath keeps a busy floor from rising too.
     recent: VecDeque<f64>,
     recent_frames: usize,
+    /// The floor does not move (see [`EnergyGate::hold_floor`]); frames are still heard.
+    held: bool,
 }
 
 impl NoiseFloor {
@@ -165,6 +167,7 @@ impl NoiseFloor {
             starting: Vec::with_capacity(START_FRAMES),
             recent: VecDeque::with_capacity(recent_frames + 1),
             recent_frames,
+            held: false,
         };
         floor.configure(config, frame_seconds);
         floor
@@ -192,8 +195,11 @@ impl NoiseFloor {
         frame_dbfs.is_finite() && frame_dbfs > SILENCE_DBFS
     }
 
-    /// Moves the floor toward `target`, a level heard.
+    /// Moves the floor toward `target`, a level heard (unless held).
     fn follow(&mut self, target: f64) {
+        if self.held {
+            return;
+        }
         let Some(floor) = self.level_dbfs.as_mut() else {
             self.starting.push(target);
             if self.starting.len() == START_FRAMES {
@@ -238,12 +244,6 @@ impl NoiseFloor {
         }
     }
 
-    /// Keeps the frame among the recent ones but does not move the floor: the room is
-    /// known to be under a sound that is not the room (see [`EnergyGate::hold_floor`]).
-    pub fn hold(&mut self, frame_dbfs: f64) {
-        self.hear(frame_dbfs);
-    }
-
     /// Whether it has started (heard its first [`START_FRAMES`] frames of sound).
     pub fn has_heard(&self) -> bool {
         self.level_dbfs.is_some()
@@ -280,8 +280,6 @@ pub struct EnergyGate {
     loud_since: Option<u64>,
     /// Quiet samples since the level fell below the closing level (open gate).
     quiet_samples: u64,
-    /// The floor stays where it is: the detector hears crying (see [`Self::hold_floor`]).
-    floor_held: bool,
 }
 
 impl EnergyGate {
@@ -293,7 +291,6 @@ impl EnergyGate {
             open: false,
             loud_since: None,
             quiet_samples: 0,
-            floor_held: false,
         }
     }
 
@@ -306,7 +303,7 @@ impl EnergyGate {
     /// cry itself): most of a ten-minute cry unreported. The detector can tell them
     /// apart, so what it calls crying is never the room.
     pub fn hold_floor(&mut self, crying: bool) {
-        self.floor_held = crying;
+        self.floor.held = crying;
     }
 
     /// Takes a new configuration without forgetting the room or closing the gate.
@@ -360,11 +357,7 @@ impl EnergyGate {
         if self.open {
             // The floor keeps rising slowly while open, toward the room under the sound,
             // so a room that became louder for good (a fan) closes the gate in the end.
-            if self.floor_held {
-                self.floor.hold(level);
-            } else {
-                self.floor.follow_up(level);
-            }
+            self.floor.follow_up(level);
             if level >= opening - self.config.hysteresis_db {
                 self.quiet_samples = 0;
             } else {
@@ -388,11 +381,7 @@ impl EnergyGate {
             }
         } else {
             self.loud_since = None;
-            if self.floor_held {
-                self.floor.hold(level);
-            } else {
-                self.floor.update(level);
-            }
+            self.floor.update(level);
         }
         GateTransition::None
     }
