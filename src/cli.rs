@@ -397,20 +397,11 @@ pub fn error_message(err: &anyhow::Error) -> String {
 
 /// Whether `err` is stdout closed by its reader (`babycryd devices | head -3`): that
 /// reader has what it wanted, so the command ends quietly with 0, as `ls | head` does.
-/// Event records lost to a pipe (`--events` on a FIFO whose reader went away) are not:
-/// the monitor's own record of the night is incomplete, which must not end with 0.
 pub fn is_closed_stdout(err: &anyhow::Error) -> bool {
-    let events_lost = err.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<crate::daemon::DaemonError>(),
-            Some(crate::daemon::DaemonError::EventsLost { .. })
-        )
-    });
-    !events_lost
-        && err.chain().any(|c| {
-            c.downcast_ref::<std::io::Error>()
-                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-        })
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Whether the log is JSON lines ([`init_logging`]): then an error that ends a command

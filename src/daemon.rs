@@ -117,11 +117,14 @@ pub enum DaemonError {
         source: std::io::Error,
     },
     /// Event records the run could not write (its other outputs, MQTT, may have had them).
-    #[error("{target}: {count} event record(s) could not be written: {source}")]
+    /// The first write error is in the message, not the cause chain: a broken pipe there
+    /// would read as a closed stdout ([`crate::cli::is_closed_stdout`]), which ends a run
+    /// with 0, and records lost to a FIFO whose reader left must not.
+    #[error("{target}: {count} event record(s) could not be written: {first_error}")]
     EventsLost {
         target: String,
         count: u64,
-        source: std::io::Error,
+        first_error: std::io::Error,
     },
     #[error("cannot start the capture thread: {0}")]
     Thread(std::io::Error),
@@ -241,7 +244,7 @@ impl EventsOut {
                 .path
                 .map_or("stdout".into(), |p| p.display().to_string()),
             count: self.unwritten,
-            source,
+            first_error: source,
         })
     }
 
