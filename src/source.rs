@@ -532,18 +532,13 @@ impl Capture {
         self.tx.blocking_send(event).is_ok()
     }
 
-    /// Reports a stall once, when it begins: its message is made only then, not for
-    /// every block of a muted microphone or every idle pull. False when the analysis
-    /// stage is gone.
-    fn stall(&mut self, detail: impl FnOnce() -> String) -> bool {
-        matches!(self.state, Some(AudioState::Stalled(_)))
-            || self.set_state(AudioState::Stalled(detail()))
-    }
-
-    /// Reports digital silence once, when it begins (see [`Self::stall`]).
-    fn silent(&mut self, detail: impl FnOnce() -> String) -> bool {
-        matches!(self.state, Some(AudioState::Silent(_)))
-            || self.set_state(AudioState::Silent(detail()))
+    /// Reports a stall (`AudioState::Stalled` or `AudioState::Silent`) once, when it
+    /// begins: its message is made only then, not for every block of a muted microphone
+    /// or every idle pull. False when the analysis stage is gone.
+    fn stall(&mut self, kind: fn(String) -> AudioState, detail: impl FnOnce() -> String) -> bool {
+        let going_on = self.state.as_ref().map(std::mem::discriminant)
+            == Some(std::mem::discriminant(&kind(String::new())));
+        going_on || self.set_state(kind(detail()))
     }
 
     fn set_state(&mut self, state: AudioState) -> bool {
@@ -724,7 +719,7 @@ impl Capture {
                             // still delivers nothing: that is the loss going on), then
                             // reopened with the backoff of a loss.
                             if matches!(self.state, Some(AudioState::Running))
-                                && !self.stall(detail)
+                                && !self.stall(AudioState::Stalled, detail)
                             {
                                 return Ok(false);
                             }
@@ -733,7 +728,7 @@ impl Capture {
                                 reason: format!("{}: reopening", detail()),
                             });
                         }
-                        if !self.stall(detail) {
+                        if !self.stall(AudioState::Stalled, detail) {
                             return Ok(false);
                         }
                     }
@@ -744,7 +739,9 @@ impl Capture {
                     let out = converter.convert(&buf).map_err(lost)?;
                     let silent = converter.silent_seconds();
                     let reported = if silent >= self.options.stall_seconds {
-                        self.silent(|| format!("only digital silence for {silent:.0} s"))
+                        self.stall(AudioState::Silent, || {
+                            format!("only digital silence for {silent:.0} s")
+                        })
                     } else {
                         self.set_state(AudioState::Running)
                     };
