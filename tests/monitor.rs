@@ -80,6 +80,14 @@ fn episode_spans(events: &[(f64, EventKind)]) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// The monitor with the detector and `edit` over `audio` (in 4000-sample pieces): the
+/// (start_s, end_s) of its episodes, and its summary.
+fn episodes_in(audio: &[f32], edit: impl FnOnce(&mut Config)) -> (Vec<(f64, f64)>, RunSummary) {
+    let mut m = monitor(edit, true);
+    let events = kinds(&feed(&mut m, audio, 4000));
+    (episode_spans(&events), m.summary())
+}
+
 fn cry_at(onsets: &[f32], seconds: f32, total: f32) -> Vec<f32> {
     let mut audio = synth::room_tone(RATE, total, 0.002, 1);
     for &o in onsets {
@@ -106,15 +114,12 @@ fn a_long_cry_a_little_above_the_room_is_one_episode() {
         &synth::cry(RATE, 300.0, 0.107),
         10 * RATE as usize,
     );
-    let mut m = monitor(|_| {}, true);
-    let events = kinds(&feed(&mut m, &audio, 4000));
-    let spans = episode_spans(&events);
+    let (spans, summary) = episodes_in(&audio, |_| {});
     assert_eq!(spans.len(), 1, "{spans:?}");
     let (start, end) = spans[0];
     assert!((9.0..=13.0).contains(&start), "{start}");
     // The last burst ends at 10 + 298.7 s.
     assert!((306.0..=311.0).contains(&end), "{end}");
-    let summary = m.summary();
     assert_eq!(summary.suppressed_by_cooldown, 0);
     assert_eq!(summary.gate_openings, 1);
 }
@@ -129,14 +134,12 @@ fn a_long_cry_without_a_quiet_breath_is_one_episode() {
     let mut audio = synth::room_tone(RATE, 350.0, 0.002, 2);
     let sobbing = synth::sobbing_cry(RATE, 330.0, 0.3, 0.5);
     synth::mix_into(&mut audio, &sobbing, 10 * RATE as usize);
-    let mut m = monitor(|_| {}, true);
-    let events = kinds(&feed(&mut m, &audio, 4000));
-    let spans = episode_spans(&events);
+    let (spans, summary) = episodes_in(&audio, |_| {});
     assert_eq!(spans.len(), 1, "{spans:?}");
     let (start, end) = spans[0];
     assert!((9.0..=13.0).contains(&start), "{spans:?}");
     assert!((335.0..=341.0).contains(&end), "{spans:?}");
-    assert_eq!(m.summary().gate_openings, 1);
+    assert_eq!(summary.gate_openings, 1);
 }
 
 /// The same cry heard inside a long cooldown: when the cooldown is over the crying that
@@ -148,9 +151,7 @@ fn a_long_cry_without_a_quiet_breath_outlasts_a_long_cooldown() {
     synth::mix_into(&mut audio, &synth::cry(RATE, 5.0, 0.3), 2 * RATE as usize);
     let sobbing = synth::sobbing_cry(RATE, 330.0, 0.3, 0.5);
     synth::mix_into(&mut audio, &sobbing, 30 * RATE as usize);
-    let mut m = monitor(|c| c.episode.cooldown_seconds = 300.0, true);
-    let events = kinds(&feed(&mut m, &audio, 4000));
-    let spans = episode_spans(&events);
+    let (spans, _) = episodes_in(&audio, |c| c.episode.cooldown_seconds = 300.0);
     // The first cry ends 7.5 s in, its episode 10 s later, its cooldown 300 s after that.
     assert_eq!(spans.len(), 2, "{spans:?}");
     assert!((314.0..=321.0).contains(&spans[1].0), "{spans:?}");
