@@ -1,7 +1,8 @@
 //! The energy gate: the cheap first stage that keeps the models asleep in a quiet room.
 //!
 //! It owns measuring the level of ~32 ms frames (dBFS), the adaptive [`NoiseFloor`] that
-//! follows the room (fast when it gets quieter, slowly when it gets louder, and while a
+//! follows the room (at once when a stretch of frames a breath long is quieter, fast
+//! when single frames are, slowly when it gets louder, and while a
 //! sound goes on only toward the quietest frame of the last seconds, never toward the
 //! sound, and not at all while the detector hears crying; it starts at the median of the
 //! first frames heard and learns the room quickly for a few seconds), and the
@@ -135,6 +136,11 @@ const LEARNING_FALL_SECONDS: f64 = 0.1;
 /// switched on has no quieter frame, so the floor still rises to it.
 const BUSY_QUIETEST_SECONDS: f64 = 5.0;
 
+/// How long a stretch of frames must all stay below the floor for the room to be taken
+/// as no louder than the loudest of them, s (see [`NoiseFloor::update`]): a breath
+/// (0.2-0.5 s) is such a stretch; one odd quiet frame is not.
+const QUIET_STRETCH_SECONDS: f64 = 0.12;
+
 /// The room's noise floor: an exponential follower of frame levels in dB, quick to fall
 /// (a door closes) and slow to rise (a cry must not become the floor).
 #[derive(Debug, Clone, PartialEq)]
@@ -151,6 +157,8 @@ pub struct NoiseFloor {
     /// included (at [`SILENCE_DBFS`]): a muted breath keeps a busy floor from rising too.
     recent: VecDeque<f64>,
     recent_frames: usize,
+    /// Frames in a [`QUIET_STRETCH_SECONDS`] stretch.
+    stretch_frames: usize,
     /// The floor does not move (see [`EnergyGate::hold_floor`]); frames are still heard.
     held: bool,
 }
@@ -167,6 +175,7 @@ impl NoiseFloor {
             starting: Vec::with_capacity(START_FRAMES),
             recent: VecDeque::with_capacity(recent_frames + 1),
             recent_frames,
+            stretch_frames: (QUIET_STRETCH_SECONDS / frame_seconds).ceil().max(1.0) as usize,
             held: false,
         };
         floor.configure(config, frame_seconds);
@@ -217,10 +226,31 @@ impl NoiseFloor {
         *floor += coeff * (target - *floor);
     }
 
-    /// Follows one frame's level (not digital silence, see `hear`).
+    /// Follows one frame's level (not digital silence, see `hear`); and when the last
+    /// [`QUIET_STRETCH_SECONDS`] of frames heard were all below the floor, the floor
+    /// falls at once to the loudest of them: the room is no louder than that. Following
+    /// only the frame, a floor left high by a long loud sound (a vacuum cleaner, the gate
+    /// open for minutes) fell toward a quiet cry that began as it ended, and then only in
+    /// the cry's breaths: the cry stayed under the opening level and was confirmed 11 s
+    /// late.
     pub fn update(&mut self, frame_dbfs: f64) {
-        if self.hear(frame_dbfs) {
-            self.follow(frame_dbfs);
+        if !self.hear(frame_dbfs) {
+            return;
+        }
+        self.follow(frame_dbfs);
+        if self.held || self.recent.len() < self.stretch_frames {
+            return;
+        }
+        let Some(floor) = self.level_dbfs.as_mut() else {
+            return;
+        };
+        let stretch = self.recent.range(self.recent.len() - self.stretch_frames..);
+        // Digital silence in the stretch says nothing about the room (see `hear`).
+        let loudest = stretch
+            .copied()
+            .try_fold(SILENCE_DBFS, |m, l| (l > SILENCE_DBFS).then_some(m.max(l)));
+        if let Some(loudest) = loudest {
+            *floor = floor.min(loudest);
         }
     }
 
@@ -499,6 +529,32 @@ mod tests {
             floor.update(-20.0);
         }
         assert!(floor.dbfs() - low < 3.0, "{} -> {}", low, floor.dbfs());
+    }
+
+    /// A floor left high by a long loud sound (learnt at -30 dBFS) falls in the first
+    /// stretch of quieter frames to the loudest of them: a breath brings it to the room
+    /// at once. One odd quiet frame moves it only by its time constant.
+    #[test]
+    fn a_stretch_of_quiet_frames_brings_a_high_floor_down_at_once() {
+        let mut floor = floor_at(-30.0);
+        for _ in 0..200 {
+            floor.update(-30.0);
+        }
+        for level in [-30.0, -30.0, -60.0, -30.0, -30.0, -30.0] {
+            floor.update(level);
+        }
+        assert!(floor.dbfs() > -31.0, "{}", floor.dbfs());
+        for level in [-60.0, -59.0, -61.0, -60.0] {
+            floor.update(level);
+        }
+        assert_eq!(floor.dbfs(), -59.0);
+        // Held (the detector hears crying), it does not move.
+        let mut held = floor_at(-30.0);
+        held.held = true;
+        for _ in 0..10 {
+            held.update(-60.0);
+        }
+        assert_eq!(held.dbfs(), -30.0);
     }
 
     #[test]
