@@ -625,6 +625,57 @@ async fn a_killed_process_leaves_offline_through_the_last_will() {
     assert!(m.retain, "the last will is retained");
 }
 
+/// A start after a crash mid-cry: the broker still holds `crying` ON and the last will's
+/// `offline`, retained. The new connection says `crying` OFF before `online`, so Home
+/// Assistant never sees the sensor available and ON (an automation on "to: on" would
+/// take it for a cry). Before, `online` went first.
+#[tokio::test]
+async fn a_start_after_a_crash_mid_cry_says_off_before_online() {
+    let broker = Broker::start();
+    let mut opts = MqttOptions::new("crashed-daemon", "127.0.0.1", broker.port);
+    opts.set_clean_session(true);
+    let (left, mut left_loop) = AsyncClient::new(opts, 10);
+    let poller = tokio::spawn(async move { while left_loop.poll().await.is_ok() {} });
+    for (topic, payload) in [
+        ("babycry/crashed/crying", "ON"),
+        ("babycry/crashed/status", "offline"),
+    ] {
+        left.publish(topic, QoS::AtLeastOnce, true, payload)
+            .await
+            .unwrap();
+    }
+    let live = Subscriber::start(broker.port, &["babycry/crashed/#"]).await;
+    wait_until("the retained leftovers", Duration::from_secs(5), || {
+        live.all().len() == 2
+    })
+    .await;
+    poller.abort();
+    let (handle, _task) = MqttHandle::spawn(&config(broker.port, "crashed"), device());
+    live.wait_for("babycry/crashed/status", "online", Duration::from_secs(20))
+        .await;
+    let fresh: Vec<(String, String)> = live.all()[2..]
+        .iter()
+        .map(|m| (m.topic.clone(), m.payload.clone()))
+        .collect();
+    let at = |topic: &str, payload: &str| {
+        fresh
+            .iter()
+            .position(|(t, p)| t == topic && p == payload)
+            .unwrap_or_else(|| panic!("no {topic} = {payload} in {fresh:?}"))
+    };
+    assert!(
+        at("babycry/crashed/crying", "OFF") < at("babycry/crashed/status", "online"),
+        "{fresh:?}"
+    );
+    // `online` is the last of the announcement.
+    assert_eq!(
+        at("babycry/crashed/status", "online"),
+        fresh.len() - 1,
+        "{fresh:?}"
+    );
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
 /// Sets `user`'s password in a Mosquitto password file (`create`: a new file).
 fn set_password(file: &Path, user: &str, password: &str, create: bool) {
     let ok = Command::new("mosquitto_passwd")
@@ -872,6 +923,13 @@ fn client_certificate(d: &Path, name: &str) {
 fn signed_certificate(d: &Path, name: &str, subject: &str, extensions: &str) {
     let file = |ext: &str| format!("{name}.{ext}");
     std::fs::write(d.join(file("ext")), extensions).unwrap();
+    signed_certificate_with(d, name, subject, &["-extfile", &file("ext")]);
+}
+
+/// `<name>.key` and `<name>.crt` for `subject`, signed by the CA in `d` by `openssl x509
+/// -req` with `more` arguments.
+fn signed_certificate_with(d: &Path, name: &str, subject: &str, more: &[&str]) {
+    let file = |ext: &str| format!("{name}.{ext}");
     openssl(
         d,
         &[
@@ -903,9 +961,11 @@ fn signed_certificate(d: &Path, name: &str, subject: &str, extensions: &str) {
             &file("crt"),
             "-days",
             "1",
-            "-extfile",
-            &file("ext"),
-        ],
+        ]
+        .iter()
+        .chain(more)
+        .copied()
+        .collect::<Vec<_>>(),
     );
 }
 
@@ -1002,6 +1062,41 @@ async fn tls_with_a_ca_made_at_test_time() {
     };
     let err = refused(&wrong).await;
     assert!(err.contains("TLS"), "{err}");
+}
+
+/// Certificates made as `man mosquitto-tls` says, without extensions, are X.509 v1, which
+/// Mosquitto takes and rustls does not: the broker's and the client's refusals say so and
+/// what to do. Before, "invalid peer certificate: UnsupportedCertVersion", for the
+/// client's own certificate too.
+#[tokio::test]
+async fn tls_certificates_rustls_refuses_are_explained() {
+    let certs = tempfile::tempdir().unwrap();
+    let d = certs.path();
+    self_signed_ca(d, "ca", "babycry test CA");
+    signed_certificate_with(d, "server", "/CN=127.0.0.1", &[]);
+    let (_broker, tls) = tls_broker(d, "");
+    let cfg = MqttConfig {
+        tls: true,
+        ca_file: d.join("ca.crt").display().to_string(),
+        ..config(tls, "v1node")
+    };
+    let err = refused(&cfg).await;
+    assert!(
+        err.contains("the broker's certificate is an X.509 v1 certificate"),
+        "{err}"
+    );
+
+    signed_certificate_with(d, "client", "/CN=client", &[]);
+    let with_v1_client = MqttConfig {
+        client_cert: d.join("client.crt").display().to_string(),
+        client_key: d.join("client.key").display().to_string(),
+        ..cfg
+    };
+    let err = with_v1_client.validate().unwrap_err();
+    assert!(
+        err.contains("refused") && err.contains("the client certificate is an X.509 v1"),
+        "{err}"
+    );
 }
 
 /// The real `babycryd mqtt-remove` with a config for `node` on the broker at `port`,

@@ -133,8 +133,30 @@ fn describe(e: &ConnectionError, cfg: &MqttConfig) -> String {
         ),
         ConnectionError::ConnectionRefused(code) => format!("broker {at} refused the connection: {code:?}"),
         ConnectionError::Io(io) => format!("cannot reach broker {at}: {io}"),
-        ConnectionError::Tls(tls) => format!("TLS with broker {at} failed: {tls}"),
+        ConnectionError::Tls(tls) => {
+            let reason = tls.to_string();
+            format!(
+                "TLS with broker {at} failed: {reason}{}",
+                certificate_hint(&reason, "the broker's certificate")
+            )
+        }
         other => format!("connection to broker {at} failed: {other}"),
+    }
+}
+
+/// What a rustls refusal of `whose` certificate means, for the certificates people make
+/// with openssl (`man mosquitto-tls`); empty for other reasons. rustls (webpki) takes
+/// X.509 v3 only, which `openssl x509 -req` makes only with extensions. (A host missing
+/// from the subjectAltName it explains itself.)
+fn certificate_hint(reason: &str, whose: &str) -> String {
+    if reason.contains("UnsupportedCertVersion") {
+        format!(
+            "; {whose} is an X.509 v1 certificate (`openssl x509 -req` without `-extfile` \
+             makes those) and rustls takes v3 only: sign it again with `-extfile` naming \
+             its extensions (for a broker, subjectAltName = DNS:<host> or IP:<address>)"
+        )
+    } else {
+        String::new()
     }
 }
 
@@ -174,7 +196,11 @@ pub(crate) fn tls_config(cfg: &MqttConfig) -> Result<Arc<rustls::ClientConfig>, 
             .map_err(|e| err(&cfg.client_key, e.to_string()))?;
         builder
             .with_client_auth_cert(certs(&cfg.client_cert)?, key)
-            .map_err(|e| err(&cfg.client_cert, e.to_string()))?
+            .map_err(|e| {
+                let reason = e.to_string();
+                let hint = certificate_hint(&reason, "the client certificate");
+                err(&cfg.client_cert, format!("refused: {reason}{hint}"))
+            })?
     };
     Ok(Arc::new(config))
 }
@@ -634,10 +660,8 @@ impl Link {
         }
     }
 
-    /// `online`, discovery, then the current states.
+    /// Discovery, the current states, then `online`.
     fn announce(&mut self) {
-        let status = self.topics.status.clone();
-        self.publish(&status, true, "online".into(), Tag::Announce);
         for (topic, payload) in
             discovery_messages(&self.topics, &self.cfg.device_name, &self.device)
         {
@@ -647,6 +671,12 @@ impl Link {
         self.publish_crying();
         self.publish_reason();
         self.publish_diagnostics();
+        // `online` last: after a crash the broker still holds the `crying` ON retained
+        // then, and announced first, Home Assistant saw the sensor go from unavailable
+        // to ON for a moment before the OFF, which an automation on "to: on" takes for
+        // a cry (a false alarm after every power cut).
+        let status = self.topics.status.clone();
+        self.publish(&status, true, "online".into(), Tag::Announce);
     }
 
     /// Submits queued messages in order: while running, the next one only when nothing

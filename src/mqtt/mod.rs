@@ -173,6 +173,10 @@ pub fn valid_id(id: &str) -> bool {
 /// it broke: the broker closed every connection as a protocol error, retried for ever.
 const MAX_TOPIC_PREFIX_BYTES: usize = 256;
 
+/// The longest `device_name`, bytes: it goes into every discovery payload, and one over
+/// the link's packet limit could never be announced (a connection lost at each try).
+const MAX_DEVICE_NAME_BYTES: usize = 256;
+
 /// Why `t` cannot begin babycryd's topics, if it cannot.
 fn topic_prefix_problem(t: &str) -> Option<String> {
     if t.is_empty() {
@@ -294,6 +298,12 @@ impl MqttConfig {
         }
         if self.device_name.trim().is_empty() {
             return Err("device_name must not be empty".into());
+        }
+        if self.device_name.len() > MAX_DEVICE_NAME_BYTES {
+            return Err(format!(
+                "device_name is {} bytes long: at most {MAX_DEVICE_NAME_BYTES}",
+                self.device_name.len()
+            ));
         }
         if !self.password.0.is_empty() && !self.password_file.is_empty() {
             return Err("password and password_file: set one, not both".into());
@@ -720,6 +730,14 @@ mod tests {
         let long = format!("node_id = \"{}\"", "n".repeat(MAX_NODE_ID_CHARS + 1));
         let e = parse(&long).validate().unwrap_err();
         assert!(e.contains("node_id is 65 characters long"), "{e}");
+        let long = format!("device_name = \"{}\"", "ü".repeat(129));
+        let e = parse(&long).validate().unwrap_err();
+        assert!(
+            e.contains("device_name is 258 bytes long: at most 256"),
+            "{e}"
+        );
+        let longest = format!("device_name = \"{}\"", "ü".repeat(128));
+        assert_eq!(parse(&longest).validate(), Ok(()));
         assert_eq!(MqttConfig::default().validate(), Ok(()));
         // An IPv6 address is a host, not a host and a port; a topic below Home
         // Assistant's prefix is allowed, only its status topic is not.
