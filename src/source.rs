@@ -946,6 +946,31 @@ pub struct RawPcmSource<R> {
     chunks: Option<std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>>,
     /// Bytes received but not yet decoded (a partial frame waits for the next chunk).
     pending: Vec<u8>,
+    /// Whether the stream's first bytes were checked for a file header (see
+    /// [`file_header_in`]).
+    header_checked: bool,
+}
+
+/// How many first bytes [`file_header_in`] looks at.
+const FILE_HEADER_BYTES: usize = 12;
+
+/// The kind of audio file whose header `first` (a raw stream's first bytes) starts with,
+/// if it does: a file piped in (`cat night.wav |`, `arecord` without `-t raw`) is not
+/// raw PCM, and decoded as such its header is a click and its samples noise at the wrong
+/// width, which never opens the gate: a monitor that hears nothing, and says nothing.
+fn file_header_in(first: &[u8]) -> Option<&'static str> {
+    let at = |i: usize, magic: &[u8]| first.get(i..i + magic.len()) == Some(magic);
+    if (at(0, b"RIFF") || at(0, b"RIFX") || at(0, b"RF64")) && at(8, b"WAVE") {
+        Some("WAV")
+    } else if at(0, b"fLaC") {
+        Some("FLAC")
+    } else if at(0, b"OggS") {
+        Some("Ogg")
+    } else if at(0, b"ID3") {
+        Some("MP3")
+    } else {
+        None
+    }
 }
 
 /// How long [`RawPcmSource::pull`] waits for the reader thread.
@@ -960,6 +985,7 @@ impl<R: Read + Send + 'static> RawPcmSource<R> {
             stream,
             chunks: None,
             pending: Vec::new(),
+            header_checked: false,
         }
     }
 
@@ -1022,7 +1048,25 @@ impl<R: Read + Send + 'static> AudioSource for RawPcmSource<R> {
             return Ok(Pull::End);
         };
         match chunks.recv_timeout(RAW_PCM_POLL) {
-            Ok(Ok(bytes)) => self.pending.extend_from_slice(&bytes),
+            Ok(Ok(bytes)) => {
+                self.pending.extend_from_slice(&bytes);
+                if !self.header_checked {
+                    if self.pending.len() < FILE_HEADER_BYTES {
+                        return Ok(Pull::Idle);
+                    }
+                    self.header_checked = true;
+                    if let Some(kind) = file_header_in(&self.pending) {
+                        return Err(SourceError::Read {
+                            device: self.name.clone(),
+                            reason: format!(
+                                "the stream starts with a {kind} file header, not raw PCM: \
+                                 give the file itself with --input FILE, or record raw \
+                                 samples (arecord -t raw)"
+                            ),
+                        });
+                    }
+                }
+            }
             Ok(Err(e)) => {
                 return Err(SourceError::Read {
                     device: self.name.clone(),
@@ -1032,6 +1076,10 @@ impl<R: Read + Send + 'static> AudioSource for RawPcmSource<R> {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return Ok(Pull::Idle),
             // The reader reached the end of the stream; a trailing partial frame is not
             // audio, and says the stream was cut off or is not in the format given.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) if !self.header_checked => {
+                // Fewer bytes than a file header in all: they are audio.
+                self.header_checked = true;
+            }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 if !self.pending.is_empty() {
                     tracing::warn!(
@@ -1471,6 +1519,35 @@ mod tests {
         let mut buf = Vec::new();
         while src.pull(&mut buf).unwrap() != Pull::End {}
         assert_eq!(buf, vec![0.5, -0.5, 32767.0 / 32768.0, 0.0]);
+    }
+
+    /// A WAV (or FLAC, Ogg, MP3) file piped in is refused by name, not decoded as raw
+    /// samples: before, its header was a click and its 24-bit samples read as 16-bit
+    /// noise that never opened the gate, with no word of it. Raw PCM that happens to
+    /// start with one of the magic words elsewhere is audio.
+    #[test]
+    fn a_file_piped_in_as_raw_pcm_is_refused_by_name() {
+        let stream = StreamFormat {
+            sample_rate: 8000,
+            channels: 1,
+        };
+        let pull_all = |bytes: Vec<u8>| -> Result<Vec<f32>, SourceError> {
+            let reader = std::io::Cursor::new(bytes);
+            let mut src = RawPcmSource::new("t".into(), reader, PcmFormat::S16le, stream);
+            src.open()?;
+            let mut buf = Vec::new();
+            while src.pull(&mut buf)? != Pull::End {}
+            Ok(buf)
+        };
+        let mut wav = b"RIFF\x24\x00\x00\x00WAVEfmt ".to_vec();
+        wav.extend([0u8; 64]);
+        let e = pull_all(wav).unwrap_err().to_string();
+        assert!(e.contains("starts with a WAV file header"), "{e}");
+        let e = pull_all(b"fLaC\0\0\0\x22\0\0\0\0\0\0".to_vec()).unwrap_err();
+        assert!(e.to_string().contains("FLAC"), "{e}");
+        let mut raw = b"\0\0RIFF\0\0\0\0WAVE".to_vec();
+        raw.extend([0u8; 2]);
+        assert_eq!(pull_all(raw).unwrap().len(), 8);
     }
 
     /// A read error on stdin is a failure (the daemon exits non-zero), not the end of

@@ -121,6 +121,13 @@ fn cases() -> Vec<Case> {
                 "run --config $DIR/config.toml --input - --format f32le --rate 48000 --channels 2",
             )
         },
+        Case {
+            stdin: Stdin::File("silence.wav"),
+            ..case(
+                "A WAV file piped in where raw PCM is expected (`--input -`)",
+                "run --config $DIR/config.toml --input -",
+            )
+        },
         case("`--rate 0` for stdin PCM", "run --input - --rate 0"),
         case(
             "`--rate` for a file (raw PCM flags without `--input -`)",
