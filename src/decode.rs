@@ -241,16 +241,8 @@ impl AudioStream {
             buf.copy_interleaved_ref(decoded);
             let interleaved = &buf.samples()[..frames * ch];
             let first = out.len();
-            if ch == 1 {
-                out.extend_from_slice(interleaved);
-            } else {
-                let scale = 1.0 / ch as f32;
-                out.extend(
-                    interleaved
-                        .chunks_exact(ch)
-                        .map(|f| f.iter().sum::<f32>() * scale),
-                );
-            }
+            // symphonia counts at most 32 channels (a bit mask).
+            crate::source::downmix(interleaved, ch as u16, out);
             if out[first..].iter().any(|s| !s.is_finite()) {
                 return Err(corrupt(path, "samples are not finite numbers".into()));
             }

@@ -449,18 +449,33 @@ pub struct CaptureOptions {
     pub retry: RetryPolicy,
 }
 
-/// Downmixes interleaved samples to mono by averaging the channels.
+/// Downmixes interleaved samples (whole frames) to mono: the mean of the channels, unless
+/// they cancel in it, then the first channel alone. Some microphones (laptop arrays,
+/// USB microphones with one capsule wired in antiphase) deliver a channel inverted: the
+/// mean of the two is the room's noise alone, a cry never opened the gate and nothing
+/// said why. Cancelling means the block's mean has under half the power that channels
+/// with nothing in common would leave it (1/c of theirs): two channels correlated below
+/// -0.5; channels alike or independent keep the mean.
 pub fn downmix(interleaved: &[f32], channels: u16, out: &mut Vec<f32>) {
     let c = usize::from(channels.max(1));
     if c == 1 {
         out.extend_from_slice(interleaved);
         return;
     }
-    out.extend(
-        interleaved
-            .chunks_exact(c)
-            .map(|frame| frame.iter().sum::<f32>() / c as f32),
-    );
+    let frames = interleaved.chunks_exact(c);
+    let mean = |frame: &[f32]| frame.iter().sum::<f32>() / c as f32;
+    let (mut mean_power, mut channel_power) = (0.0f64, 0.0f64);
+    for frame in frames.clone() {
+        mean_power += f64::from(mean(frame)).powi(2);
+        channel_power += frame.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>();
+    }
+    // channel_power sums c channels: their mean power per channel is channel_power / c,
+    // and independent channels leave the mean 1/c of that.
+    if mean_power * 2.0 * ((c * c) as f64) < channel_power {
+        out.extend(frames.map(|frame| frame[0]));
+    } else {
+        out.extend(frames.map(mean));
+    }
 }
 
 /// Starts the capture thread: it opens `source` (retrying while it is unavailable),
@@ -946,8 +961,9 @@ pub struct RawPcmSource<R> {
     chunks: Option<std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>>,
     /// Bytes received but not yet decoded (a partial frame waits for the next chunk).
     pending: Vec<u8>,
-    /// Whether the stream's first bytes were checked for a file header (see
-    /// [`file_header_in`]).
+    /// The stream's first [`FILE_HEADER_BYTES`] bytes, and whether they were all there
+    /// and checked for a file header (see [`file_header_in`]).
+    head: Vec<u8>,
     header_checked: bool,
 }
 
@@ -985,6 +1001,7 @@ impl<R: Read + Send + 'static> RawPcmSource<R> {
             stream,
             chunks: None,
             pending: Vec::new(),
+            head: Vec::with_capacity(FILE_HEADER_BYTES),
             header_checked: false,
         }
     }
@@ -1050,12 +1067,13 @@ impl<R: Read + Send + 'static> AudioSource for RawPcmSource<R> {
         match chunks.recv_timeout(RAW_PCM_POLL) {
             Ok(Ok(bytes)) => {
                 self.pending.extend_from_slice(&bytes);
+                // The first bytes are decoded as they come all the same: a header ends
+                // the run a few samples later.
                 if !self.header_checked {
-                    if self.pending.len() < FILE_HEADER_BYTES {
-                        return Ok(Pull::Idle);
-                    }
-                    self.header_checked = true;
-                    if let Some(kind) = file_header_in(&self.pending) {
+                    let more = FILE_HEADER_BYTES.saturating_sub(self.head.len());
+                    self.head.extend_from_slice(&bytes[..more.min(bytes.len())]);
+                    self.header_checked = self.head.len() == FILE_HEADER_BYTES;
+                    if let Some(kind) = file_header_in(&self.head) {
                         return Err(SourceError::Read {
                             device: self.name.clone(),
                             reason: format!(
@@ -1076,10 +1094,6 @@ impl<R: Read + Send + 'static> AudioSource for RawPcmSource<R> {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return Ok(Pull::Idle),
             // The reader reached the end of the stream; a trailing partial frame is not
             // audio, and says the stream was cut off or is not in the format given.
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) if !self.header_checked => {
-                // Fewer bytes than a file header in all: they are audio.
-                self.header_checked = true;
-            }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 if !self.pending.is_empty() {
                     tracing::warn!(
@@ -1246,6 +1260,34 @@ mod tests {
         let mut out = Vec::new();
         downmix(&[1.0, 0.0, 0.5, 0.5], 2, &mut out);
         assert_eq!(out, vec![0.5, 0.5]);
+    }
+
+    /// A channel in antiphase: the mix would cancel the sound (a cry 40 dB down, to the
+    /// room's noise), so the first channel is taken alone; two independent noises, or
+    /// six, keep the mean.
+    #[test]
+    fn channels_that_cancel_are_not_averaged() {
+        let cry = crate::synth::cry(8000, 1.0, 0.5);
+        let mut noise = crate::synth::Noise::new(3);
+        let stereo: Vec<f32> = cry
+            .iter()
+            .flat_map(|&s| [s + 0.001 * noise.sample(), -s + 0.001 * noise.sample()])
+            .collect();
+        let mut out = Vec::new();
+        downmix(&stereo, 2, &mut out);
+        let first: Vec<f32> = stereo.iter().step_by(2).copied().collect();
+        assert_eq!(out, first);
+        for c in [2u16, 6] {
+            let independent: Vec<f32> =
+                (0..8000 * usize::from(c)).map(|_| noise.sample()).collect();
+            let mut out = Vec::new();
+            downmix(&independent, c, &mut out);
+            let c = usize::from(c);
+            assert_eq!(
+                out[7],
+                independent[7 * c..8 * c].iter().sum::<f32>() / c as f32
+            );
+        }
     }
 
     #[test]
