@@ -1,6 +1,7 @@
 //! The energy gate: the cheap first stage that keeps the models asleep in a quiet room.
 //!
-//! It owns measuring the level of ~32 ms frames (dBFS), the adaptive [`NoiseFloor`] that
+//! It owns measuring the level of ~32 ms frames (dBFS, above 150 Hz: [`LevelMeter`], so
+//! mains hum and rumble are not the room), the adaptive [`NoiseFloor`] that
 //! follows the room (at once when a stretch of frames a breath long is quieter, fast
 //! when single frames are, slowly when it gets louder, and while a
 //! sound goes on only toward the quietest frame of the last seconds, never toward the
@@ -111,6 +112,86 @@ pub fn level_dbfs(frame: &[f32]) -> f64 {
         .sum::<f64>()
         / n;
     (10.0 * power.max(1e-12).log10()).max(SILENCE_DBFS)
+}
+
+/// Below this frequency, Hz, sound does not count in the gate's level (see
+/// [`LevelMeter`]): a cry's voice starts at about 250 Hz, mains hum (50/60 Hz and its
+/// first harmonics) and the rumble of a fan or of traffic lie under it.
+pub const LEVEL_HIGH_PASS_HZ: f64 = 150.0;
+
+/// One second-order section of a high-pass filter (transposed direct form II), f64 state.
+#[derive(Debug, Clone, PartialEq)]
+struct HighPass {
+    b: [f64; 3],
+    a: [f64; 2],
+    z: [f64; 2],
+}
+
+impl HighPass {
+    /// The RBJ cookbook high-pass at `hz` with quality `q`, at `rate`.
+    fn new(hz: f64, q: f64, rate: u32) -> Self {
+        let w0 = 2.0 * std::f64::consts::PI * hz / f64::from(rate);
+        let (cos, alpha) = (w0.cos(), w0.sin() / (2.0 * q));
+        let a0 = 1.0 + alpha;
+        let b0 = (1.0 + cos) / 2.0 / a0;
+        Self {
+            b: [b0, -2.0 * b0, b0],
+            a: [-2.0 * cos / a0, (1.0 - alpha) / a0],
+            z: [0.0; 2],
+        }
+    }
+
+    fn step(&mut self, x: f64) -> f64 {
+        let y = self.b[0] * x + self.z[0];
+        self.z[0] = self.b[1] * x - self.a[0] * y + self.z[1];
+        self.z[1] = self.b[2] * x - self.a[1] * y;
+        y
+    }
+}
+
+/// The level the gate (and the capture's choice of resampler) measures: [`level_dbfs`]
+/// of the frame above [`LEVEL_HIGH_PASS_HZ`] (a 4th-order Butterworth high-pass, its
+/// state carried from frame to frame). Mains hum at -45 dBFS counted as the room: a cry
+/// at -45 dBFS, 15 dB above the room without it, never opened the gate. Digital silence
+/// stays [`SILENCE_DBFS`] (the filter's tail is not sound).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LevelMeter {
+    sections: [HighPass; 2],
+}
+
+impl LevelMeter {
+    pub fn new(rate: u32) -> Self {
+        // Butterworth: the two sections' Q of a 4th-order filter.
+        let q = |k: f64| 1.0 / (2.0 * (std::f64::consts::PI * (2.0 * k - 1.0) / 8.0).cos());
+        Self {
+            sections: [
+                HighPass::new(LEVEL_HIGH_PASS_HZ, q(1.0), rate),
+                HighPass::new(LEVEL_HIGH_PASS_HZ, q(2.0), rate),
+            ],
+        }
+    }
+
+    /// The frame's level above the cut-off, dBFS.
+    pub fn level_dbfs(&mut self, frame: &[f32]) -> f64 {
+        let mut power = 0.0f64;
+        for &x in frame {
+            let y = self
+                .sections
+                .iter_mut()
+                .fold(f64::from(x), |v, section| section.step(v));
+            power += y * y;
+        }
+        if !power.is_finite() {
+            // Not a number in, or beyond f64: start the filter again rather than carry it.
+            self.sections.iter_mut().for_each(|s| s.z = [0.0; 2]);
+            return level_dbfs(frame);
+        }
+        if level_dbfs(frame) == SILENCE_DBFS {
+            return SILENCE_DBFS;
+        }
+        let n = frame.len().max(1) as f64;
+        (10.0 * (power / n).max(1e-12).log10()).max(SILENCE_DBFS)
+    }
 }
 
 /// How many frames of sound start a new floor: it begins at their median, so that one odd
@@ -304,6 +385,7 @@ pub enum GateTransition {
 pub struct EnergyGate {
     config: GateConfig,
     rate: u32,
+    meter: LevelMeter,
     floor: NoiseFloor,
     open: bool,
     /// Stream sample where the current run of loud frames began (closed gate).
@@ -317,6 +399,7 @@ impl EnergyGate {
         Self {
             config: config.clone(),
             rate,
+            meter: LevelMeter::new(rate),
             floor: NoiseFloor::new(config, FRAME_SAMPLES as f64 / f64::from(rate)),
             open: false,
             loud_since: None,
@@ -374,7 +457,7 @@ impl EnergyGate {
 
     /// Feeds one frame that starts at stream sample `start`.
     pub fn push_frame(&mut self, frame: &[f32], start: u64) -> GateTransition {
-        let level = level_dbfs(frame);
+        let level = self.meter.level_dbfs(frame);
         // The first frames heard start the floor instead of being measured against none:
         // any room above `min_level_dbfs` opened the gate at start (in no-detector mode,
         // a false cry episode at every start).
@@ -555,6 +638,58 @@ mod tests {
             held.update(-60.0);
         }
         assert_eq!(held.dbfs(), -30.0);
+    }
+
+    fn sine(hz: f32, amplitude: f32, seconds: f32) -> Vec<f32> {
+        (0..(seconds * RATE as f32) as usize)
+            .map(|i| amplitude * (2.0 * std::f32::consts::PI * hz * i as f32 / RATE as f32).sin())
+            .collect()
+    }
+
+    /// The meter leaves out mains hum and rumble (50 Hz 38 dB down, 100 Hz 14 dB) and
+    /// keeps a cry's voice (400 Hz within 0.1 dB); digital silence stays silence.
+    #[test]
+    fn the_level_meter_leaves_out_hum_and_keeps_the_voice() {
+        let last_frame = |audio: &[f32]| {
+            let mut meter = LevelMeter::new(RATE);
+            let frames: Vec<&[f32]> = audio.chunks_exact(FRAME_SAMPLES).collect();
+            let levels: Vec<f64> = frames.iter().map(|f| meter.level_dbfs(f)).collect();
+            let last = frames.len() - 1;
+            (levels[last], level_dbfs(frames[last]))
+        };
+        for (hz, least, most) in [
+            (50.0, -40.0, -37.0),
+            (100.0, -15.0, -13.0),
+            (400.0, -0.1, 0.1),
+        ] {
+            let (filtered, full) = last_frame(&sine(hz, 0.1, 1.0));
+            let down = filtered - full;
+            assert!((least..=most).contains(&down), "{hz} Hz: {down:.2} dB");
+        }
+        let mut meter = LevelMeter::new(RATE);
+        meter.level_dbfs(&sine(400.0, 0.1, 0.032));
+        assert_eq!(meter.level_dbfs(&[0.0; FRAME_SAMPLES]), SILENCE_DBFS);
+    }
+
+    /// A room at about -62 dBFS with mains hum at -45 dBFS, and a cry whose bursts are
+    /// about -40 dBFS: the gate opens at the cry. Before, the hum was the room, the cry
+    /// 5 dB above it, and the gate never opened.
+    #[test]
+    fn a_cry_opens_the_gate_over_mains_hum() {
+        let mut audio = synth::room_tone(RATE, 30.0, 0.002, 3);
+        synth::mix_into(&mut audio, &sine(50.0, 0.008, 30.0), 0);
+        synth::mix_into(&mut audio, &synth::cry(RATE, 5.0, 0.02), 20 * RATE as usize);
+        let mut gate = EnergyGate::new(&GateConfig::default(), RATE);
+        let t = run(&mut gate, &audio, 0);
+        assert!(
+            matches!(t.first(), Some(GateTransition::Opened { from_sample }) if (19 * RATE as u64..21 * RATE as u64).contains(from_sample)),
+            "{t:?}"
+        );
+        assert!(
+            gate.noise_floor_dbfs() < -55.0,
+            "{}",
+            gate.noise_floor_dbfs()
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{Fft, FixedSync, Resampler};
 
 use crate::error::ResampleError;
-use crate::gate::{level_dbfs, GateConfig, NoiseFloor, FRAME_SAMPLES};
+use crate::gate::{GateConfig, LevelMeter, NoiseFloor, FRAME_SAMPLES};
 
 /// Output frames per FFT block, at least: the block length sets how sharp the
 /// anti-aliasing filter is. With 160 output frames (rubato's default split for 44.1 kHz)
@@ -238,6 +238,8 @@ struct ChunkConverter {
     /// The box average of this chunk.
     boxed: Vec<f32>,
     box_quiet: bool,
+    /// The gate's level measure, on the box-averaged frames.
+    meter: LevelMeter,
     room: NoiseFloor,
     hold_chunks: u64,
     /// The last chunk (counting from 1) that rubato converts after the latest frame
@@ -274,6 +276,7 @@ impl ChunkConverter {
             rubato_out: vec![0.0; chunk_out],
             boxed: Vec::with_capacity(chunk_out),
             box_quiet,
+            meter: LevelMeter::new(to_rate),
             room: NoiseFloor::new(&GateConfig::default(), frame_seconds),
             hold_chunks: (PRECISE_HOLD_SECONDS / chunk_seconds).ceil() as u64,
             precise_until: 0,
@@ -366,7 +369,7 @@ impl ChunkConverter {
         // As the gate's floor while open: during a cry and its hold the room only rises.
         let holding = self.chunks <= self.precise_until;
         for frame in self.boxed.chunks(FRAME_SAMPLES) {
-            let level = level_dbfs(frame);
+            let level = self.meter.level_dbfs(frame);
             if self.room.has_heard() && level >= self.room.dbfs() + PRECISE_ABOVE_ROOM_DB {
                 self.precise_until = self.chunks + self.hold_chunks;
             }
