@@ -386,6 +386,14 @@ async fn home_assistant_birth_message_triggers_rediscovery_and_junk_is_ignored()
     .await;
     let st = handle.status();
     assert_eq!((st.failures, st.discoveries), (1, 3), "{st:?}");
+    // It says which topic, and how to clear a retained one, which would come back at
+    // every connection.
+    let said = st.last_error.unwrap_or_default();
+    assert!(
+        said.contains("of 307224 bytes on homeassistant/status")
+            && said.contains("mosquitto_pub -r -n -t homeassistant/status"),
+        "{said}"
+    );
     poller.abort();
     handle.shutdown(Duration::from_secs(5)).await;
 }

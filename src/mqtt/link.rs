@@ -63,8 +63,11 @@ use tokio::time::Instant;
 use super::announced::Retirement;
 use super::discovery::{discovery_messages, episode_payload, retained_topics, state_topics};
 use super::queue::{Outbox, EPISODE_TOPIC, EVENT_TOPIC};
-use super::{DeviceInfo, Handover, MqttConfig, MqttError, Msg, Topics};
+use super::{DeviceInfo, Handover, MqttConfig, MqttError, Msg, Topics, HA_STATUS_TOPIC};
 use crate::events::{Diagnostics, EventKind, Update};
+
+/// The largest MQTT packet sent or taken, bytes (a discovery config is a few KiB).
+const MAX_PACKET_BYTES: usize = 256 * 1024;
 
 /// Requests rumqttc's channel holds; when closing, the link task keeps at most half of
 /// it filled with events.
@@ -133,6 +136,15 @@ fn describe(e: &ConnectionError, cfg: &MqttConfig) -> String {
         ),
         ConnectionError::ConnectionRefused(code) => format!("broker {at} refused the connection: {code:?}"),
         ConnectionError::Io(io) => format!("cannot reach broker {at}: {io}"),
+        // The only messages that come in are on Home Assistant's status topic; a retained
+        // one over the limit comes back at every connection, and only clearing it helps.
+        ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(bytes),
+        )) => format!(
+            "broker {at} sent a message of {bytes} bytes on {HA_STATUS_TOPIC}, over the \
+             {MAX_PACKET_BYTES} bytes babycryd takes: if it is retained it comes back at every \
+             connection; clear it with `mosquitto_pub -r -n -t {HA_STATUS_TOPIC}`"
+        ),
         ConnectionError::Tls(tls) => {
             let reason = tls.to_string();
             format!(
@@ -211,7 +223,7 @@ fn base_options(cfg: &MqttConfig, client_id: String) -> Result<MqttOptions, Mqtt
     let mut o = MqttOptions::new(client_id, cfg.host.clone(), cfg.port);
     o.set_keep_alive(Duration::from_secs(cfg.keepalive_seconds.into()))
         .set_clean_session(true)
-        .set_max_packet_size(256 * 1024, 256 * 1024);
+        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
     if !cfg.username.is_empty() {
         o.set_credentials(cfg.username.clone(), cfg.password()?.unwrap_or_default());
     }
