@@ -8,7 +8,9 @@
 //! deliveries at most once a second; the file is removed once nothing is undelivered. A
 //! write that fails (full disk, read-only directory) stays owed and is tried again at
 //! the next save, so the events reach the disk once it takes writes again; the failure
-//! is logged once per streak. It is loaded line by line: a damaged line costs only
+//! is logged once per streak. The spool also carries how many messages overflow dropped
+//! (a first line `{"dropped":N}`), so a restart during an outage still reports them.
+//! It is loaded line by line: a damaged line costs only
 //! itself, and a spool that cannot be read at all is moved aside
 //! (`mqtt-spool.jsonl.unreadable`), never overwritten.
 
@@ -39,12 +41,19 @@ pub(crate) struct Queued {
     pub payload: String,
 }
 
+/// The spool's line for the count of dropped messages.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DroppedLine {
+    dropped: u64,
+}
+
 #[derive(Debug)]
 pub(crate) struct Outbox {
     items: VecDeque<Queued>,
     capacity: usize,
     next_seq: u64,
-    /// Dropped on overflow since start.
+    /// Dropped on overflow since start, and by earlier runs whose spool said so.
     pub dropped: u64,
     spool: Option<PathBuf>,
     /// The spool file differs from `items`.
@@ -177,6 +186,9 @@ impl Outbox {
                 });
             match message {
                 Ok(q) => self.push(q.topic, q.payload),
+                Err(_) if let Ok(d) = serde_json::from_slice::<DroppedLine>(line) => {
+                    self.dropped += d.dropped;
+                }
                 Err(e) => {
                     bad += 1;
                     first_error.get_or_insert(e);
@@ -287,6 +299,13 @@ impl Outbox {
             };
         }
         let mut text = String::new();
+        if self.dropped > 0 {
+            let line = DroppedLine {
+                dropped: self.dropped,
+            };
+            text.push_str(&serde_json::to_string(&line).expect("a count serialises"));
+            text.push('\n');
+        }
         for q in &self.items {
             text.push_str(&serde_json::to_string(q).expect("queued messages serialise"));
             text.push('\n');
@@ -355,6 +374,23 @@ mod tests {
         assert!(q.remove(4));
         assert!(!q.remove(4));
         assert_eq!(q.next_from(4).unwrap().payload, "4");
+    }
+
+    /// Messages dropped while the broker is away are still counted after a restart (in
+    /// the diagnostics' `events_dropped`): before, a restart before the broker came back
+    /// forgot them.
+    #[test]
+    fn the_spool_keeps_the_count_of_dropped_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.jsonl");
+        let mut q = Outbox::new(2, Some(path.clone()));
+        for i in 0..7 {
+            q.push("event".into(), format!("{i}"));
+        }
+        q.save_if_dirty();
+        let again = Outbox::new(2, Some(path.clone()));
+        assert_eq!((again.dropped, again.len()), (5, 2));
+        assert_eq!(again.next_from(0).unwrap().payload, "5");
     }
 
     #[test]
@@ -467,10 +503,12 @@ mod tests {
         q.items.iter().map(|m| m.payload.as_str()).collect()
     }
 
+    /// The payloads in the spool file (not its count of dropped messages).
     fn spooled(path: &Path) -> Vec<String> {
         std::fs::read_to_string(path)
             .unwrap()
             .lines()
+            .filter(|l| serde_json::from_str::<DroppedLine>(l).is_err())
             .map(|l| serde_json::from_str::<Queued>(l).unwrap().payload)
             .collect()
     }
