@@ -184,12 +184,10 @@ impl Outbox {
                         Ok(q)
                     }
                 });
-            match message {
-                Ok(q) => self.push(q.topic, q.payload),
-                Err(_) if let Ok(d) = serde_json::from_slice::<DroppedLine>(line) => {
-                    self.dropped += d.dropped;
-                }
-                Err(e) => {
+            match (message, serde_json::from_slice::<DroppedLine>(line)) {
+                (Ok(q), _) => self.push(q.topic, q.payload),
+                (Err(_), Ok(d)) => self.dropped += d.dropped,
+                (Err(e), Err(_)) => {
                     bad += 1;
                     first_error.get_or_insert(e);
                 }
