@@ -2,8 +2,9 @@
 //!
 //! It owns measuring the level of ~32 ms frames (dBFS, above 150 Hz: [`LevelMeter`], so
 //! mains hum and rumble are not the room), the adaptive [`NoiseFloor`] that
-//! follows the room (at once when a stretch of frames a breath long is quieter, fast
-//! when single frames are, slowly when it gets louder, and while a
+//! follows the room (at once when a stretch of frames a breath long is quieter, unless
+//! the old level comes back within seconds; fast when single frames are, slowly when it
+//! gets louder, and while a
 //! sound goes on only toward the quietest frame of the last seconds, never toward the
 //! sound, and not at all while the detector hears crying; it starts at the median of the
 //! first frames heard and learns the room quickly for a few seconds), and the
@@ -222,6 +223,15 @@ const BUSY_QUIETEST_SECONDS: f64 = 5.0;
 /// (0.2-0.5 s) is such a stretch; one odd quiet frame is not.
 const QUIET_STRETCH_SECONDS: f64 = 0.12;
 
+/// How long after such a fall a frame back near the floor it fell from undoes it, s: the
+/// quiet was a dip (the gap of a white-noise machine's loop, a microphone's gain ducking),
+/// not a quieter room. Kept, the room coming back 10 dB above the fallen floor opened the
+/// gate and held it open for one to two minutes, the models running all the while.
+const DIP_SECONDS: f64 = 2.0;
+
+/// How close to the floor it fell from a frame must come to undo the fall, dB.
+const DIP_BACK_DB: f64 = 3.0;
+
 /// The room's noise floor: an exponential follower of frame levels in dB, quick to fall
 /// (a door closes) and slow to rise (a cry must not become the floor).
 #[derive(Debug, Clone, PartialEq)]
@@ -240,6 +250,11 @@ pub struct NoiseFloor {
     recent_frames: usize,
     /// Frames in a [`QUIET_STRETCH_SECONDS`] stretch.
     stretch_frames: usize,
+    /// Frames in [`DIP_SECONDS`].
+    dip_frames: u32,
+    /// After a stretch's fall: the floor it fell from, and the frames left in which a
+    /// frame back near it undoes the fall.
+    fell_from: Option<(f64, u32)>,
     /// The floor does not move (see [`EnergyGate::hold_floor`]); frames are still heard.
     held: bool,
 }
@@ -257,6 +272,8 @@ impl NoiseFloor {
             recent: VecDeque::with_capacity(recent_frames + 1),
             recent_frames,
             stretch_frames: (QUIET_STRETCH_SECONDS / frame_seconds).ceil().max(1.0) as usize,
+            dip_frames: (DIP_SECONDS / frame_seconds).ceil() as u32,
+            fell_from: None,
             held: false,
         };
         floor.configure(config, frame_seconds);
@@ -330,8 +347,30 @@ impl NoiseFloor {
         let loudest = stretch
             .copied()
             .try_fold(SILENCE_DBFS, |m, l| (l > SILENCE_DBFS).then_some(m.max(l)));
-        if let Some(loudest) = loudest {
-            *floor = floor.min(loudest);
+        if let Some(loudest) = loudest.filter(|&l| l < *floor) {
+            // A fall within a fall still answers to the floor before the first.
+            let from = self.fell_from.map_or(*floor, |(from, _)| from);
+            self.fell_from = Some((from, self.dip_frames));
+            *floor = loudest;
+        }
+    }
+
+    /// Called with every frame's level, heard or not (a frame loud enough to open the
+    /// gate is not heard): a frame back within [`DIP_BACK_DB`] of the floor a stretch's
+    /// fall left, within [`DIP_SECONDS`] of it, puts the floor back there (see
+    /// [`NoiseFloor::update`]). A quiet cry after a long loud sound stays under that
+    /// level; a cry as loud as the sound was is heard as before the fall existed.
+    pub fn undo_a_dip(&mut self, frame_dbfs: f64) {
+        let Some((from, left)) = self.fell_from else {
+            return;
+        };
+        if self.held || left == 0 {
+            self.fell_from = None;
+        } else if frame_dbfs >= from - DIP_BACK_DB {
+            self.level_dbfs = Some(from);
+            self.fell_from = None;
+        } else {
+            self.fell_from = Some((from, left - 1));
         }
     }
 
@@ -458,6 +497,7 @@ impl EnergyGate {
     /// Feeds one frame that starts at stream sample `start`.
     pub fn push_frame(&mut self, frame: &[f32], start: u64) -> GateTransition {
         let level = self.meter.level_dbfs(frame);
+        self.floor.undo_a_dip(level);
         // The first frames heard start the floor instead of being measured against none:
         // any room above `min_level_dbfs` opened the gate at start (in no-detector mode,
         // a false cry episode at every start).
@@ -627,10 +667,29 @@ mod tests {
             floor.update(level);
         }
         assert!(floor.dbfs() > -31.0, "{}", floor.dbfs());
+        let before = floor.dbfs();
         for level in [-60.0, -59.0, -61.0, -60.0] {
             floor.update(level);
         }
         assert_eq!(floor.dbfs(), -59.0);
+        // The old room back within 2 s: that was a dip, and the fall is undone; after
+        // 2 s of quiet, the room is the quiet one.
+        let mut dip = floor.clone();
+        dip.undo_a_dip(-45.0);
+        assert_eq!(dip.dbfs(), -59.0);
+        dip.undo_a_dip(-32.0);
+        // (The stretch's own frames had moved it by their time constant first.)
+        assert!(
+            (dip.dbfs() - before).abs() < 2.0,
+            "{before} -> {}",
+            dip.dbfs()
+        );
+        for _ in 0..70 {
+            floor.update(-60.0);
+            floor.undo_a_dip(-60.0);
+        }
+        floor.undo_a_dip(-30.0);
+        assert!(floor.dbfs() < -59.0, "{}", floor.dbfs());
         // Held (the detector hears crying), it does not move.
         let mut held = floor_at(-30.0);
         held.held = true;
@@ -696,6 +755,21 @@ mod tests {
             "{}",
             gate.noise_floor_dbfs()
         );
+    }
+
+    /// A steady room with a short dip (the gap where a white-noise machine loops, a
+    /// microphone's gain ducking): 0.3 s 12 or 30 dB down, then the room again. The gate
+    /// stays closed. Before the fall a dip caused was undone, the room came back 10 dB
+    /// over the fallen floor, opened the gate and held it open for one to two minutes.
+    #[test]
+    fn a_short_dip_in_a_steady_room_opens_nothing() {
+        for gain in [0.25f32, 0.03] {
+            let mut audio = synth::room_tone(RATE, 120.0, 0.02, 5);
+            let dip = (30 * RATE) as usize..(30 * RATE + RATE * 3 / 10) as usize;
+            audio[dip].iter_mut().for_each(|s| *s *= gain);
+            let mut gate = EnergyGate::new(&GateConfig::default(), RATE);
+            assert_eq!(run(&mut gate, &audio, 0), vec![], "gain {gain}");
+        }
     }
 
     #[test]

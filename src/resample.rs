@@ -370,6 +370,7 @@ impl ChunkConverter {
         let holding = self.chunks <= self.precise_until;
         for frame in self.boxed.chunks(FRAME_SAMPLES) {
             let level = self.meter.level_dbfs(frame);
+            self.room.undo_a_dip(level);
             if self.room.has_heard() && level >= self.room.dbfs() + PRECISE_ABOVE_ROOM_DB {
                 self.precise_until = self.chunks + self.hold_chunks;
             }

@@ -8,7 +8,7 @@
 //! reports each one as `Outgoing::Publish(pkid)` in that same order, so a PUBACK's packet
 //! id maps back to its outbox entry, which is only then removed. The session is clean,
 //! so after a reconnect rumqttc forgets unacknowledged packets and the link task resends
-//! them from its outbox, in order, after `online`, discovery and the current states.
+//! them from its outbox, in order, after discovery, the current states and `online`.
 //!
 //! While running, queued events go out one at a time, each only when nothing else the
 //! link published is awaiting its PUBACK. Mosquitto, like most brokers, leaves Nagle's

@@ -124,7 +124,7 @@ impl Outbox {
         for q in carried.items {
             outbox.push(q.topic, q.payload);
         }
-        outbox.dropped += carried.dropped;
+        outbox.dropped = outbox.dropped.saturating_add(carried.dropped);
         outbox.superseded = carried.copies;
         outbox.dirty = true;
         outbox
@@ -186,7 +186,7 @@ impl Outbox {
                 });
             match (message, serde_json::from_slice::<DroppedLine>(line)) {
                 (Ok(q), _) => self.push(q.topic, q.payload),
-                (Err(_), Ok(d)) => self.dropped += d.dropped,
+                (Err(_), Ok(d)) => self.dropped = self.dropped.saturating_add(d.dropped),
                 (Err(e), Err(_)) => {
                     bad += 1;
                     first_error.get_or_insert(e);
@@ -207,7 +207,7 @@ impl Outbox {
     pub fn push(&mut self, topic: String, payload: String) {
         if self.items.len() >= self.capacity {
             self.items.pop_front();
-            self.dropped += 1;
+            self.dropped = self.dropped.saturating_add(1);
         }
         self.items.push_back(Queued {
             seq: self.next_seq,
@@ -386,9 +386,19 @@ mod tests {
             q.push("event".into(), format!("{i}"));
         }
         q.save_if_dirty();
-        let again = Outbox::new(2, Some(path.clone()));
+        let mut again = Outbox::new(2, Some(path.clone()));
         assert_eq!((again.dropped, again.len()), (5, 2));
         assert_eq!(again.next_from(0).unwrap().payload, "5");
+        // A damaged count cannot overflow it.
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            text.replace("{\"dropped\":5}", "{\"dropped\":18446744073709551615}"),
+        )
+        .unwrap();
+        again = Outbox::new(2, Some(path.clone()));
+        again.push("event".into(), "7".into());
+        assert_eq!(again.dropped, u64::MAX);
     }
 
     #[test]
