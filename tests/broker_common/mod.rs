@@ -14,22 +14,33 @@ use serde_json::Value;
 
 pub const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 
+/// A port nothing listens on, below the kernel's ephemeral range, for a listener started
+/// later (a broker, a proxy). A port from `bind(0)` is in that range: freed again until
+/// the listener binds it, an outgoing connection of any test (a subscriber, a daemon, the
+/// broker's own) could take it as its local port, and the listener failed with "address
+/// in use" (seen in CI).
 pub fn free_port() -> u16 {
     // Tests run in parallel: a port found free and handed out twice would give two
     // brokers one port (the second fails to listen) or a test another test's broker.
     static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut given = GIVEN.lock().unwrap();
-        if !given.contains(&port) {
+    const LOWEST: u16 = 10_000;
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_from.saturating_sub(LOWEST).max(1000);
+    // Each test process starts elsewhere in the span (test binaries run one at a time,
+    // but a stale broker of an earlier run may still hold a port).
+    let start = std::process::id() as u16 % span;
+    let mut given = GIVEN.lock().unwrap();
+    for i in 0..span {
+        let port = LOWEST + (start + i) % span;
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
             given.push(port);
             return port;
         }
     }
+    panic!("no free port in {LOWEST}..{}", LOWEST + span);
 }
 
 /// A Mosquitto process; killed on drop.
