@@ -112,7 +112,15 @@ pub fn level_dbfs(frame: &[f32]) -> f64 {
         .map(|&s| (f64::from(s) - mean).powi(2))
         .sum::<f64>()
         / n;
-    (10.0 * power.max(1e-12).log10()).max(SILENCE_DBFS)
+    dbfs_of(power)
+}
+
+/// The power below which a frame is digital silence: [`SILENCE_DBFS`].
+const SILENCE_POWER: f64 = 1e-12;
+
+/// A mean power in dBFS, never below [`SILENCE_DBFS`].
+fn dbfs_of(power: f64) -> f64 {
+    (10.0 * power.max(SILENCE_POWER).log10()).max(SILENCE_DBFS)
 }
 
 /// Below this frequency, Hz, sound does not count in the gate's level (see
@@ -174,24 +182,29 @@ impl LevelMeter {
 
     /// The frame's level above the cut-off, dBFS.
     pub fn level_dbfs(&mut self, frame: &[f32]) -> f64 {
-        let mut power = 0.0f64;
+        // One pass: the filtered power, and the frame's own sums for the silence check.
+        let (mut power, mut sum, mut squares) = (0.0f64, 0.0f64, 0.0f64);
         for &x in frame {
+            let x = f64::from(x);
             let y = self
                 .sections
                 .iter_mut()
-                .fold(f64::from(x), |v, section| section.step(v));
+                .fold(x, |v, section| section.step(v));
             power += y * y;
+            sum += x;
+            squares += x * x;
         }
         if !power.is_finite() {
             // Not a number in, or beyond f64: start the filter again rather than carry it.
             self.sections.iter_mut().for_each(|s| s.z = [0.0; 2]);
             return level_dbfs(frame);
         }
-        if level_dbfs(frame) == SILENCE_DBFS {
+        let n = frame.len().max(1) as f64;
+        // The frame's power around its mean (as [`level_dbfs`]) at silence.
+        if squares / n - (sum / n).powi(2) <= SILENCE_POWER {
             return SILENCE_DBFS;
         }
-        let n = frame.len().max(1) as f64;
-        (10.0 * (power / n).max(1e-12).log10()).max(SILENCE_DBFS)
+        dbfs_of(power / n)
     }
 }
 

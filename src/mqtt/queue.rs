@@ -184,13 +184,16 @@ impl Outbox {
                         Ok(q)
                     }
                 });
-            match (message, serde_json::from_slice::<DroppedLine>(line)) {
-                (Ok(q), _) => self.push(q.topic, q.payload),
-                (Err(_), Ok(d)) => self.dropped = self.dropped.saturating_add(d.dropped),
-                (Err(e), Err(_)) => {
-                    bad += 1;
-                    first_error.get_or_insert(e);
-                }
+            // Only a line that is no message is read again, as the count.
+            match message {
+                Ok(q) => self.push(q.topic, q.payload),
+                Err(e) => match serde_json::from_slice::<DroppedLine>(line) {
+                    Ok(d) => self.dropped = self.dropped.saturating_add(d.dropped),
+                    Err(_) => {
+                        bad += 1;
+                        first_error.get_or_insert(e);
+                    }
+                },
             }
         }
         if let Some(e) = first_error {
