@@ -5,7 +5,8 @@
 //! corrupt file, or one that is not audio at all, becomes a [`DecodeError`] that names
 //! the file and the cause. A file with an announced length that decodes short is
 //! reported as truncated rather than silently classified on half its audio (MP3 announces
-//! none: a cut MP3 is classified on what it holds).
+//! none: a cut MP3 is classified on what it holds). An Ogg file announces its length only
+//! in its last page, so its pages are checked before it is decoded ([`check_ogg_pages`]).
 //! [`AudioStream`] decodes packet by packet, for replays and `classify`, which must not
 //! hold a whole night in memory; [`decode_file`] collects it (bench, tests).
 
@@ -157,10 +158,11 @@ impl AudioStream {
     }
 
     fn probe(
-        source: Box<dyn MediaSource>,
+        mut source: Box<dyn MediaSource>,
         ext: Option<&str>,
         path: &Path,
     ) -> Result<Self, DecodeError> {
+        check_ogg_pages(&mut source).map_err(|reason| corrupt(path, reason))?;
         let stream = MediaSourceStream::new(source, Default::default());
         let mut hint = Hint::new();
         if let Some(ext) = ext {
@@ -300,6 +302,152 @@ fn announced_length(params: &symphonia::core::codecs::CodecParameters) -> Option
     (!sentinel).then_some(frames)
 }
 
+/// Walks a seekable Ogg source page by page and rewinds it; anything else is left
+/// untouched. symphonia's Ogg reader takes the length from the last page it finds and
+/// skips pages that fail their checksum, so a cut or damaged Ogg file would otherwise
+/// replay in part and end as if whole (a FLAC or WAV file with the same damage is
+/// refused). A pipe cannot be read twice: it is decoded unchecked.
+fn check_ogg_pages(source: &mut Box<dyn MediaSource>) -> Result<(), String> {
+    use std::io::{Seek, SeekFrom};
+    if !source.is_seekable() {
+        return Ok(());
+    }
+    let mut magic = [0u8; 4];
+    let is_ogg =
+        read_up_to(source, &mut magic).map_err(|e| e.to_string())? == 4 && &magic == b"OggS";
+    let verdict = if is_ogg {
+        source.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+        walk_ogg_pages(std::io::BufReader::new(&mut *source))
+    } else {
+        Ok(())
+    };
+    source.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    verdict
+}
+
+/// Where each logical stream of an Ogg file has got to.
+struct OggStreamProgress {
+    next_sequence: u32,
+    ended: bool,
+}
+
+/// Checks every page of an Ogg file: its capture pattern and checksum, no page missing
+/// from a stream's sequence, and each stream closed by its end-of-stream page. The error
+/// says what is wrong and at which byte.
+fn walk_ogg_pages(mut pages: impl std::io::Read) -> Result<(), String> {
+    const END_OF_STREAM: u8 = 0x04;
+    let mut streams = std::collections::HashMap::<u32, OggStreamProgress>::new();
+    let mut offset = 0u64;
+    let mut page = Vec::new();
+    loop {
+        let mut header = [0u8; 27];
+        let got = read_up_to(&mut pages, &mut header).map_err(|e| e.to_string())?;
+        let all_ended = !streams.is_empty() && streams.values().all(|s| s.ended);
+        if got == 0 || (all_ended && (got < 4 || &header[..4] != b"OggS")) {
+            // The end, or bytes after the last stream ended (padding, a tag) that no
+            // decoder reads.
+            break;
+        }
+        if got < header.len() {
+            return Err(ogg_cut(offset));
+        }
+        if &header[..4] != b"OggS" || header[4] != 0 {
+            return Err(format!(
+                "damaged: no Ogg page starts at byte {offset}, where one should"
+            ));
+        }
+        let mut lacing = [0u8; 255];
+        let lacing = &mut lacing[..usize::from(header[26])];
+        let body = |lacing: &[u8]| lacing.iter().map(|&l| usize::from(l)).sum::<usize>();
+        page.clear();
+        page.extend_from_slice(&header);
+        if pages.read_exact(lacing).is_err() {
+            return Err(ogg_cut(offset));
+        }
+        page.extend_from_slice(lacing);
+        let body_start = page.len();
+        page.resize(body_start + body(lacing), 0);
+        if pages.read_exact(&mut page[body_start..]).is_err() {
+            return Err(ogg_cut(offset));
+        }
+        let field =
+            |at: usize| u32::from_le_bytes([page[at], page[at + 1], page[at + 2], page[at + 3]]);
+        let (serial, sequence, stored_crc) = (field(14), field(18), field(22));
+        page[22..26].fill(0);
+        if ogg_crc(&page) != stored_crc {
+            return Err(format!(
+                "damaged: the Ogg page at byte {offset} fails its checksum"
+            ));
+        }
+        let stream = streams.entry(serial).or_insert(OggStreamProgress {
+            next_sequence: sequence,
+            ended: false,
+        });
+        if stream.ended {
+            return Err(format!(
+                "damaged: the Ogg page at byte {offset} follows the end of its stream"
+            ));
+        }
+        if sequence != stream.next_sequence {
+            return Err(format!(
+                "damaged: Ogg pages are missing before byte {offset}"
+            ));
+        }
+        stream.next_sequence = sequence.wrapping_add(1);
+        stream.ended = header[5] & END_OF_STREAM != 0;
+        offset += page.len() as u64;
+    }
+    if streams.values().any(|s| !s.ended) {
+        return Err(ogg_cut(offset));
+    }
+    Ok(())
+}
+
+fn ogg_cut(offset: u64) -> String {
+    format!("truncated: the Ogg stream stops at byte {offset}, before its last page")
+}
+
+/// Reads until `buf` is full or the source ends; the number of bytes read.
+fn read_up_to(source: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match source.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The Ogg page checksum: CRC-32 with polynomial 0x04c11db7, not reflected, starting
+/// from 0 (not the zlib CRC-32).
+fn ogg_crc(bytes: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut table = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut r = (i as u32) << 24;
+            let mut bit = 0;
+            while bit < 8 {
+                r = if r & 0x8000_0000 != 0 {
+                    (r << 1) ^ 0x04c1_1db7
+                } else {
+                    r << 1
+                };
+                bit += 1;
+            }
+            table[i] = r;
+            i += 1;
+        }
+        table
+    };
+    bytes.iter().fold(0u32, |crc, &b| {
+        (crc << 8) ^ TABLE[usize::from((crc >> 24) as u8 ^ b)]
+    })
+}
+
 fn unsupported(path: &Path, reason: String) -> DecodeError {
     DecodeError::Unsupported {
         path: path.to_owned(),
@@ -410,6 +558,86 @@ mod tests {
         let piped = dir.path().join("piped.wav");
         std::fs::write(&piped, &streamed).unwrap();
         assert_eq!(decode_file(&piped).unwrap().samples.len(), 8000);
+    }
+
+    /// One Ogg page of logical stream `serial`, its checksum computed.
+    fn ogg_page(serial: u32, sequence: u32, flags: u8, body: &[u8]) -> Vec<u8> {
+        let mut page = b"OggS\0".to_vec();
+        page.push(flags);
+        page.extend_from_slice(&0u64.to_le_bytes());
+        page.extend_from_slice(&serial.to_le_bytes());
+        page.extend_from_slice(&sequence.to_le_bytes());
+        page.extend_from_slice(&[0; 4]);
+        let lacing: Vec<u8> = body.chunks(255).map(|c| c.len() as u8).collect();
+        page.push(lacing.len() as u8);
+        page.extend_from_slice(&lacing);
+        page.extend_from_slice(body);
+        let crc = ogg_crc(&page);
+        page[22..26].copy_from_slice(&crc.to_le_bytes());
+        page
+    }
+
+    #[test]
+    fn a_cut_or_damaged_ogg_file_is_refused_before_it_is_decoded() {
+        let tone = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-corpus/decode/tone.ogg"),
+        )
+        .unwrap();
+        let path = Path::new("tone.ogg");
+        // oggenc's own checksums: the page walk accepts the whole file, and trailing bytes
+        // after the stream's end.
+        assert_eq!(walk_ogg_pages(&tone[..]), Ok(()));
+        let padded = [&tone[..], &[0; 10]].concat();
+        let decoded = |bytes: Vec<u8>| decode_bytes(bytes, Some("ogg"), path).map(|d| d.samples);
+        assert_eq!(decoded(padded).unwrap(), decoded(tone.clone()).unwrap());
+
+        // Pages: 0..58 and 58..2640 hold the headers, 2640.. the audio and the stream's end.
+        let cut = decode_bytes(tone[..2700].to_vec(), Some("ogg"), path).unwrap_err();
+        assert_eq!(
+            cut.to_string(),
+            "tone.ogg: corrupt or truncated audio: truncated: the Ogg stream stops at byte 2640, before its last page"
+        );
+        let mut flipped = tone.clone();
+        flipped[2700] ^= 0x01;
+        let e = decode_bytes(flipped, Some("ogg"), path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.ends_with("damaged: the Ogg page at byte 2640 fails its checksum"),
+            "{e}"
+        );
+
+        let (first, second, last) = (
+            ogg_page(7, 0, 0x02, &[1; 300]),
+            ogg_page(7, 1, 0, &[2; 20]),
+            ogg_page(7, 2, 0x04, &[3; 20]),
+        );
+        let whole = [&first[..], &second, &last].concat();
+        assert_eq!(walk_ogg_pages(&whole[..]), Ok(()));
+        let gap = [&first[..], &last].concat();
+        assert_eq!(
+            walk_ogg_pages(&gap[..]),
+            Err(format!(
+                "damaged: Ogg pages are missing before byte {}",
+                first.len()
+            ))
+        );
+        let unended = [&first[..], &second].concat();
+        assert_eq!(
+            walk_ogg_pages(&unended[..]),
+            Err(ogg_cut(unended.len() as u64))
+        );
+        // A chained file: a second stream (another serial) after the first one's end.
+        let chained = [&whole[..], &ogg_page(8, 0, 0x06, &[4; 9])].concat();
+        assert_eq!(walk_ogg_pages(&chained[..]), Ok(()));
+        let restarted = [&whole[..], &first].concat();
+        assert_eq!(
+            walk_ogg_pages(&restarted[..]),
+            Err(format!(
+                "damaged: the Ogg page at byte {} follows the end of its stream",
+                whole.len()
+            ))
+        );
     }
 
     #[test]

@@ -79,6 +79,11 @@ fn cases() -> Vec<Case> {
             "classify $DIR/truncated.flac",
         ),
         case(
+            "Ogg Vorbis cut inside its last page, monitored",
+            "run --config $DIR/config.toml --fast --input $DIR/truncated.ogg",
+        ),
+        case("Ogg Vorbis with one damaged byte", "classify $DIR/damaged.ogg"),
+        case(
             "WAV header with sample rate 0",
             "classify $DIR/zero-rate.wav",
         ),
@@ -325,6 +330,10 @@ fn prepare(dir: &Path, broker_port: u16, closed_port: u16) {
     write("notes.wav", b"Remember: buy nappies.\n");
     let flac = std::fs::read(corpus.join("tone.flac")).unwrap();
     write("truncated.flac", &flac[..4000]);
+    let mut ogg = std::fs::read(corpus.join("tone.ogg")).unwrap();
+    write("truncated.ogg", &ogg[..2700]);
+    ogg[2700] ^= 0x01;
+    write("damaged.ogg", &ogg);
     write(
         "zero-rate.wav",
         &std::fs::read(corpus.join("regression-zero-rate.wav")).unwrap(),

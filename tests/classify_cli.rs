@@ -496,6 +496,70 @@ fn a_vbr_mp3_without_a_length_header_that_starts_quiet_is_not_called_truncated()
     assert!((seconds - 20.0).abs() < 0.1, "{answer}");
 }
 
+/// An Ogg Vorbis recording cut in half, or with one byte damaged, is refused whole with
+/// exit 1 by `classify` and by a replay, as the same damage to a FLAC or WAV file is. The
+/// decoder alone replayed the part it could read and ended as if the file were whole.
+#[test]
+fn a_cut_or_damaged_ogg_recording_is_refused_not_replayed_in_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = cry_wav(dir.path(), "cry.wav", 16_000, 30.0);
+    let ogg = dir.path().join("cry.ogg");
+    let (w, o) = (wav.display().to_string(), ogg.display().to_string());
+    if encode("oggenc", &["-Q", "-o", &o, &w]).is_none() {
+        return;
+    }
+    let whole = std::fs::read(&ogg).unwrap();
+    let cut = dir.path().join("cut.ogg");
+    std::fs::write(&cut, &whole[..whole.len() / 2]).unwrap();
+    let mut flipped = whole.clone();
+    let at = whole.len() / 2;
+    flipped[at] ^= 0x10;
+    let damaged = dir.path().join("damaged.ogg");
+    std::fs::write(&damaged, &flipped).unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[mqtt]\nenabled = false\n").unwrap();
+
+    let replay = |file: &Path| {
+        babycryd(&[
+            "run",
+            "--config",
+            &config.display().to_string(),
+            "--fast",
+            "--no-mqtt",
+            "--input",
+            &file.display().to_string(),
+        ])
+    };
+    let summary = json_lines(&replay(&ogg))
+        .into_iter()
+        .find(|e| e["type"] == "summary")
+        .expect("a summary");
+    assert!(
+        (summary["audio_seconds"].as_f64().unwrap() - 30.0).abs() < 0.1,
+        "{summary}"
+    );
+    for (file, says) in [
+        (&cut, "truncated: the Ogg stream stops at byte"),
+        (&damaged, "damaged: "),
+    ] {
+        for out in [
+            replay(file),
+            babycryd(&["classify", &file.display().to_string()]),
+        ] {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{file:?}: {stderr}");
+            assert!(
+                stderr.contains("corrupt or truncated audio") && stderr.contains(says),
+                "{file:?}: {stderr}"
+            );
+            assert!(
+                !String::from_utf8_lossy(&out.stdout).contains("\"summary\""),
+                "{file:?} was replayed in part"
+            );
+        }
+    }
+}
+
 /// The peak resident memory (KiB) of `babycryd classify --no-detector <wav>`: its
 /// VmHWM, read every 5 ms while it runs (the last reading before it exits). Not the
 /// child's rusage: Linux carries the spawning process's high-water mark across exec.
