@@ -961,32 +961,115 @@ pub struct RawPcmSource<R> {
     chunks: Option<std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>>,
     /// Bytes received but not yet decoded (a partial frame waits for the next chunk).
     pending: Vec<u8>,
-    /// The stream's first [`FILE_HEADER_BYTES`] bytes, and whether they were all there
-    /// and checked for a file header (see [`file_header_in`]).
-    head: Vec<u8>,
-    header_checked: bool,
+    /// The stream's first bytes, kept until they tell whether a file was piped in (see
+    /// [`piped_file`]); `None` once they said it is not.
+    head: Option<Vec<u8>>,
 }
 
-/// How many first bytes [`file_header_in`] looks at.
-const FILE_HEADER_BYTES: usize = 12;
+/// What a raw stream's first bytes say about it.
+#[derive(Debug, PartialEq)]
+enum PipedFile {
+    /// A file of this kind was piped in.
+    Named(&'static str),
+    NotAFile,
+    TooFewBytes,
+}
 
-/// The kind of audio file whose header `first` (a raw stream's first bytes) starts with,
-/// if it does: a file piped in (`cat night.wav |`, `arecord` without `-t raw`) is not
-/// raw PCM, and decoded as such its header is a click and its samples noise at the wrong
-/// width, which never opens the gate: a monitor that hears nothing, and says nothing.
-fn file_header_in(first: &[u8]) -> Option<&'static str> {
+/// The most first bytes [`piped_file`] looks at: two MPEG audio frame headers and the
+/// frame between (the longest, Layer II at 384 kbit/s and 32 kHz, is 1729 bytes).
+const PIPED_FILE_BYTES: usize = 2048;
+
+/// Whether a raw stream's first bytes are an audio file's: a file piped in
+/// (`cat night.wav |`, `arecord` without `-t raw`, `lame ... -`) is not raw PCM, and
+/// decoded as such its header is a click and its samples noise at the wrong width, which
+/// never opens the gate: a monitor that hears nothing, and says nothing.
+fn piped_file(first: &[u8]) -> PipedFile {
     let at = |i: usize, magic: &[u8]| first.get(i..i + magic.len()) == Some(magic);
-    if (at(0, b"RIFF") || at(0, b"RIFX") || at(0, b"RF64")) && at(8, b"WAVE") {
-        Some("WAV")
-    } else if at(0, b"fLaC") {
-        Some("FLAC")
-    } else if at(0, b"OggS") {
-        Some("Ogg")
-    } else if at(0, b"ID3") {
-        Some("MP3")
-    } else {
-        None
+    if first.len() < 12 {
+        return PipedFile::TooFewBytes;
     }
+    if (at(0, b"RIFF") || at(0, b"RIFX") || at(0, b"RF64")) && at(8, b"WAVE") {
+        return PipedFile::Named("WAV");
+    }
+    if at(0, b"fLaC") {
+        return PipedFile::Named("FLAC");
+    }
+    if at(0, b"OggS") {
+        return PipedFile::Named("Ogg");
+    }
+    if at(0, b"ID3") {
+        return PipedFile::Named("MP3");
+    }
+    // An MP3 without a tag starts with a frame header, whose sync bits are also a valid
+    // sample: a second header of the same stream right where the first frame ends says
+    // MPEG audio (random samples would match about once in 10^8 streams, and a steady
+    // level never: its third byte would be an invalid bit rate).
+    let Some((length, stream)) = mpeg_frame(first) else {
+        return PipedFile::NotAFile;
+    };
+    match first.get(length..) {
+        Some(next) if next.len() >= 4 => {
+            if mpeg_frame(next).is_some_and(|(_, s)| s == stream) {
+                PipedFile::Named("MP3")
+            } else {
+                PipedFile::NotAFile
+            }
+        }
+        _ => PipedFile::TooFewBytes,
+    }
+}
+
+/// The MPEG audio frame (MP1, MP2, MP3) whose 4-byte header starts `h`, if one does: its
+/// length in bytes, and the bits that name its stream (version, layer, sample rate).
+fn mpeg_frame(h: &[u8]) -> Option<(usize, u16)> {
+    const V1_KBPS: [[u16; 14]; 3] = [
+        [
+            32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448,
+        ],
+        [
+            32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384,
+        ],
+        [
+            32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320,
+        ],
+    ];
+    const V2_KBPS: [[u16; 14]; 2] = [
+        [
+            32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256,
+        ],
+        [8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160],
+    ];
+    let h = h.get(..4)?;
+    if h[0] != 0xFF || h[1] & 0xE0 != 0xE0 {
+        return None;
+    }
+    let version = (h[1] >> 3) & 3; // 0: MPEG 2.5, 1: reserved, 2: MPEG 2, 3: MPEG 1
+    let layer = 4 - ((h[1] >> 1) & 3); // 1, 2, 3; 4 is reserved
+    let bitrate_index = usize::from(h[2] >> 4);
+    let rate_index = usize::from((h[2] >> 2) & 3);
+    if version == 1 || layer == 4 || !(1..15).contains(&bitrate_index) || rate_index == 3 {
+        return None;
+    }
+    let layer_index = usize::from(layer - 1);
+    let (kbps, base_rate) = if version == 3 {
+        (V1_KBPS[layer_index][bitrate_index - 1], 44_100)
+    } else {
+        let rate = if version == 2 { 22_050 } else { 11_025 };
+        (V2_KBPS[layer_index.min(1)][bitrate_index - 1], rate)
+    };
+    let rate = [
+        base_rate,
+        base_rate * 48_000 / 44_100,
+        base_rate * 32_000 / 44_100,
+    ][rate_index];
+    let bits_per_second = usize::from(kbps) * 1000;
+    let padding = usize::from((h[2] >> 1) & 1);
+    let length = match layer {
+        1 => (12 * bits_per_second / rate + padding) * 4,
+        3 if version != 3 => 72 * bits_per_second / rate + padding,
+        _ => 144 * bits_per_second / rate + padding,
+    };
+    Some((length, u16::from(h[1] & 0x1E) << 8 | u16::from(h[2] & 0x0C)))
 }
 
 /// How long [`RawPcmSource::pull`] waits for the reader thread.
@@ -1001,8 +1084,7 @@ impl<R: Read + Send + 'static> RawPcmSource<R> {
             stream,
             chunks: None,
             pending: Vec::new(),
-            head: Vec::with_capacity(FILE_HEADER_BYTES),
-            header_checked: false,
+            head: Some(Vec::new()),
         }
     }
 
@@ -1069,19 +1151,22 @@ impl<R: Read + Send + 'static> AudioSource for RawPcmSource<R> {
                 self.pending.extend_from_slice(&bytes);
                 // The first bytes are decoded as they come all the same: a header ends
                 // the run a few samples later.
-                if !self.header_checked {
-                    let more = FILE_HEADER_BYTES.saturating_sub(self.head.len());
-                    self.head.extend_from_slice(&bytes[..more.min(bytes.len())]);
-                    self.header_checked = self.head.len() == FILE_HEADER_BYTES;
-                    if let Some(kind) = file_header_in(&self.head) {
-                        return Err(SourceError::Read {
-                            device: self.name.clone(),
-                            reason: format!(
-                                "the stream starts with a {kind} file header, not raw PCM: \
-                                 give the file itself with --input FILE, or record raw \
-                                 samples (arecord -t raw)"
-                            ),
-                        });
+                if let Some(head) = &mut self.head {
+                    let more = PIPED_FILE_BYTES - head.len();
+                    head.extend_from_slice(&bytes[..more.min(bytes.len())]);
+                    match piped_file(head) {
+                        PipedFile::Named(kind) => {
+                            return Err(SourceError::Read {
+                                device: self.name.clone(),
+                                reason: format!(
+                                    "the stream is in {kind} format, not raw PCM: give \
+                                     the file itself with --input FILE, or record raw \
+                                     samples (arecord -t raw)"
+                                ),
+                            });
+                        }
+                        PipedFile::TooFewBytes if head.len() < PIPED_FILE_BYTES => {}
+                        _ => self.head = None,
                     }
                 }
             }
@@ -1584,12 +1669,36 @@ mod tests {
         let mut wav = b"RIFF\x24\x00\x00\x00WAVEfmt ".to_vec();
         wav.extend([0u8; 64]);
         let e = pull_all(wav).unwrap_err().to_string();
-        assert!(e.contains("starts with a WAV file header"), "{e}");
+        assert!(e.contains("the stream is in WAV format"), "{e}");
         let e = pull_all(b"fLaC\0\0\0\x22\0\0\0\0\0\0".to_vec()).unwrap_err();
         assert!(e.to_string().contains("FLAC"), "{e}");
         let mut raw = b"\0\0RIFF\0\0\0\0WAVE".to_vec();
         raw.extend([0u8; 2]);
         assert_eq!(pull_all(raw).unwrap().len(), 8);
+
+        // An MP3 without a tag: lame's frames (MPEG 2.5 Layer III, 8 kbit/s at 8 kHz: 72
+        // bytes each), one header per frame.
+        let mp3 = include_bytes!("../tests/fuzz-corpus/decode/tone.mp3");
+        assert_eq!(mpeg_frame(mp3), Some((72, 0x0208)));
+        let e = pull_all(mp3.to_vec()).unwrap_err().to_string();
+        assert!(e.contains("the stream is in MP3 format"), "{e}");
+        // MPEG 1 Layer III at 128 kbit/s and 44.1 kHz, padded: 418 bytes; Layer II at
+        // 384 kbit/s and 32 kHz, the longest frame: 1729 bytes.
+        let mut mpeg1 = vec![0u8; 418 + 4];
+        mpeg1[..4].copy_from_slice(&[0xFF, 0xFB, 0x92, 0x64]);
+        mpeg1[418..].copy_from_slice(&[0xFF, 0xFB, 0x90, 0x64]);
+        assert_eq!(mpeg_frame(&mpeg1), Some((418, 0x1A00)));
+        assert!(pull_all(mpeg1.clone()).is_err());
+        let mut longest = vec![0u8; 1729 + 4];
+        longest[..4].copy_from_slice(&[0xFF, 0xFD, 0xEA, 0x00]);
+        longest[1729..].copy_from_slice(&[0xFF, 0xFD, 0xE8, 0x00]);
+        assert!(pull_all(longest).is_err());
+        // One header-like sample, and no second header where its frame would end; or a
+        // second one of another stream (another sample rate): raw PCM.
+        mpeg1[418..].copy_from_slice(&[0x12, 0x34, 0x56, 0x78]);
+        assert_eq!(pull_all(mpeg1.clone()).unwrap().len(), 211);
+        mpeg1[418..].copy_from_slice(&[0xFF, 0xFB, 0x94, 0x64]);
+        assert_eq!(pull_all(mpeg1).unwrap().len(), 211);
     }
 
     /// A read error on stdin is a failure (the daemon exits non-zero), not the end of

@@ -133,6 +133,13 @@ fn cases() -> Vec<Case> {
                 "run --config $DIR/config.toml --input -",
             )
         },
+        Case {
+            stdin: Stdin::File("untagged.mp3"),
+            ..case(
+                "An MP3 file without an ID3 tag piped in where raw PCM is expected",
+                "run --config $DIR/config.toml --input -",
+            )
+        },
         case("`--rate 0` for stdin PCM", "run --input - --rate 0"),
         case(
             "`--rate` for a file (raw PCM flags without `--input -`)",
@@ -330,6 +337,10 @@ fn prepare(dir: &Path, broker_port: u16, closed_port: u16) {
     write("notes.wav", b"Remember: buy nappies.\n");
     let flac = std::fs::read(corpus.join("tone.flac")).unwrap();
     write("truncated.flac", &flac[..4000]);
+    write(
+        "untagged.mp3",
+        &std::fs::read(corpus.join("tone.mp3")).unwrap(),
+    );
     let mut ogg = std::fs::read(corpus.join("tone.ogg")).unwrap();
     write("truncated.ogg", &ogg[..2700]);
     ogg[2700] ^= 0x01;
