@@ -86,6 +86,8 @@ pub struct AudioStream {
     announced_frames: Option<u64>,
     decoded_frames: u64,
     buffer: Option<SampleBuffer<f32>>,
+    /// Made for the channels of the first packet, again if they change.
+    downmix: Option<crate::source::Downmix>,
     finished: bool,
 }
 
@@ -203,6 +205,7 @@ impl AudioStream {
             announced_frames: announced_length(&params),
             decoded_frames: 0,
             buffer: None,
+            downmix: None,
             finished: false,
         })
     }
@@ -243,8 +246,12 @@ impl AudioStream {
             buf.copy_interleaved_ref(decoded);
             let interleaved = &buf.samples()[..frames * ch];
             let first = out.len();
-            // symphonia counts at most 32 channels (a bit mask).
-            crate::source::downmix(interleaved, ch as u16, out);
+            let downmix = match &mut self.downmix {
+                Some(d) if d.channels() == ch => d,
+                // symphonia counts at most 32 channels (a bit mask).
+                other => other.insert(crate::source::Downmix::new(ch as u16, self.sample_rate)),
+            };
+            downmix.push(interleaved, out);
             if out[first..].iter().any(|s| !s.is_finite()) {
                 return Err(corrupt(path, "samples are not finite numbers".into()));
             }

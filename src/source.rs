@@ -325,7 +325,7 @@ impl std::fmt::Debug for Samples {
 /// next. Its buffers are reused, so once warm it allocates nothing.
 #[derive(Debug)]
 pub struct CaptureConverter {
-    channels: u16,
+    downmix: Downmix,
     rate: u32,
     resampler: StreamResampler,
     mono: Vec<f32>,
@@ -339,7 +339,7 @@ pub struct CaptureConverter {
 impl CaptureConverter {
     pub fn new(format: StreamFormat, target_rate: u32) -> Result<Self, ResampleError> {
         Ok(Self {
-            channels: format.channels,
+            downmix: Downmix::new(format.channels, format.sample_rate),
             rate: format.sample_rate,
             resampler: StreamResampler::for_capture(format.sample_rate, target_rate)?,
             mono: Vec::with_capacity(format.sample_rate as usize),
@@ -353,18 +353,18 @@ impl CaptureConverter {
     /// resampler fills its first chunk.
     pub fn convert(&mut self, mut interleaved: &[f32]) -> Result<Samples, ResampleError> {
         self.mono.clear();
-        let channels = usize::from(self.channels.max(1));
+        let channels = self.downmix.channels();
         if !self.partial.is_empty() {
             let take = (channels - self.partial.len()).min(interleaved.len());
             self.partial.extend_from_slice(&interleaved[..take]);
             interleaved = &interleaved[take..];
             if self.partial.len() == channels {
-                downmix(&self.partial, self.channels, &mut self.mono);
+                self.downmix.push(&self.partial, &mut self.mono);
                 self.partial.clear();
             }
         }
         let whole = interleaved.len() / channels * channels;
-        downmix(&interleaved[..whole], self.channels, &mut self.mono);
+        self.downmix.push(&interleaved[..whole], &mut self.mono);
         self.partial.extend_from_slice(&interleaved[whole..]);
         // Every source's audio passes here: one NaN or infinity from a float device (an
         // f64 beyond f32's range is one) would turn the gate's and the resampler's noise
@@ -449,32 +449,87 @@ pub struct CaptureOptions {
     pub retry: RetryPolicy,
 }
 
-/// Downmixes interleaved samples (whole frames) to mono: the mean of the channels, unless
-/// they cancel in it, then the first channel alone. Some microphones (laptop arrays,
-/// USB microphones with one capsule wired in antiphase) deliver a channel inverted: the
-/// mean of the two is the room's noise alone, a cry never opened the gate and nothing
-/// said why. Cancelling means the block's mean has under half the power that channels
-/// with nothing in common would leave it (1/c of theirs): two channels correlated below
-/// -0.5; channels alike or independent keep the mean.
-pub fn downmix(interleaved: &[f32], channels: u16, out: &mut Vec<f32>) {
-    let c = usize::from(channels.max(1));
-    if c == 1 {
-        out.extend_from_slice(interleaved);
-        return;
+/// Downmixes interleaved frames to mono: the mean of the channels, unless they cancel in
+/// it, then one channel alone: the first, or one clearly louder. Some microphones (laptop arrays, USB microphones
+/// with one capsule wired in antiphase) deliver a channel inverted: the mean of the two is
+/// the room's noise alone, a cry never opened the gate and nothing said why. Cancelling
+/// means the mean has under half the power that channels with nothing in common would
+/// leave it (1/c of theirs): two channels correlated below -0.5; channels alike or
+/// independent keep the mean. It is judged on the last half second or so (powers that
+/// decay), not on each block alone: a device's read can end a frame short, and a block
+/// of one frame says nothing about how the channels relate.
+#[derive(Debug, Clone)]
+pub struct Downmix {
+    channels: usize,
+    /// Frames over which the powers decay by 1/e.
+    memory_frames: f64,
+    /// Each channel's decaying sum of squares, and the mean's.
+    channel_power: Vec<f64>,
+    mean_power: f64,
+    /// The channel taken alone when they cancel.
+    taken: usize,
+}
+
+impl Downmix {
+    pub fn new(channels: u16, sample_rate: u32) -> Self {
+        let channels = usize::from(channels.max(1));
+        Self {
+            channels,
+            memory_frames: (f64::from(sample_rate) * 0.5).max(1.0),
+            channel_power: vec![0.0; channels],
+            mean_power: 0.0,
+            taken: 0,
+        }
     }
-    let frames = interleaved.chunks_exact(c);
-    let mean = |frame: &[f32]| frame.iter().sum::<f32>() / c as f32;
-    let (mut mean_power, mut channel_power) = (0.0f64, 0.0f64);
-    for frame in frames.clone() {
-        mean_power += f64::from(mean(frame)).powi(2);
-        channel_power += frame.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>();
+
+    pub fn channels(&self) -> usize {
+        self.channels
     }
-    // channel_power sums c channels: their mean power per channel is channel_power / c,
-    // and independent channels leave the mean 1/c of that.
-    if mean_power * 2.0 * ((c * c) as f64) < channel_power {
-        out.extend(frames.map(|frame| frame[0]));
-    } else {
-        out.extend(frames.map(mean));
+
+    /// Appends the mono samples of `interleaved` (whole frames) to `out`.
+    pub fn push(&mut self, interleaved: &[f32], out: &mut Vec<f32>) {
+        let c = self.channels;
+        if c == 1 {
+            out.extend_from_slice(interleaved);
+            return;
+        }
+        let frames = interleaved.chunks_exact(c);
+        let decay = (-(frames.len() as f64) / self.memory_frames).exp();
+        self.mean_power *= decay;
+        for p in &mut self.channel_power {
+            *p *= decay;
+        }
+        let first = out.len();
+        for frame in frames.clone() {
+            let mean = frame.iter().sum::<f32>() / c as f32;
+            self.mean_power += f64::from(mean).powi(2);
+            out.push(mean);
+        }
+        for (ch, power) in self.channel_power.iter_mut().enumerate() {
+            *power += interleaved
+                .iter()
+                .skip(ch)
+                .step_by(c)
+                .map(|&s| f64::from(s).powi(2))
+                .sum::<f64>();
+        }
+        // The channels' summed power is c times their mean power, and independent
+        // channels leave the mean 1/c of that.
+        let total: f64 = self.channel_power.iter().sum();
+        if self.mean_power * 2.0 * ((c * c) as f64) < total {
+            // The loudest channel, but a channel about as loud as the one taken does not
+            // take over: two channels in antiphase are equally loud, and switching
+            // between them would turn the sound upside down from block to block.
+            let loudest = (0..c)
+                .max_by(|&a, &b| self.channel_power[a].total_cmp(&self.channel_power[b]))
+                .unwrap_or(0);
+            if self.channel_power[loudest] > 2.0 * self.channel_power[self.taken] {
+                self.taken = loudest;
+            }
+            for (mono, frame) in out[first..].iter_mut().zip(frames) {
+                *mono = frame[self.taken];
+            }
+        }
     }
 }
 
@@ -1340,16 +1395,24 @@ mod tests {
         assert_eq!(&out[..], [0.0, 0.0, 1.0, 0.0, -0.25]);
     }
 
+    fn downmixed(interleaved: &[f32], channels: u16, block_frames: usize) -> Vec<f32> {
+        let mut downmix = Downmix::new(channels, 8000);
+        let mut out = Vec::new();
+        for block in interleaved.chunks(block_frames * usize::from(channels)) {
+            downmix.push(block, &mut out);
+        }
+        out
+    }
+
     #[test]
     fn downmix_averages_channels() {
-        let mut out = Vec::new();
-        downmix(&[1.0, 0.0, 0.5, 0.5], 2, &mut out);
-        assert_eq!(out, vec![0.5, 0.5]);
+        assert_eq!(downmixed(&[1.0, 0.0, 0.5, 0.5], 2, 2), vec![0.5, 0.5]);
     }
 
     /// A channel in antiphase: the mix would cancel the sound (a cry 40 dB down, to the
-    /// room's noise), so the first channel is taken alone; two independent noises, or
-    /// six, keep the mean.
+    /// room's noise), so the loudest channel is taken alone, in blocks of any size (a
+    /// device read can end a frame short: a block of one frame); two independent noises,
+    /// or six, keep the mean, in blocks of one frame too.
     #[test]
     fn channels_that_cancel_are_not_averaged() {
         let cry = crate::synth::cry(8000, 1.0, 0.5);
@@ -1358,19 +1421,34 @@ mod tests {
             .iter()
             .flat_map(|&s| [s + 0.001 * noise.sample(), -s + 0.001 * noise.sample()])
             .collect();
-        let mut out = Vec::new();
-        downmix(&stereo, 2, &mut out);
         let first: Vec<f32> = stereo.iter().step_by(2).copied().collect();
-        assert_eq!(out, first);
+        // (Compared from 0.1 s on: a first frame alone, where the cry has not started,
+        // is two independent noises.)
+        for block_frames in [1, 3, 512, 8000] {
+            let out = downmixed(&stereo, 2, block_frames);
+            assert!(out[800..] == first[800..], "{block_frames}");
+        }
+        // Three channels: the first dead, the other two in antiphase.
+        let dead_first: Vec<f32> = cry
+            .iter()
+            .flat_map(|&s| [0.0, 0.8 * s, -s + 0.001 * noise.sample()])
+            .collect();
+        let third: Vec<f32> = dead_first.iter().skip(2).step_by(3).copied().collect();
+        assert!(downmixed(&dead_first, 3, 256) == third);
         for c in [2u16, 6] {
             let independent: Vec<f32> =
                 (0..8000 * usize::from(c)).map(|_| noise.sample()).collect();
-            let mut out = Vec::new();
-            downmix(&independent, c, &mut out);
             let c = usize::from(c);
-            assert_eq!(
-                out[7],
-                independent[7 * c..8 * c].iter().sum::<f32>() / c as f32
+            let means: Vec<f32> = independent
+                .chunks(c)
+                .map(|f| f.iter().sum::<f32>() / c as f32)
+                .collect();
+            assert!(downmixed(&independent, c as u16, 8000) == means, "{c}");
+            // One frame at a time: the first frames say little, and from then on the
+            // last half second decides.
+            assert!(
+                downmixed(&independent, c as u16, 1)[800..] == means[800..],
+                "{c}"
             );
         }
     }
