@@ -612,10 +612,16 @@ impl Capture {
     }
 
     fn set_state(&mut self, state: AudioState) -> bool {
-        // One report per state: a loss that keeps failing for other reasons, or a
-        // stall that lasts longer, is not news. (Digital silence that turns into no
-        // audio at all is: both are "stalled", but only the second stops the audio.)
-        if self.state.as_ref().map(std::mem::discriminant) == Some(std::mem::discriminant(&state)) {
+        // One report per state: a loss that keeps failing for the same reason, or a stall
+        // that lasts longer, is not news. A loss whose reason changed is (unplugged, then
+        // "no such device" at each reopen: the status must say what is wrong now), at
+        // info: the warning was given when it began. (Digital silence that turns into no
+        // audio at all is news too: both are "stalled", but only the second stops the
+        // audio.)
+        let same_kind =
+            self.state.as_ref().map(std::mem::discriminant) == Some(std::mem::discriminant(&state));
+        let same_reason = self.state.as_ref().map(AudioState::detail) == Some(state.detail());
+        if same_kind && (same_reason || !matches!(state, AudioState::Lost(_))) {
             return true;
         }
         let (source, name) = (self.source.describe(), state.name());
@@ -1563,6 +1569,72 @@ mod tests {
             .zip(open_times.iter().skip(1))
             .map(|(failed, opened)| *opened - *failed)
             .collect()
+    }
+
+    /// A device that is missing for several opens, for one reason and then another,
+    /// then comes: each reason is reported once, the newest last (it is what STATUS=
+    /// and the diagnostics show), then the audio.
+    #[test]
+    fn a_loss_whose_reason_changes_is_reported_again() {
+        struct Missing(Vec<&'static str>);
+        impl AudioSource for Missing {
+            fn describe(&self) -> String {
+                "missing test microphone".into()
+            }
+            fn open(&mut self) -> Result<StreamFormat, SourceError> {
+                if self.0.is_empty() {
+                    return Ok(StreamFormat {
+                        sample_rate: 8000,
+                        channels: 1,
+                    });
+                }
+                Err(SourceError::Unavailable {
+                    device: self.describe(),
+                    reason: self.0.remove(0).into(),
+                })
+            }
+            fn pull(&mut self, buf: &mut Vec<f32>) -> Result<Pull, SourceError> {
+                buf.extend([0.1; 800]);
+                Ok(Pull::Audio)
+            }
+        }
+        let source = Missing(vec!["unplugged", "unplugged", "busy", "busy", "busy"]);
+        let options = CaptureOptions {
+            target_rate: 8000,
+            stall_seconds: 10.0,
+            retry: RetryPolicy {
+                initial: Duration::from_millis(1),
+                max: Duration::from_millis(2),
+            },
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel(100_000);
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = spawn_capture(Box::new(source), options, tx, stop.clone()).unwrap();
+        let mut states = Vec::new();
+        let started = Instant::now();
+        while !states.contains(&AudioState::Running) && started.elapsed() < Duration::from_secs(10)
+        {
+            match rx.try_recv() {
+                Ok(SourceEvent::State(state)) => states.push(state),
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        drop(rx);
+        thread.join().unwrap();
+        let lost = |reason: &str| {
+            AudioState::Lost(format!("missing test microphone: unavailable: {reason}"))
+        };
+        assert_eq!(
+            states,
+            [
+                AudioState::Connecting,
+                lost("unplugged"),
+                lost("busy"),
+                AudioState::Running
+            ]
+        );
     }
 
     #[test]

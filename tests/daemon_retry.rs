@@ -184,13 +184,16 @@ async fn a_lost_source_is_retried_reported_and_resumed() {
         })
         .collect();
     let names: Vec<&str> = states.iter().map(|s| s.0.as_str()).collect();
-    // Two failed opens at boot are one loss, reported once.
+    // Two failed opens at boot are one loss, reported once. A loss whose reason
+    // changes (unplugged, then busy at the reopen) is reported again: the state shown
+    // says what is wrong now.
     assert_eq!(
         names,
         [
             "connecting",
             "lost",
             "running",
+            "lost",
             "lost",
             "running",
             "stalled",
@@ -201,7 +204,8 @@ async fn a_lost_source_is_retried_reported_and_resumed() {
     );
     assert!(states[1].1.contains("no such device"), "{states:?}");
     assert!(states[3].1.contains("device unplugged"), "{states:?}");
-    assert!(states[5].1.contains("digital silence"), "{states:?}");
+    assert!(states[4].1.contains("device busy"), "{states:?}");
+    assert!(states[6].1.contains("digital silence"), "{states:?}");
     assert_eq!(opens.load(Ordering::SeqCst), 5);
     // Every delivered second reached the analysis (6 s at 48 kHz -> 8 kHz, less the
     // resampler's start-up delay at each reopen).
@@ -297,6 +301,8 @@ async fn a_microphone_lost_in_the_middle_of_a_cry_ends_the_episode_then() {
             "running",
             "episode_start",
             "episode_end",
+            // Unplugged, then no such device at the reopens.
+            "lost",
             "lost",
             "running",
             "ended"
