@@ -303,6 +303,28 @@ async fn discovery_states_and_events_arrive_with_the_right_retain_flags() {
         .await;
 }
 
+/// A client that publishes as Home Assistant would, with a packet limit of 1 MiB; the
+/// task that drives it.
+fn fake_home_assistant(port: u16) -> (AsyncClient, tokio::task::JoinHandle<()>) {
+    let mut ha_opts = MqttOptions::new("fake-ha", "127.0.0.1", port);
+    ha_opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (ha, mut ha_loop) = AsyncClient::new(ha_opts, 10);
+    let poller = tokio::spawn(async move { while ha_loop.poll().await.is_ok() {} });
+    (ha, poller)
+}
+
+/// 300 KiB on Home Assistant's status: over the daemon's 256 KiB packet limit.
+async fn publish_over_the_size_limit(ha: &AsyncClient, retain: bool) {
+    ha.publish(
+        "homeassistant/status",
+        QoS::AtLeastOnce,
+        retain,
+        vec![b'x'; 300 * 1024],
+    )
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn home_assistant_birth_message_triggers_rediscovery_and_junk_is_ignored() {
     let broker = Broker::start();
@@ -319,10 +341,7 @@ async fn home_assistant_birth_message_triggers_rediscovery_and_junk_is_ignored()
     let retained_configs = live.all().len();
     assert_eq!(retained_configs, 10);
 
-    let mut ha_opts = MqttOptions::new("fake-ha", "127.0.0.1", broker.port);
-    ha_opts.set_max_packet_size(1 << 20, 1 << 20);
-    let (ha, mut ha_loop) = AsyncClient::new(ha_opts, 10);
-    let poller = tokio::spawn(async move { while ha_loop.poll().await.is_ok() {} });
+    let (ha, poller) = fake_home_assistant(broker.port);
     // Junk on Home Assistant's status and on the daemon's own topics (commands it does
     // not have): wrong words, invalid UTF-8, a retained offline, payloads up to the
     // client's 256 KiB packet limit.
@@ -371,14 +390,7 @@ async fn home_assistant_birth_message_triggers_rediscovery_and_junk_is_ignored()
 
     // Over the 256 KiB packet limit: MQTT 3.1.1 cannot refuse it, so rumqttc drops the
     // connection; the link reconnects (backoff from 1..2 s) and announces itself again.
-    ha.publish(
-        "homeassistant/status",
-        QoS::AtLeastOnce,
-        false,
-        vec![b'x'; 300 * 1024],
-    )
-    .await
-    .unwrap();
+    publish_over_the_size_limit(&ha, false).await;
     wait_until("reconnected", Duration::from_secs(10), || {
         let st = handle.status();
         st.connected && st.connections == 2
@@ -990,6 +1002,46 @@ fn tls_broker(d: &Path, extra: &str) -> (Broker, u16) {
 }
 
 /// `cfg` (valid) comes online, publishes one event and shuts down; `live` sees both.
+/// A retained message over the 256 KiB packet limit on Home Assistant's status comes back
+/// at every subscribe: after it cost two connections in a row the daemon stops
+/// subscribing, and the third connection stays up and delivers, instead of one reconnect
+/// per backoff for as long as the message stays.
+#[tokio::test]
+async fn a_retained_message_over_the_size_limit_costs_two_connections_not_all_of_them() {
+    let broker = Broker::start();
+    let (ha, poller) = fake_home_assistant(broker.port);
+    publish_over_the_size_limit(&ha, true).await;
+    // Time for the broker to take it (the poller acknowledges it).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let cfg = config(broker.port, "bignode");
+    let (handle, _task) = MqttHandle::spawn(&cfg, device());
+    // Backoffs of 1..2 s and 2..4 s after the two losses.
+    wait_until("the third connection", Duration::from_secs(15), || {
+        let st = handle.status();
+        st.connected && st.connections == 3
+    })
+    .await;
+    let live = Subscriber::start(broker.port, &["babycry/bignode/event"]).await;
+    let e = window_event(1, 0);
+    handle.send(Update::Event(e.clone()));
+    live.wait_for(
+        "babycry/bignode/event",
+        &e.to_json(),
+        Duration::from_secs(5),
+    )
+    .await;
+    // Longer than the next backoff (4..8 s) would have been.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let st = handle.status();
+    assert!(
+        st.connected && st.connections == 3 && st.failures == 2,
+        "{st:?}"
+    );
+    poller.abort();
+    handle.shutdown(Duration::from_secs(5)).await;
+}
+
 async fn one_event_over(cfg: &MqttConfig, live: &Subscriber) {
     cfg.validate().unwrap();
     let base = format!("babycry/{}", cfg.node_id);

@@ -295,10 +295,19 @@ enum Net {
     /// before the link task has dropped `heard` (see [`drive`]).
     Down {
         error: String,
+        /// The broker sent a message over [`MAX_PACKET_BYTES`] (on Home Assistant's
+        /// status, the one topic subscribed to).
+        oversize: bool,
         retry_in: Duration,
         heard: oneshot::Sender<()>,
     },
 }
+
+/// Connections in a row lost to a message over the size limit after which the daemon
+/// stops subscribing to Home Assistant's status: a retained one comes back at every
+/// subscribe, and would cost a reconnect at every backoff for as long as it stays. (A
+/// single one, not retained, costs one reconnect.)
+const OVERSIZE_LOSSES_TO_STOP_LISTENING: u32 = 2;
 
 /// Polls the event loop forever, sleeping with backoff after each failure; the backoff
 /// starts again from 1..2 s only after a connection that stayed up (see [`STABLE_AFTER`]).
@@ -334,9 +343,16 @@ async fn drive(mut eventloop: EventLoop, cfg: MqttConfig, tx: mpsc::UnboundedSen
                 failures = failures.saturating_add(1);
                 let retry_in = backoff(failures);
                 let error = describe(&e, &cfg);
+                let oversize = matches!(
+                    e,
+                    ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+                        rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(_),
+                    ))
+                );
                 let (heard, link_heard) = oneshot::channel();
                 let down = Net::Down {
                     error,
+                    oversize,
                     retry_in,
                     heard,
                 };
@@ -440,6 +456,9 @@ struct Link {
     /// Next outbox sequence number to submit.
     next_seq: u64,
     rediscover_at: Option<Instant>,
+    /// Connections lost in a row to a message over the size limit (see
+    /// [`OVERSIZE_LOSSES_TO_STOP_LISTENING`]).
+    oversize_losses: u32,
     closing: Option<Closing>,
     status: LinkStatus,
     status_tx: watch::Sender<LinkStatus>,
@@ -494,6 +513,7 @@ pub(crate) async fn run(
         backlog_reported: false,
         next_seq: 0,
         rediscover_at: None,
+        oversize_losses: 0,
         closing: None,
         status: LinkStatus::default(),
         status_tx,
@@ -519,8 +539,8 @@ pub(crate) async fn run(
             },
             net = net_rx.recv() => match net {
                 Some(Net::Event(e)) => link.on_event(e),
-                Some(Net::Down { error, retry_in, heard }) => {
-                    link.on_down(error, retry_in);
+                Some(Net::Down { error, oversize, retry_in, heard }) => {
+                    link.on_down(error, oversize, retry_in);
                     // Not connected any more: nothing is submitted until the next ConnAck.
                     drop(heard);
                 }
@@ -746,11 +766,13 @@ impl Link {
                     "mqtt connected"
                 );
                 // A clean session forgets subscriptions: subscribe on every ConnAck.
-                if let Err(e) = self
-                    .client
-                    .try_subscribe(self.topics.ha_status.clone(), QoS::AtLeastOnce)
-                {
-                    tracing::warn!("cannot subscribe to {}: {e}", self.topics.ha_status);
+                if self.oversize_losses < OVERSIZE_LOSSES_TO_STOP_LISTENING {
+                    if let Err(e) = self
+                        .client
+                        .try_subscribe(self.topics.ha_status.clone(), QoS::AtLeastOnce)
+                    {
+                        tracing::warn!("cannot subscribe to {}: {e}", self.topics.ha_status);
+                    }
                 }
                 // A new connection: `offline` goes again, after the events.
                 if let Some(c) = self.closing.as_mut() {
@@ -856,7 +878,24 @@ impl Link {
         }
     }
 
-    fn on_down(&mut self, error: String, retry_in: Duration) {
+    fn on_down(&mut self, error: String, oversize: bool, retry_in: Duration) {
+        // Once it stopped listening, for good: each drop of the network would otherwise
+        // cost two more reconnects to find the message still there.
+        if oversize {
+            self.oversize_losses = self.oversize_losses.saturating_add(1);
+        } else if self.oversize_losses < OVERSIZE_LOSSES_TO_STOP_LISTENING {
+            self.oversize_losses = 0;
+        }
+        if self.oversize_losses == OVERSIZE_LOSSES_TO_STOP_LISTENING {
+            tracing::warn!(
+                "a message over the size limit on {} came back on the next connection \
+                 (retained): babycryd stops listening to Home Assistant's status until it \
+                 restarts, and sends discovery at every connection only; clear the message \
+                 with `mosquitto_pub -r -n -t {}`",
+                self.topics.ha_status,
+                self.topics.ha_status
+            );
+        }
         if self.connected {
             tracing::warn!(
                 queued = self.outbox.len(),
