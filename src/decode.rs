@@ -338,10 +338,13 @@ struct OggStreamProgress {
     ended: bool,
 }
 
-/// Checks every page of an Ogg file: its capture pattern and checksum, no page missing
-/// from a stream's sequence, and each stream closed by its end-of-stream page. The error
-/// says what is wrong and at which byte.
+/// Checks every page of an Ogg file: its capture pattern, version and checksum, each
+/// stream begun by a first page, no page missing from a stream's sequence or out of
+/// order, each stream closed by its end-of-stream page, and no second stream chained
+/// after the first ones ended (symphonia would play the first alone). The error says
+/// what is wrong and at which byte.
 fn walk_ogg_pages(mut pages: impl std::io::Read) -> Result<(), String> {
+    const BEGINNING_OF_STREAM: u8 = 0x02;
     const END_OF_STREAM: u8 = 0x04;
     let mut streams = std::collections::HashMap::<u32, OggStreamProgress>::new();
     let mut offset = 0u64;
@@ -350,17 +353,29 @@ fn walk_ogg_pages(mut pages: impl std::io::Read) -> Result<(), String> {
         let mut header = [0u8; 27];
         let got = read_up_to(&mut pages, &mut header).map_err(|e| e.to_string())?;
         let all_ended = !streams.is_empty() && streams.values().all(|s| s.ended);
-        if got == 0 || (all_ended && (got < 4 || &header[..4] != b"OggS")) {
+        let capture = got >= 4 && &header[..4] == b"OggS";
+        if got == 0 || (all_ended && !capture) {
             // The end, or bytes after the last stream ended (padding, a tag) that no
             // decoder reads.
             break;
         }
-        if got < header.len() {
-            return Err(ogg_cut(offset));
+        if all_ended {
+            return Err(format!(
+                "a second Ogg stream starts at byte {offset}, after the first ended (a \
+                 chained file): only the first would be played; split the file"
+            ));
         }
-        if &header[..4] != b"OggS" || header[4] != 0 {
+        if got < header.len() {
+            return Err(ogg_cut_inside(offset));
+        }
+        if !capture {
             return Err(format!(
                 "damaged: no Ogg page starts at byte {offset}, where one should"
+            ));
+        }
+        if header[4] != 0 {
+            return Err(format!(
+                "damaged: the Ogg page at byte {offset} has an unknown version"
             ));
         }
         let mut lacing = [0u8; 255];
@@ -369,13 +384,13 @@ fn walk_ogg_pages(mut pages: impl std::io::Read) -> Result<(), String> {
         page.clear();
         page.extend_from_slice(&header);
         if pages.read_exact(lacing).is_err() {
-            return Err(ogg_cut(offset));
+            return Err(ogg_cut_inside(offset));
         }
         page.extend_from_slice(lacing);
         let body_start = page.len();
         page.resize(body_start + body(lacing), 0);
         if pages.read_exact(&mut page[body_start..]).is_err() {
-            return Err(ogg_cut(offset));
+            return Err(ogg_cut_inside(offset));
         }
         let field =
             |at: usize| u32::from_le_bytes([page[at], page[at + 1], page[at + 2], page[at + 3]]);
@@ -384,6 +399,12 @@ fn walk_ogg_pages(mut pages: impl std::io::Read) -> Result<(), String> {
         if ogg_crc(&page) != stored_crc {
             return Err(format!(
                 "damaged: the Ogg page at byte {offset} fails its checksum"
+            ));
+        }
+        let begins = header[5] & BEGINNING_OF_STREAM != 0;
+        if !begins && !streams.contains_key(&serial) {
+            return Err(format!(
+                "damaged: the Ogg page at byte {offset} belongs to no stream the file began"
             ));
         }
         let stream = streams.entry(serial).or_insert(OggStreamProgress {
@@ -397,7 +418,7 @@ fn walk_ogg_pages(mut pages: impl std::io::Read) -> Result<(), String> {
         }
         if sequence != stream.next_sequence {
             return Err(format!(
-                "damaged: Ogg pages are missing before byte {offset}"
+                "damaged: Ogg pages are missing or out of order before byte {offset}"
             ));
         }
         stream.next_sequence = sequence.wrapping_add(1);
@@ -405,13 +426,15 @@ fn walk_ogg_pages(mut pages: impl std::io::Read) -> Result<(), String> {
         offset += page.len() as u64;
     }
     if streams.values().any(|s| !s.ended) {
-        return Err(ogg_cut(offset));
+        return Err(format!(
+            "truncated: the file ends at byte {offset} without the Ogg stream's last page"
+        ));
     }
     Ok(())
 }
 
-fn ogg_cut(offset: u64) -> String {
-    format!("truncated: the Ogg stream stops at byte {offset}, before its last page")
+fn ogg_cut_inside(offset: u64) -> String {
+    format!("truncated: the file ends inside the Ogg page that starts at byte {offset}")
 }
 
 /// Reads until `buf` is full or the source ends; the number of bytes read.
@@ -602,7 +625,7 @@ mod tests {
         let cut = decode_bytes(tone[..2700].to_vec(), Some("ogg"), path).unwrap_err();
         assert_eq!(
             cut.to_string(),
-            "tone.ogg: corrupt or truncated audio: truncated: the Ogg stream stops at byte 2640, before its last page"
+            "tone.ogg: corrupt or truncated audio: truncated: the file ends inside the Ogg page that starts at byte 2640"
         );
         let mut flipped = tone.clone();
         flipped[2700] ^= 0x01;
@@ -625,26 +648,39 @@ mod tests {
         assert_eq!(
             walk_ogg_pages(&gap[..]),
             Err(format!(
-                "damaged: Ogg pages are missing before byte {}",
+                "damaged: Ogg pages are missing or out of order before byte {}",
                 first.len()
             ))
         );
         let unended = [&first[..], &second].concat();
         assert_eq!(
             walk_ogg_pages(&unended[..]),
-            Err(ogg_cut(unended.len() as u64))
-        );
-        // A chained file: a second stream (another serial) after the first one's end.
-        let chained = [&whole[..], &ogg_page(8, 0, 0x06, &[4; 9])].concat();
-        assert_eq!(walk_ogg_pages(&chained[..]), Ok(()));
-        let restarted = [&whole[..], &first].concat();
-        assert_eq!(
-            walk_ogg_pages(&restarted[..]),
             Err(format!(
-                "damaged: the Ogg page at byte {} follows the end of its stream",
-                whole.len()
+                "truncated: the file ends at byte {} without the Ogg stream's last page",
+                unended.len()
             ))
         );
+        // A page of a stream the file never began (spliced in from another file).
+        let stray = [&first[..], &ogg_page(9, 5, 0, &[5; 9]), &second, &last].concat();
+        assert_eq!(
+            walk_ogg_pages(&stray[..]),
+            Err(format!(
+                "damaged: the Ogg page at byte {} belongs to no stream the file began",
+                first.len()
+            ))
+        );
+        // A chained file (another stream after the first one's end; the same one again
+        // too): symphonia would play the first alone.
+        for next in [ogg_page(8, 0, 0x06, &[4; 9]), first.clone()] {
+            let chained = [&whole[..], &next].concat();
+            assert_eq!(
+                walk_ogg_pages(&chained[..]),
+                Err(format!(
+                    "a second Ogg stream starts at byte {}, after the first ended (a chained file): only the first would be played; split the file",
+                    whole.len()
+                ))
+            );
+        }
     }
 
     #[test]

@@ -496,7 +496,7 @@ fn a_vbr_mp3_without_a_length_header_that_starts_quiet_is_not_called_truncated()
     assert!((seconds - 20.0).abs() < 0.1, "{answer}");
 }
 
-/// An Ogg Vorbis recording cut in half, or with one byte damaged, is refused whole with
+/// An Ogg Vorbis recording cut in half, with one byte damaged, or two chained, is refused with
 /// exit 1 by `classify` and by a replay, as the same damage to a FLAC or WAV file is. The
 /// decoder alone replayed the part it could read and ended as if the file were whole.
 #[test]
@@ -516,6 +516,9 @@ fn a_cut_or_damaged_ogg_recording_is_refused_not_replayed_in_part() {
     flipped[at] ^= 0x10;
     let damaged = dir.path().join("damaged.ogg");
     std::fs::write(&damaged, &flipped).unwrap();
+    // Two recordings one after the other (`cat a.ogg b.ogg`): symphonia plays the first.
+    let chained = dir.path().join("chained.ogg");
+    std::fs::write(&chained, [&whole[..], &whole].concat()).unwrap();
     let config = dir.path().join("config.toml");
     std::fs::write(&config, "[mqtt]\nenabled = false\n").unwrap();
 
@@ -539,8 +542,9 @@ fn a_cut_or_damaged_ogg_recording_is_refused_not_replayed_in_part() {
         "{summary}"
     );
     for (file, says) in [
-        (&cut, "truncated: the Ogg stream stops at byte"),
+        (&cut, "truncated: the file ends inside the Ogg page"),
         (&damaged, "damaged: "),
+        (&chained, "(a chained file): only the first would be played"),
     ] {
         for out in [
             replay(file),
