@@ -347,12 +347,15 @@ fn walk_ogg_pages(mut pages: impl std::io::Read) -> Result<(), String> {
     const BEGINNING_OF_STREAM: u8 = 0x02;
     const END_OF_STREAM: u8 = 0x04;
     let mut streams = std::collections::HashMap::<u32, OggStreamProgress>::new();
+    // Streams begun and not yet ended: counted, not looked up at every page (a file of
+    // many one-page streams would take quadratic time).
+    let mut open_streams = 0usize;
     let mut offset = 0u64;
     let mut page = Vec::new();
     loop {
         let mut header = [0u8; 27];
         let got = read_up_to(&mut pages, &mut header).map_err(|e| e.to_string())?;
-        let all_ended = !streams.is_empty() && streams.values().all(|s| s.ended);
+        let all_ended = !streams.is_empty() && open_streams == 0;
         let capture = got >= 4 && &header[..4] == b"OggS";
         if got == 0 || (all_ended && !capture) {
             // The end, or bytes after the last stream ended (padding, a tag) that no
@@ -407,9 +410,12 @@ fn walk_ogg_pages(mut pages: impl std::io::Read) -> Result<(), String> {
                 "damaged: the Ogg page at byte {offset} belongs to no stream the file began"
             ));
         }
-        let stream = streams.entry(serial).or_insert(OggStreamProgress {
-            next_sequence: sequence,
-            ended: false,
+        let stream = streams.entry(serial).or_insert_with(|| {
+            open_streams += 1;
+            OggStreamProgress {
+                next_sequence: sequence,
+                ended: false,
+            }
         });
         if stream.ended {
             return Err(format!(
@@ -423,9 +429,12 @@ fn walk_ogg_pages(mut pages: impl std::io::Read) -> Result<(), String> {
         }
         stream.next_sequence = sequence.wrapping_add(1);
         stream.ended = header[5] & END_OF_STREAM != 0;
+        if stream.ended {
+            open_streams -= 1;
+        }
         offset += page.len() as u64;
     }
-    if streams.values().any(|s| !s.ended) {
+    if open_streams > 0 {
         return Err(format!(
             "truncated: the file ends at byte {offset} without the Ogg stream's last page"
         ));

@@ -499,19 +499,28 @@ impl Downmix {
         for p in &mut self.channel_power {
             *p *= decay;
         }
+        // The powers are kept for half a second, so they are measured on samples within
+        // full scale, and a block with a NaN or an infinity (zeroed or refused after the
+        // downmix) adds nothing: one bad sample must not decide for the rest of the run.
+        let power = |s: f32| f64::from(s.clamp(-1.0, 1.0)).powi(2);
+        let measured = interleaved.iter().all(|s| s.is_finite());
         let first = out.len();
         for frame in frames.clone() {
             let mean = frame.iter().sum::<f32>() / c as f32;
-            self.mean_power += f64::from(mean).powi(2);
+            if measured {
+                self.mean_power += power(mean);
+            }
             out.push(mean);
         }
-        for (ch, power) in self.channel_power.iter_mut().enumerate() {
-            *power += interleaved
-                .iter()
-                .skip(ch)
-                .step_by(c)
-                .map(|&s| f64::from(s).powi(2))
-                .sum::<f64>();
+        if measured {
+            for (ch, kept) in self.channel_power.iter_mut().enumerate() {
+                *kept += interleaved
+                    .iter()
+                    .skip(ch)
+                    .step_by(c)
+                    .map(|&s| power(s))
+                    .sum::<f64>();
+            }
         }
         // The channels' summed power is c times their mean power, and independent
         // channels leave the mean 1/c of that.
@@ -682,7 +691,8 @@ impl Capture {
                 Err(e) if !e.retryable() => return Err(e),
                 Err(e) => {
                     failures += 1;
-                    // Warn once per loss (set_state skips repeats); details at debug.
+                    // Warn once per loss (set_state reports a loss again only when its
+                    // reason changes); details at debug.
                     tracing::debug!(attempt = failures, "{e}");
                     if !self.set_state(AudioState::Lost(e.to_string()))
                         || !self.wait(self.options.retry.delay(failures))
@@ -799,9 +809,11 @@ impl Capture {
                             {
                                 return Ok(false);
                             }
+                            // No measured time in the reason: it grows at each reopen, and a
+                            // loss whose reason changes is reported again (set_state).
                             return Err(SourceError::Lost {
                                 device,
-                                reason: format!("{}: reopening", detail()),
+                                reason: "no audio came: reopening".into(),
                             });
                         }
                         if !self.stall(AudioState::Stalled, detail) {
@@ -1036,9 +1048,9 @@ enum PipedFile {
     TooFewBytes,
 }
 
-/// The most first bytes [`piped_file`] looks at: two MPEG audio frame headers and the
-/// frame between (the longest, Layer II at 384 kbit/s and 32 kHz, is 1729 bytes).
-const PIPED_FILE_BYTES: usize = 2048;
+/// The most first bytes [`piped_file`] looks at: three MPEG audio frame headers and the
+/// frames between (the longest, Layer II at 384 kbit/s and 32 kHz, is 1730 bytes).
+const PIPED_FILE_BYTES: usize = 3 * 1730 + 4;
 
 /// Whether a raw stream's first bytes are an audio file's: a file piped in
 /// (`cat night.wav |`, `arecord` without `-t raw`, `lame ... -`) is not raw PCM, and
@@ -1062,44 +1074,40 @@ fn piped_file(first: &[u8]) -> PipedFile {
         return PipedFile::Named("MP3");
     }
     // An MP3 without a tag starts with a frame header, whose sync bits are also a valid
-    // sample: a second header of the same stream right where the first frame ends says
-    // MPEG audio (random samples would match about once in 10^8 streams, and a steady
-    // level never: its third byte would be an invalid bit rate).
-    let Some((length, stream)) = mpeg_frame(first) else {
-        return PipedFile::NotAFile;
-    };
-    match first.get(length..) {
-        Some(next) if next.len() >= 4 => {
-            if mpeg_frame(next).is_some_and(|(_, s)| s == stream) {
-                PipedFile::Named("MP3")
-            } else {
-                PipedFile::NotAFile
+    // sample: two more headers of the same stream, each where the frame before ends, say
+    // MPEG audio. (Random samples would match about once in 10^13 streams. Layer I is not
+    // taken: no encoder in use writes it, and its header is what a stereo stream whose
+    // left channel sits at -1 looks like, frame after frame, 4 bytes apart.)
+    let mut at = 0;
+    let mut stream = None;
+    for _ in 0..3 {
+        let Some(header) = first.get(at..at + 4) else {
+            return PipedFile::TooFewBytes;
+        };
+        match mpeg_frame(header) {
+            Some((length, s)) if stream.is_none_or(|first| first == s) => {
+                stream = Some(s);
+                at += length;
             }
+            _ => return PipedFile::NotAFile,
         }
-        _ => PipedFile::TooFewBytes,
     }
+    PipedFile::Named("MP3")
 }
 
-/// The MPEG audio frame (MP1, MP2, MP3) whose 4-byte header starts `h`, if one does: its
-/// length in bytes, and the bits that name its stream (version, layer, sample rate).
+/// The MPEG audio frame (Layer II or III: MP2, MP3) whose 4-byte header starts `h`, if one
+/// does: its length in bytes, and the bits that name its stream (version, layer, sample
+/// rate).
 fn mpeg_frame(h: &[u8]) -> Option<(usize, u16)> {
-    const V1_KBPS: [[u16; 14]; 3] = [
-        [
-            32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448,
-        ],
-        [
-            32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384,
-        ],
-        [
-            32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320,
-        ],
+    // kbit/s by bit-rate index 1..=14: MPEG 1 Layer II, MPEG 1 Layer III, and MPEG 2 and
+    // 2.5 (both layers).
+    const MPEG1_LAYER2: [u16; 14] = [
+        32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384,
     ];
-    const V2_KBPS: [[u16; 14]; 2] = [
-        [
-            32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256,
-        ],
-        [8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160],
+    const MPEG1_LAYER3: [u16; 14] = [
+        32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320,
     ];
+    const MPEG2: [u16; 14] = [8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160];
     let h = h.get(..4)?;
     if h[0] != 0xFF || h[1] & 0xE0 != 0xE0 {
         return None;
@@ -1108,28 +1116,31 @@ fn mpeg_frame(h: &[u8]) -> Option<(usize, u16)> {
     let layer = 4 - ((h[1] >> 1) & 3); // 1, 2, 3; 4 is reserved
     let bitrate_index = usize::from(h[2] >> 4);
     let rate_index = usize::from((h[2] >> 2) & 3);
-    if version == 1 || layer == 4 || !(1..15).contains(&bitrate_index) || rate_index == 3 {
+    // MPEG 2.5 has Layer III only.
+    if version == 1
+        || !(2..=3).contains(&layer)
+        || (version == 0 && layer != 3)
+        || !(1..15).contains(&bitrate_index)
+        || rate_index == 3
+    {
         return None;
     }
-    let layer_index = usize::from(layer - 1);
-    let (kbps, base_rate) = if version == 3 {
-        (V1_KBPS[layer_index][bitrate_index - 1], 44_100)
-    } else {
-        let rate = if version == 2 { 22_050 } else { 11_025 };
-        (V2_KBPS[layer_index.min(1)][bitrate_index - 1], rate)
+    let (table, base_rate) = match (version, layer) {
+        (3, 2) => (&MPEG1_LAYER2, 44_100),
+        (3, _) => (&MPEG1_LAYER3, 44_100),
+        (2, _) => (&MPEG2, 22_050),
+        _ => (&MPEG2, 11_025),
     };
     let rate = [
         base_rate,
         base_rate * 48_000 / 44_100,
         base_rate * 32_000 / 44_100,
     ][rate_index];
-    let bits_per_second = usize::from(kbps) * 1000;
+    let bits_per_second = usize::from(table[bitrate_index - 1]) * 1000;
     let padding = usize::from((h[2] >> 1) & 1);
-    let length = match layer {
-        1 => (12 * bits_per_second / rate + padding) * 4,
-        3 if version != 3 => 72 * bits_per_second / rate + padding,
-        _ => 144 * bits_per_second / rate + padding,
-    };
+    // Samples per frame / 8: 1152 / 8, but 576 / 8 for Layer III below MPEG 1.
+    let bytes_per_bit_rate = if layer == 3 && version != 3 { 72 } else { 144 };
+    let length = bytes_per_bit_rate * bits_per_second / rate + padding;
     Some((length, u16::from(h[1] & 0x1E) << 8 | u16::from(h[2] & 0x0C)))
 }
 
@@ -1434,6 +1445,13 @@ mod tests {
             let out = downmixed(&stereo, 2, block_frames);
             assert!(out[800..] == first[800..], "{block_frames}");
         }
+        // A NaN and an infinity (clamped after the downmix) in the second channel, and a
+        // sample far beyond full scale: the choice stays with the first channel.
+        let mut damaged = stereo.clone();
+        damaged[1001] = f32::NAN;
+        damaged[3001] = f32::INFINITY;
+        damaged[5001] = 1e30;
+        assert!(downmixed(&damaged, 2, 512)[800..] == first[800..]);
         // Three channels: the first dead, the other two in antiphase.
         let dead_first: Vec<f32> = cry
             .iter()
@@ -1832,23 +1850,34 @@ mod tests {
         assert_eq!(mpeg_frame(mp3), Some((72, 0x0208)));
         let e = pull_all(mp3.to_vec()).unwrap_err().to_string();
         assert!(e.contains("the stream is in MP3 format"), "{e}");
-        // MPEG 1 Layer III at 128 kbit/s and 44.1 kHz, padded: 418 bytes; Layer II at
-        // 384 kbit/s and 32 kHz, the longest frame: 1729 bytes.
-        let mut mpeg1 = vec![0u8; 418 + 4];
-        mpeg1[..4].copy_from_slice(&[0xFF, 0xFB, 0x92, 0x64]);
-        mpeg1[418..].copy_from_slice(&[0xFF, 0xFB, 0x90, 0x64]);
-        assert_eq!(mpeg_frame(&mpeg1), Some((418, 0x1A00)));
-        assert!(pull_all(mpeg1.clone()).is_err());
-        let mut longest = vec![0u8; 1729 + 4];
-        longest[..4].copy_from_slice(&[0xFF, 0xFD, 0xEA, 0x00]);
-        longest[1729..].copy_from_slice(&[0xFF, 0xFD, 0xE8, 0x00]);
-        assert!(pull_all(longest).is_err());
-        // One header-like sample, and no second header where its frame would end; or a
-        // second one of another stream (another sample rate): raw PCM.
-        mpeg1[418..].copy_from_slice(&[0x12, 0x34, 0x56, 0x78]);
-        assert_eq!(pull_all(mpeg1.clone()).unwrap().len(), 211);
-        mpeg1[418..].copy_from_slice(&[0xFF, 0xFB, 0x94, 0x64]);
-        assert_eq!(pull_all(mpeg1).unwrap().len(), 211);
+        // Three frames whose headers are given, each `length` bytes: the bytes of a
+        // stream that starts with them.
+        let frames = |headers: [[u8; 4]; 3], length: usize| {
+            let mut bytes = vec![0u8; 3 * length + 4];
+            for (i, h) in headers.iter().enumerate() {
+                bytes[i * length..i * length + 4].copy_from_slice(h);
+            }
+            bytes
+        };
+        // MPEG 1 Layer III at 128 kbit/s and 44.1 kHz, padded: 418 bytes (the third frame
+        // unpadded, 417); Layer II at 384 kbit/s and 32 kHz, the longest frame: 1729.
+        let (padded, unpadded) = ([0xFF, 0xFB, 0x92, 0x64], [0xFF, 0xFB, 0x90, 0x64]);
+        assert_eq!(mpeg_frame(&padded), Some((418, 0x1A00)));
+        assert_eq!(mpeg_frame(&unpadded), Some((417, 0x1A00)));
+        assert!(pull_all(frames([padded, padded, unpadded], 418)).is_err());
+        let longest = [0xFF, 0xFD, 0xEA, 0x00];
+        assert_eq!(mpeg_frame(&longest), Some((1729, 0x1C08)));
+        assert!(pull_all(frames([longest; 3], 1729)).is_err());
+        // Two headers and no third; a third of another stream (another sample rate); a
+        // Layer I header (which a stereo stream whose left channel sits at -1 repeats
+        // every 4 bytes): raw PCM.
+        let raw = pull_all(frames([padded, padded, [0x12, 0x34, 0x56, 0x78]], 418));
+        assert_eq!(raw.unwrap().len(), 3 * 418 / 2 + 2);
+        let raw = pull_all(frames([padded, padded, [0xFF, 0xFB, 0x94, 0x64]], 418));
+        assert_eq!(raw.unwrap().len(), 3 * 418 / 2 + 2);
+        let left_at_minus_one: Vec<u8> = [0xFF, 0xFF, 0x50, 0x10].repeat(4000);
+        assert_eq!(mpeg_frame(&left_at_minus_one), None);
+        assert_eq!(pull_all(left_at_minus_one).unwrap().len(), 8000);
     }
 
     /// A read error on stdin is a failure (the daemon exits non-zero), not the end of

@@ -1001,7 +1001,6 @@ fn tls_broker(d: &Path, extra: &str) -> (Broker, u16) {
     (Broker::start_on_conf(plain, &conf), tls)
 }
 
-/// `cfg` (valid) comes online, publishes one event and shuts down; `live` sees both.
 /// A retained message over the 256 KiB packet limit on Home Assistant's status comes back
 /// at every subscribe: after it cost two connections in a row the daemon stops
 /// subscribing, and the third connection stays up and delivers, instead of one reconnect
@@ -1042,6 +1041,7 @@ async fn a_retained_message_over_the_size_limit_costs_two_connections_not_all_of
     handle.shutdown(Duration::from_secs(5)).await;
 }
 
+/// `cfg` (valid) comes online, publishes one event and shuts down; `live` sees both.
 async fn one_event_over(cfg: &MqttConfig, live: &Subscriber) {
     cfg.validate().unwrap();
     let base = format!("babycry/{}", cfg.node_id);

@@ -456,9 +456,11 @@ struct Link {
     /// Next outbox sequence number to submit.
     next_seq: u64,
     rediscover_at: Option<Instant>,
-    /// Connections lost in a row to a message over the size limit (see
-    /// [`OVERSIZE_LOSSES_TO_STOP_LISTENING`]).
+    /// Connections lost in a row, each soon after its ConnAck, to a message over the size
+    /// limit (see [`OVERSIZE_LOSSES_TO_STOP_LISTENING`]).
     oversize_losses: u32,
+    /// When the connection now up was accepted.
+    connected_at: Option<Instant>,
     closing: Option<Closing>,
     status: LinkStatus,
     status_tx: watch::Sender<LinkStatus>,
@@ -514,6 +516,7 @@ pub(crate) async fn run(
         next_seq: 0,
         rediscover_at: None,
         oversize_losses: 0,
+        connected_at: None,
         closing: None,
         status: LinkStatus::default(),
         status_tx,
@@ -755,6 +758,7 @@ impl Link {
         match event {
             Event::Incoming(Incoming::ConnAck(_)) => {
                 self.connected = true;
+                self.connected_at = Some(Instant::now());
                 self.submitted.clear();
                 self.inflight.clear();
                 self.queued_in_flight = 0;
@@ -879,18 +883,26 @@ impl Link {
     }
 
     fn on_down(&mut self, error: String, oversize: bool, retry_in: Duration) {
-        // Once it stopped listening, for good: each drop of the network would otherwise
-        // cost two more reconnects to find the message still there.
-        if oversize {
-            self.oversize_losses = self.oversize_losses.saturating_add(1);
-        } else if self.oversize_losses < OVERSIZE_LOSSES_TO_STOP_LISTENING {
-            self.oversize_losses = 0;
+        // A retained message comes at the subscribe, right after the ConnAck: one that
+        // ends a connection that had stayed up is a new one, and counts from 1. Once it
+        // stopped listening, for good: each drop of the network would otherwise cost two
+        // more reconnects to find the message still there.
+        let soon = self
+            .connected_at
+            .take()
+            .is_some_and(|at| at.elapsed() < STABLE_AFTER);
+        if self.oversize_losses < OVERSIZE_LOSSES_TO_STOP_LISTENING {
+            self.oversize_losses = match (oversize, soon) {
+                (false, _) => 0,
+                (true, true) => self.oversize_losses + 1,
+                (true, false) => 1,
+            };
         }
         if self.oversize_losses == OVERSIZE_LOSSES_TO_STOP_LISTENING {
             tracing::warn!(
                 "a message over the size limit on {} came back on the next connection \
                  (retained): babycryd stops listening to Home Assistant's status until it \
-                 restarts, and sends discovery at every connection only; clear the message \
+                 restarts (or a reload changes [mqtt]), and sends discovery at every connection only; clear the message \
                  with `mosquitto_pub -r -n -t {}`",
                 self.topics.ha_status,
                 self.topics.ha_status
