@@ -383,7 +383,6 @@ fn walk_ogg_pages(mut pages: impl std::io::Read) -> Result<(), String> {
         }
         let mut lacing = [0u8; 255];
         let lacing = &mut lacing[..usize::from(header[26])];
-        let body = |lacing: &[u8]| lacing.iter().map(|&l| usize::from(l)).sum::<usize>();
         page.clear();
         page.extend_from_slice(&header);
         if pages.read_exact(lacing).is_err() {
@@ -391,7 +390,8 @@ fn walk_ogg_pages(mut pages: impl std::io::Read) -> Result<(), String> {
         }
         page.extend_from_slice(lacing);
         let body_start = page.len();
-        page.resize(body_start + body(lacing), 0);
+        let body: usize = lacing.iter().map(|&l| usize::from(l)).sum();
+        page.resize(body_start + body, 0);
         if pages.read_exact(&mut page[body_start..]).is_err() {
             return Err(ogg_cut_inside(offset));
         }
@@ -653,31 +653,31 @@ mod tests {
         );
         let whole = [&first[..], &second, &last].concat();
         assert_eq!(walk_ogg_pages(&whole[..]), Ok(()));
+        // Each damage, and what the walk says of it.
         let gap = [&first[..], &last].concat();
-        assert_eq!(
-            walk_ogg_pages(&gap[..]),
-            Err(format!(
-                "damaged: Ogg pages are missing or out of order before byte {}",
-                first.len()
-            ))
-        );
         let unended = [&first[..], &second].concat();
-        assert_eq!(
-            walk_ogg_pages(&unended[..]),
-            Err(format!(
-                "truncated: the file ends at byte {} without the Ogg stream's last page",
-                unended.len()
-            ))
-        );
         // A page of a stream the file never began (spliced in from another file).
         let stray = [&first[..], &ogg_page(9, 5, 0, &[5; 9]), &second, &last].concat();
-        assert_eq!(
-            walk_ogg_pages(&stray[..]),
-            Err(format!(
-                "damaged: the Ogg page at byte {} belongs to no stream the file began",
-                first.len()
-            ))
-        );
+        let at = first.len();
+        for (bytes, says) in [
+            (
+                gap,
+                format!("damaged: Ogg pages are missing or out of order before byte {at}"),
+            ),
+            (
+                unended.clone(),
+                format!(
+                    "truncated: the file ends at byte {} without the Ogg stream's last page",
+                    unended.len()
+                ),
+            ),
+            (
+                stray,
+                format!("damaged: the Ogg page at byte {at} belongs to no stream the file began"),
+            ),
+        ] {
+            assert_eq!(walk_ogg_pages(&bytes[..]), Err(says));
+        }
         // A chained file (another stream after the first one's end; the same one again
         // too): symphonia would play the first alone.
         for next in [ogg_page(8, 0, 0x06, &[4; 9]), first.clone()] {

@@ -500,27 +500,20 @@ impl Downmix {
             *p *= decay;
         }
         // The powers are kept for half a second, so they are measured on samples within
-        // full scale, and a block with a NaN or an infinity (zeroed or refused after the
+        // full scale, and a frame with a NaN or an infinity (zeroed or refused after the
         // downmix) adds nothing: one bad sample must not decide for the rest of the run.
+        // One pass over the block: the mean and every channel's power.
         let power = |s: f32| f64::from(s.clamp(-1.0, 1.0)).powi(2);
-        let measured = interleaved.iter().all(|s| s.is_finite());
         let first = out.len();
         for frame in frames.clone() {
             let mean = frame.iter().sum::<f32>() / c as f32;
-            if measured {
+            if frame.iter().all(|s| s.is_finite()) {
                 self.mean_power += power(mean);
+                for (kept, &s) in self.channel_power.iter_mut().zip(frame) {
+                    *kept += power(s);
+                }
             }
             out.push(mean);
-        }
-        if measured {
-            for (ch, kept) in self.channel_power.iter_mut().enumerate() {
-                *kept += interleaved
-                    .iter()
-                    .skip(ch)
-                    .step_by(c)
-                    .map(|&s| power(s))
-                    .sum::<f64>();
-            }
         }
         // The channels' summed power is c times their mean power, and independent
         // channels leave the mean 1/c of that.

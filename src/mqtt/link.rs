@@ -124,9 +124,29 @@ pub(crate) fn backoff(failures: u32) -> Duration {
         .clamp(BACKOFF_MIN, BACKOFF_MAX)
 }
 
+/// The size of the message over [`MAX_PACKET_BYTES`] that ended the connection, if one
+/// did.
+fn oversize_message(e: &ConnectionError) -> Option<usize> {
+    match e {
+        ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(bytes),
+        )) => Some(*bytes),
+        _ => None,
+    }
+}
+
 /// A readable cause for a failed connection.
 fn describe(e: &ConnectionError, cfg: &MqttConfig) -> String {
     let at = format!("{}:{}", cfg.host, cfg.port);
+    if let Some(bytes) = oversize_message(e) {
+        // The only messages that come in are on Home Assistant's status topic; a retained
+        // one over the limit comes back at every connection, and only clearing it helps.
+        return format!(
+            "broker {at} sent a message of {bytes} bytes on {HA_STATUS_TOPIC}, over the \
+             {MAX_PACKET_BYTES} bytes babycryd takes: if it is retained it comes back at every \
+             connection; clear it with `mosquitto_pub -r -n -t {HA_STATUS_TOPIC}`"
+        );
+    }
     match e {
         ConnectionError::ConnectionRefused(
             ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized,
@@ -136,15 +156,6 @@ fn describe(e: &ConnectionError, cfg: &MqttConfig) -> String {
         ),
         ConnectionError::ConnectionRefused(code) => format!("broker {at} refused the connection: {code:?}"),
         ConnectionError::Io(io) => format!("cannot reach broker {at}: {io}"),
-        // The only messages that come in are on Home Assistant's status topic; a retained
-        // one over the limit comes back at every connection, and only clearing it helps.
-        ConnectionError::MqttState(rumqttc::StateError::Deserialization(
-            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(bytes),
-        )) => format!(
-            "broker {at} sent a message of {bytes} bytes on {HA_STATUS_TOPIC}, over the \
-             {MAX_PACKET_BYTES} bytes babycryd takes: if it is retained it comes back at every \
-             connection; clear it with `mosquitto_pub -r -n -t {HA_STATUS_TOPIC}`"
-        ),
         ConnectionError::Tls(tls) => {
             let reason = tls.to_string();
             format!(
@@ -343,12 +354,7 @@ async fn drive(mut eventloop: EventLoop, cfg: MqttConfig, tx: mpsc::UnboundedSen
                 failures = failures.saturating_add(1);
                 let retry_in = backoff(failures);
                 let error = describe(&e, &cfg);
-                let oversize = matches!(
-                    e,
-                    ConnectionError::MqttState(rumqttc::StateError::Deserialization(
-                        rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(_),
-                    ))
-                );
+                let oversize = oversize_message(&e).is_some();
                 let (heard, link_heard) = oneshot::channel();
                 let down = Net::Down {
                     error,
